@@ -1,0 +1,74 @@
+"""The connector interface and the dispatch from a source `type` to its module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from include.config import SegmentConfig
+
+BATCH_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """The parts of an Airflow Connection a connector may use (no Airflow import needed)."""
+
+    conn_id: str
+    conn_type: str
+    host: str | None = None
+    schema: str | None = None
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
+    port: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ConnectionGetter = Callable[[str], ConnectionInfo]
+
+
+class SourceError(RuntimeError):
+    """The source cannot be read completely; the run must fail rather than publish part of it."""
+
+
+def read_source(
+    segment: SegmentConfig, get_connection: ConnectionGetter, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Yield batches whose columns are `segment.source_fields`, every value a string or null."""
+    source = segment.source
+    if source.type == "file":
+        from include.connectors.file import read_file
+
+        return read_file(segment, batch_rows)
+    if source.type == "sql":
+        from include.connectors.sql import read_sql
+
+        return read_sql(segment, get_connection(source.conn_id), batch_rows)
+    raise SourceError(f"segment {segment.id!r}: field 'source.type': unsupported {source.type!r}")
+
+
+def require_fields(names: list[str], segment: SegmentConfig, where: str) -> list[str]:
+    """Fail naming every user_key/identifier field that the source does not have."""
+    missing = [name for name in segment.source_fields if name not in names]
+    if missing:
+        raise SourceError(
+            f"segment {segment.id!r}: field(s) {missing} (from user_key/identifiers) are not in "
+            f"the {where}; it has {names}"
+        )
+    return segment.source_fields
+
+
+def as_string_batch(batch: pa.RecordBatch, segment: SegmentConfig) -> pa.RecordBatch:
+    """Select the segment's fields, in order, as strings; a missing field is a named error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = []
+    for name in require_fields(batch.schema.names, segment, "source"):
+        column = batch.column(name)
+        arrays.append(column if column.type == pa.string() else pc.cast(column, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=segment.source_fields)
