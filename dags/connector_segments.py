@@ -1,0 +1,153 @@
+"""Connector segments: one DAG `connector_segment_<id>` per YAML file in the segments folder.
+
+Thin glue: the steps live in `include/refresh.py`; this file only reads the configs (pydantic +
+YAML, no heavy imports) and wires `start → extract → match → validate → publish`.
+A YAML that fails validation becomes an import error naming the file and field, and every other
+segment's DAG still loads.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
+
+from include.config import SegmentConfig, SegmentConfigError, load_segments
+
+RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
+
+PARAMS = {
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run",
+        description="Run everything but publish; the run record shows what would change.",
+    ),
+    "approve": Param(
+        False,
+        type="boolean",
+        title="Approve a held refresh",
+        description="Publish even if a guardrail (shrink, growth, match rate, empty) trips.",
+    ),
+}
+
+
+def _on_failure(context) -> None:
+    """Final failure of a step: status Failed with the error; the membership is untouched."""
+    from include.refresh import record_failure
+
+    ti = context["ti"]
+    segment_id = ti.dag_id.removeprefix("connector_segment_")
+    record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or "unknown error")
+
+
+def _run() -> tuple[str, dict]:
+    context = get_current_context()
+    return context["run_id"], context["params"]
+
+
+def build_dag(config: SegmentConfig) -> DAG:
+    """One segment's DAG. The config is bound here, not read from a loop variable at run time."""
+    doc = (
+        f"### {config.name}\n\n{config.description}\n\nSource: `{config.source.type}`, "
+        f"config `{config.config_path.name if config.config_path else config.id}`."
+    )
+
+    @dag(
+        dag_id=config.dag_id,
+        description=config.description[:200] or config.name,
+        doc_md=doc,
+        schedule=config.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=list(dict.fromkeys(["connector-segment", config.source.type, *config.tags])),
+        params=PARAMS,
+        default_args={
+            "owner": config.owner,
+            "retries": int(os.environ.get(RETRIES_ENV, "2")),
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": True,
+            "on_failure_callback": _on_failure,
+        },
+    )
+    def segment_dag():
+        @task
+        def start() -> None:
+            from include import refresh
+
+            run_key, params = _run()
+            refresh.start(config, run_key, dry_run=params["dry_run"], approve=params["approve"])
+
+        @task
+        def extract() -> dict:
+            from include import refresh
+
+            return refresh.extract(config, _run()[0])
+
+        @task
+        def match(staged: dict) -> dict:
+            from include import refresh
+
+            return refresh.match(config, _run()[0])
+
+        @task
+        def validate(matched: dict) -> dict:
+            from airflow.exceptions import AirflowFailException, AirflowSkipException
+
+            from include import refresh
+
+            run_key, params = _run()
+            try:
+                verdict = refresh.validate(
+                    config, run_key, matched, dry_run=params["dry_run"], approve=params["approve"]
+                )
+            except refresh.DataValidationError as exc:
+                raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the data
+            if verdict == "held":
+                raise AirflowSkipException("Held by a guardrail; trigger with approve=true")
+            return matched
+
+        @task(outlets=[Asset(f"connector_segment://{config.id}")])
+        def publish(matched: dict) -> dict:
+            from airflow.exceptions import AirflowSkipException
+
+            from include import refresh
+
+            run_key, params = _run()
+            outcome = refresh.publish(config, run_key, matched, dry_run=params["dry_run"])
+            if params["dry_run"]:
+                raise AirflowSkipException(f"Dry run: nothing published ({outcome})")
+            return outcome
+
+        started = start()
+        staged = extract()
+        started >> staged
+        publish(validate(match(staged)))
+
+    return segment_dag()
+
+
+class InvalidSegmentConfigs(DAG):
+    """Stands for the YAML files that failed validation: Airflow calls `validate()` when it
+    bags a DAG, and an exception there is recorded as this file's import error while the other
+    DAGs of the file still load."""
+
+    def validate(self) -> None:
+        raise SegmentConfigError(self.doc_md)
+
+
+def _build_all() -> dict[str, DAG]:
+    loaded = load_segments()
+    wanted = get_parsing_context().dag_id  # set when a worker runs one task: build only that DAG
+    built = {c.dag_id: build_dag(c) for c in loaded.segments if wanted in (None, c.dag_id)}
+    if loaded.errors and wanted is None:
+        message = "\n".join(str(e) for e in loaded.errors)
+        built["connector_segments_invalid_configs"] = InvalidSegmentConfigs(
+            dag_id="connector_segments_invalid_configs", schedule=None, doc_md=message
+        )
+    return built
+
+
+globals().update(_build_all())

@@ -1,0 +1,47 @@
+"""Bring the store's schema to the latest migration, once per process and engine.
+
+Runs on first use by any task or CLI command, so a new deployment needs no manual DDL. On
+PostgreSQL an advisory lock serialises concurrent first runs; on SQLite a losing racer retries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_ADVISORY_LOCK_KEY = 0x6E6D5F6373  # "nm_cs"
+_done: set[str] = set()
+
+
+def _alembic_config(connection: sa.Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: sa.Engine) -> None:
+    key = engine.url.render_as_string(hide_password=True)
+    if key in _done:
+        return
+    from alembic import command
+
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY}
+                    )
+                command.upgrade(_alembic_config(connection), "head")
+            break
+        except sa.exc.DBAPIError:
+            # SQLite: another process migrated at the same instant ("table already exists");
+            # the second attempt finds the schema at head and does nothing.
+            if attempt == 2:
+                raise
+    _done.add(key)

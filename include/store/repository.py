@@ -1,0 +1,283 @@
+"""Segment store operations: the status lifecycle, run records and the versioned publish.
+
+Lifecycle: a refresh marks the segment Calculating (its current membership keeps serving), then
+ends Ready (published), Failed (error recorded) or Held (guardrail tripped). Failed and Held never
+touch the current membership or its counts. Dry runs record a run but leave the segment alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from include.store import migrate
+from include.store.tables import members, runs, segments
+
+if TYPE_CHECKING:
+    from include.config import SegmentConfig
+
+READY, CALCULATING, FAILED, HELD = "Ready", "Calculating", "Failed", "Held"
+KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
+_INSERT_BATCH = 10_000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PublishAborted(RuntimeError):
+    """Raised inside the publish transaction to roll it back (dry runs)."""
+
+
+class SegmentStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        migrate.upgrade(engine)
+        self.engine = engine
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def segment(self, segment_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(segments).where(segments.c.id == segment_id)).first()
+        return dict(row._mapping) if row else None
+
+    def list_segments(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(segments).order_by(segments.c.name)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def runs(self, segment_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        query = (
+            sa.select(runs)
+            .where(runs.c.segment_id == segment_id)
+            .order_by(runs.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def run(self, segment_id: str, airflow_run_id: str) -> dict[str, Any] | None:
+        query = sa.select(runs).where(
+            runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    def member_ids(self, segment_id: str) -> Iterator[str]:
+        """The current membership's Netmera user ids, streamed."""
+        current = (
+            sa.select(segments.c.current_version)
+            .where(segments.c.id == segment_id)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(members.c.user_id)
+            .where(members.c.segment_id == segment_id, members.c.version == current)
+            .order_by(members.c.user_id)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
+                yield row.user_id
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_run(
+        self, config: SegmentConfig, airflow_run_id: str, *, dry_run: bool, approve: bool
+    ) -> None:
+        """Open (or, on a task retry, reopen) the run record; mark the segment Calculating."""
+        now = _now()
+        with self.engine.begin() as conn:
+            listed = {
+                "name": config.name,
+                "description": config.description,
+                "source_type": config.source.type,
+            }
+            if conn.execute(sa.select(segments.c.id).where(segments.c.id == config.id)).first():
+                conn.execute(segments.update().where(segments.c.id == config.id).values(**listed))
+            else:
+                conn.execute(
+                    segments.insert().values(
+                        id=config.id,
+                        connector_users=0,
+                        netmera_users=0,
+                        message_sent=0,
+                        updated_at=now,
+                        **listed,
+                    )
+                )
+            if not dry_run:
+                self._set_status(conn, config.id, CALCULATING, None)
+            values = {
+                "dry_run": dry_run,
+                "approve": approve,
+                "status": "calculating",
+                "started_at": now,
+                "finished_at": None,
+                "failed_step": None,
+                "error": None,
+                "hold_reason": None,
+            }
+            existing = conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.segment_id == config.id, runs.c.airflow_run_id == airflow_run_id
+                )
+            ).first()
+            if existing:
+                conn.execute(runs.update().where(runs.c.id == existing.id).values(**values))
+            else:
+                conn.execute(
+                    runs.insert().values(
+                        segment_id=config.id, airflow_run_id=airflow_run_id, **values
+                    )
+                )
+
+    def record_run(self, segment_id: str, airflow_run_id: str, **values: Any) -> None:
+        """Store counts, reasons or the validation summary on the run record."""
+        with self.engine.begin() as conn:
+            conn.execute(self._run_update(segment_id, airflow_run_id).values(**values))
+
+    def fail_run(self, segment_id: str, airflow_run_id: str, step: str, error: str) -> None:
+        """Failed: the run records the error; membership and counts stay as they were."""
+        with self.engine.begin() as conn:
+            dry_run = self._is_dry_run(conn, segment_id, airflow_run_id)
+            conn.execute(
+                self._run_update(segment_id, airflow_run_id).values(
+                    status="failed", failed_step=step, error=error, finished_at=_now()
+                )
+            )
+            if not dry_run:
+                self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
+
+    def hold_run(self, segment_id: str, airflow_run_id: str, reason: str) -> None:
+        """Held: not published until approved; membership and counts stay as they were."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._run_update(segment_id, airflow_run_id).values(
+                    status="held", hold_reason=reason, finished_at=_now()
+                )
+            )
+            self._set_status(conn, segment_id, HELD, reason)
+
+    def publish(
+        self,
+        segment_id: str,
+        airflow_run_id: str,
+        member_batches: Iterable[list[dict[str, str]]],
+        *,
+        counts: dict[str, Any],
+        dry_run: bool,
+    ) -> dict[str, int | None]:
+        """Make the new membership current in ONE transaction; report added/removed.
+
+        A dry run does the same work and rolls it back, so it shows exactly what would change.
+        """
+        done = self.run(segment_id, airflow_run_id)
+        if done and done["status"] == "published":
+            # A retry after the commit landed (worker died before reporting success).
+            return {k: done[k] for k in ("version", "base_version", "added", "removed")}
+        outcome: dict[str, int | None] = {}
+        try:
+            with self.engine.begin() as conn:
+                current = conn.execute(
+                    sa.select(segments.c.current_version).where(segments.c.id == segment_id)
+                ).scalar_one()
+                version = (current or 0) + 1
+                for batch in member_batches:
+                    rows = [{"segment_id": segment_id, "version": version, **m} for m in batch]
+                    if rows:
+                        conn.execute(members.insert(), rows)
+                added, removed = self._diff(conn, segment_id, version, current)
+                outcome = {
+                    "version": version,
+                    "base_version": current,
+                    "added": added,
+                    "removed": removed,
+                }
+                if dry_run:
+                    raise PublishAborted
+                now = _now()
+                conn.execute(
+                    segments.update()
+                    .where(segments.c.id == segment_id)
+                    .values(
+                        current_version=version,
+                        connector_users=counts["connector_users"],
+                        netmera_users=counts["netmera_users"],
+                        reachable=counts["reachable"],
+                        status=READY,
+                        status_reason=None,
+                        last_update_date=now,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    self._run_update(segment_id, airflow_run_id).values(
+                        status="published", finished_at=now, **outcome
+                    )
+                )
+                conn.execute(
+                    members.delete().where(
+                        members.c.segment_id == segment_id,
+                        members.c.version <= version - KEEP_VERSIONS,
+                    )
+                )
+        except PublishAborted:
+            self.record_run(
+                segment_id,
+                airflow_run_id,
+                status="dry_run",
+                finished_at=_now(),
+                base_version=outcome["base_version"],
+                added=outcome["added"],
+                removed=outcome["removed"],
+            )
+        return outcome
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _run_update(segment_id: str, airflow_run_id: str) -> sa.Update:
+        return runs.update().where(
+            runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+        )
+
+    @staticmethod
+    def _is_dry_run(conn: sa.Connection, segment_id: str, airflow_run_id: str) -> bool:
+        return bool(
+            conn.execute(
+                sa.select(runs.c.dry_run).where(
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+                )
+            ).scalar()
+        )
+
+    @staticmethod
+    def _set_status(conn: sa.Connection, segment_id: str, status: str, reason: str | None) -> None:
+        conn.execute(
+            segments.update()
+            .where(segments.c.id == segment_id)
+            .values(status=status, status_reason=reason, updated_at=_now())
+        )
+
+    @staticmethod
+    def _diff(conn: sa.Connection, segment_id: str, new: int, old: int | None) -> tuple[int, int]:
+        def only_in(a: int | None, b: int | None) -> int:
+            if a is None:
+                return 0
+            mine = members.alias("mine")
+            theirs = members.alias("theirs")
+            other = sa.exists().where(
+                theirs.c.segment_id == segment_id,
+                theirs.c.version == b,
+                theirs.c.user_id == mine.c.user_id,
+            )
+            query = sa.select(sa.func.count()).where(
+                mine.c.segment_id == segment_id, mine.c.version == a, ~other
+            )
+            return conn.execute(query).scalar_one()
+
+        return only_in(new, old), only_in(old, new)

@@ -1,0 +1,62 @@
+"""Table definitions used by queries. The schema itself is made by `migrations/` only."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+segments = sa.Table(
+    "cs_segments",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("source_type", sa.String(50), nullable=False),
+    sa.Column("status", sa.String(20)),
+    sa.Column("status_reason", sa.Text),
+    sa.Column("current_version", sa.Integer),
+    sa.Column("connector_users", sa.Integer, nullable=False),
+    sa.Column("netmera_users", sa.Integer, nullable=False),
+    sa.Column("reachable", sa.Integer),
+    sa.Column("message_sent", sa.Integer, nullable=False),
+    sa.Column("last_update_date", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "cs_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("segment_id", sa.String(200), nullable=False),
+    sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("approve", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("failed_step", sa.String(50)),
+    sa.Column("error", sa.Text),
+    sa.Column("hold_reason", sa.Text),
+    sa.Column("version", sa.Integer),
+    sa.Column("base_version", sa.Integer),
+    sa.Column("connector_users", sa.Integer),
+    sa.Column("netmera_users", sa.Integer),
+    sa.Column("matched_source_users", sa.Integer),
+    sa.Column("refused_rows", sa.Integer),
+    sa.Column("reachable", sa.Integer),
+    sa.Column("reasons", sa.JSON),
+    sa.Column("matched_by", sa.JSON),
+    sa.Column("validation", sa.JSON),
+    sa.Column("added", sa.Integer),
+    sa.Column("removed", sa.Integer),
+)
+
+members = sa.Table(
+    "cs_members",
+    metadata,
+    sa.Column("segment_id", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("matched_by", sa.String(30), nullable=False),
+)

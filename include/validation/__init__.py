@@ -1,0 +1,1 @@
+"""Validation of a refresh with Great Expectations, before anything is published."""
