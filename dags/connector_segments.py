@@ -94,7 +94,7 @@ def build_dag(config: SegmentConfig) -> DAG:
 
         @task
         def validate(matched: dict) -> dict:
-            from airflow.exceptions import AirflowFailException, AirflowSkipException
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from include import refresh
 
@@ -111,7 +111,7 @@ def build_dag(config: SegmentConfig) -> DAG:
 
         @task(outlets=[Asset(f"connector_segment://{config.id}")])
         def publish(matched: dict) -> dict:
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             from include import refresh
 

@@ -45,7 +45,9 @@ def messy_email(rng: random.Random, email: str) -> str:
         email = email.title()
     elif style == 3:
         email = "".join(c.upper() if rng.random() < 0.5 else c for c in email)
-    return f"{rng.choice(('', '', '', ' '))}{email}{rng.choice(('', '', ' ', '  '))}"
+    lead = " " if rng.random() < 0.15 else ""
+    trail = rng.choice(("", "", "", "", " ", "  "))
+    return f"{lead}{email}{trail}"
 
 
 def messy_phone(rng: random.Random, e164: str, region: str, national_only: bool = False) -> str:
@@ -145,8 +147,9 @@ def write_mixpanel(path: Path, size: int = 5_000) -> int:
         writer = csv.writer(out)
         writer.writerow(["$distinct_id", "$email", "$phone"])
         for r in rows:
+            # `$distinct_id` is the user key: only the no_id rows lack one (refused at staging).
             distinct_id = r["external_id"] or (
-                "" if r["kind"] in ("empty", "no_id") else f"$device:{random_uuid(rng)}"
+                "" if r["kind"] == "no_id" else f"$device:{random_uuid(rng)}"
             )
             writer.writerow([distinct_id, r["email"] or "", r["phone"] or ""])
     return len(rows)

@@ -187,6 +187,7 @@ def seed_netmera_users(db: Path, users: int) -> int:
 def vip_rows(users: int, size: int = 3_000) -> list[tuple[Any, ...]]:
     """A hashed-identifier customer list: mostly Netmera users, plus unmatchable rows of each kind.
 
+    Lifetime values are all above 1,000, as the demo segment describes its VIPs.
     Hashes are upper-cased now and then, as some warehouses emit them, to exercise normalisation.
     """
     rng = random.Random("vip-customers")
@@ -216,7 +217,7 @@ def vip_rows(users: int, size: int = 3_000) -> list[tuple[Any, ...]]:
     pairs += [(None, None)] * both_null
     rng.shuffle(pairs)
     rows = [
-        (f"c-{10_001 + n}", email, phone, round(rng.lognormvariate(6, 0.8), 2))
+        (f"c-{10_001 + n}", email, phone, round(1_000 + rng.lognormvariate(7, 1), 2))
         for n, (email, phone) in enumerate(pairs)
     ]
     for n in rng.sample(range(len(rows)), 2):  # customers the warehouse lost the id of

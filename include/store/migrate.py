@@ -6,6 +6,7 @@ PostgreSQL an advisory lock serialises concurrent first runs; on SQLite a losing
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -29,6 +30,8 @@ def upgrade(engine: sa.Engine) -> None:
     if key in _done:
         return
     from alembic import command
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # keeps CLI stdout clean
 
     for attempt in (1, 2):
         try:

@@ -1,0 +1,61 @@
+# Connector Segments: `make demo` runs the main job on the embedded default, `make test` the
+# whole test suite. Both create .venv (Python 3.11) and install requirements.txt when needed,
+# and are safe to run again.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+LOCAL := $(CURDIR)/.local
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+
+# The embedded default: Airflow home, Netmera DB (user table + segment store), demo warehouse
+# and staging all live in .local/ (git-ignored).
+demo ui: export AIRFLOW_HOME := $(LOCAL)/airflow
+demo ui: export AIRFLOW__CORE__LOAD_EXAMPLES := False
+demo ui: export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+demo ui: export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+demo ui: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+demo ui: export PYTHONPATH := $(CURDIR)
+demo ui: export PATH := $(BIN):$(PATH)
+demo ui: export AIRFLOW_CONN_NETMERA_DB := {"conn_type": "sqlite", "host": "$(LOCAL)/netmera.db"}
+demo ui: export AIRFLOW_CONN_DEMO_WAREHOUSE := {"conn_type": "sqlite", "host": "$(LOCAL)/warehouse.db"}
+demo ui: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
+
+.PHONY: install demo test ui lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 not found)"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "need Python 3.11, got " + sys.version'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	mkdir -p $(LOCAL)
+	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
+	$(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
+	$(BIN)/python -m include.cli validate
+	$(BIN)/python -m include.demo.refresh_all
+	@echo
+	$(BIN)/python -m include.cli list
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+ui: $(STAMP)
+	mkdir -p $(LOCAL)
+	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
+	test -f $(LOCAL)/netmera.db || $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
+	@echo "Airflow UI: http://localhost:8080  user: admin  password: printed below by 'standalone'"
+	@echo "            (also in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
+	$(BIN)/airflow standalone
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(LOCAL)

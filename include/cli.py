@@ -1,0 +1,229 @@
+"""Command line for connector segments: `python -m include.cli COMMAND`.
+
+    validate            check every segment YAML; errors name the file and field (exit 1)
+    list [--json]       the Connector Segments table
+    details ID [--json] the segment and its last runs: counts, reasons, matches per kind
+    members ID          the current members' Netmera user ids, one a line
+
+The store is read through the `netmera_db` Airflow Connection (e.g. `AIRFLOW_CONN_NETMERA_DB`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from include.config import SegmentConfigError, load_segments
+
+LIST_COLUMNS = [
+    ("name", "Segment Name"),
+    ("connector_users", "Connector Users"),
+    ("netmera_users", "Netmera Users"),
+    ("message_sent", "Message Sent"),
+    ("description", "Description"),
+    ("last_update_date", "Last Update Date"),
+    ("status", "Status"),
+]
+RUN_FIELDS = [
+    "airflow_run_id", "status", "dry_run", "approve", "started_at", "finished_at", "version",
+    "base_version", "connector_users", "netmera_users", "matched_source_users", "refused_rows",
+    "reachable", "reasons", "matched_by", "added", "removed", "failed_step", "error",
+    "hold_reason", "validation",
+]
+
+
+def _store():
+    from include.connections import netmera_engine
+    from include.store import SegmentStore
+
+    return SegmentStore(netmera_engine()[0])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _list_rows(store) -> list[dict[str, Any]]:
+    """Every configured segment (never-run ones too) and every segment the store knows."""
+    stored = {row["id"]: row for row in store.list_segments()}
+    configured = {c.id: c for c in load_segments().segments}
+    rows = []
+    for segment_id in sorted(stored.keys() | configured.keys()):
+        row, config = stored.get(segment_id), configured.get(segment_id)
+        rows.append({
+            "id": segment_id,
+            "name": config.name if config else row["name"],
+            "connector_users": row["connector_users"] if row else 0,
+            "netmera_users": row["netmera_users"] if row else 0,
+            "message_sent": row["message_sent"] if row else 0,
+            "description": config.description if config else row["description"],
+            "last_update_date": _iso(row["last_update_date"]) if row else None,
+            "status": row["status"] if row else None,
+        })
+    return sorted(rows, key=lambda r: r["name"].lower())
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join("-" * w for w in widths)
+    fmt = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+                      line, *fmt])
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-" if key != "status" else "Never run"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if key == "description" and len(value) > 48:
+        return value[:47] + "…"
+    if key == "last_update_date":
+        return value.replace("T", " ").replace("Z", " UTC")
+    return str(value)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = load_segments(Path(args.dir) if args.dir else None)
+    for config in loaded.segments:
+        print(f"ok     {config.config_path}  ({config.dag_id})")
+    for error in loaded.errors:
+        print(f"ERROR  {error}", file=sys.stderr)
+    print(f"{len(loaded.segments)} valid, {len(loaded.errors)} invalid")
+    return 1 if loaded.errors else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = _list_rows(_store())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(_table([h for _, h in LIST_COLUMNS],
+                 [[_cell(k, r[k]) for k, _ in LIST_COLUMNS] for r in rows]))
+    return 0
+
+
+def _details(store, segment_id: str, limit: int) -> dict[str, Any] | None:
+    row = store.segment(segment_id)
+    if row is None:
+        return None
+    runs = [
+        {k: (_iso(r[k]) if k.endswith("_at") else r[k]) for k in RUN_FIELDS}
+        for r in store.runs(segment_id, limit)
+    ]
+    current = next(
+        (r for r in store.runs(segment_id, 1000)
+         if r["status"] == "published" and r["version"] == row["current_version"]), None,
+    )
+    return {
+        "id": row["id"], "name": row["name"], "description": row["description"],
+        "source_type": row["source_type"], "status": row["status"],
+        "status_reason": row["status_reason"], "current_version": row["current_version"],
+        "connector_users": row["connector_users"], "netmera_users": row["netmera_users"],
+        "reachable": row["reachable"], "message_sent": row["message_sent"],
+        "last_update_date": _iso(row["last_update_date"]),
+        # Why Connector Users and Netmera Users differ, for the published version.
+        "matched_source_users": current["matched_source_users"] if current else None,
+        "refused_rows": current["refused_rows"] if current else None,
+        "reasons": current["reasons"] if current else {},
+        "matched_by": current["matched_by"] if current else {},
+        "runs": runs,
+    }
+
+
+def _print_details(d: dict[str, Any]) -> None:
+    print(f"{d['name']}  [{d['id']}]  source: {d['source_type']}")
+    print(f"Status: {d['status']}" + (f"  ({d['status_reason']})" if d["status_reason"] else ""))
+    print(f"Published version: {d['current_version'] or '-'}   Last update: "
+          f"{_cell('last_update_date', d['last_update_date'])}")
+    print(f"Connector Users {d['connector_users']:,}   Netmera Users {d['netmera_users']:,}   "
+          f"Reachable {_cell('reachable', d['reachable'])}   Message Sent {d['message_sent']:,}")
+    for run in d["runs"]:
+        print()
+        version = f" v{run['version']}" if run["version"] else ""
+        print(f"run {run['airflow_run_id']}  {run['status']}{version}"
+              f"{'  (dry run)' if run['dry_run'] else ''}{'  (approved)' if run['approve'] else ''}"
+              f"  started {run['started_at']}")
+        if run["connector_users"] is not None:
+            print(f"  Connector Users {run['connector_users']:,} -> matched "
+                  f"{run['matched_source_users']:,} source users -> Netmera Users "
+                  f"{run['netmera_users']:,} (reachable {_cell('reachable', run['reachable'])})")
+            print("  matched by: " + ", ".join(f"{k} {v:,}" for k, v in run["matched_by"].items()))
+            print("  unmatched:  " + ", ".join(f"{k} {v:,}" for k, v in run["reasons"].items()))
+        if run["refused_rows"]:
+            print(f"  refused rows without a user key: {run['refused_rows']:,}")
+        if run["added"] is not None:
+            print(f"  vs version {run['base_version'] or '-'}: +{run['added']:,} added, "
+                  f"-{run['removed']:,} removed")
+        if run["validation"]:
+            v = run["validation"]
+            print(f"  validation: {v['outcome']}  (data {_ratio(v['data'])}, guardrails "
+                  f"{_ratio(v['guardrails'])})" + (f"  approved: {v['approved']}"
+                                                    if v.get("approved") else ""))
+        if run["hold_reason"]:
+            print(f"  held: {run['hold_reason']}")
+        if run["error"]:
+            print(f"  failed in {run['failed_step']}: {run['error']}")
+
+
+def _ratio(part: dict[str, Any]) -> str:
+    stats = part["statistics"]
+    return f"{stats['successful_expectations']}/{stats['evaluated_expectations']} passed"
+
+
+def cmd_details(args: argparse.Namespace) -> int:
+    details = _details(_store(), args.id, args.runs)
+    if details is None:
+        print(f"segment {args.id!r} has never run (or does not exist)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(details, indent=2, default=str))
+    else:
+        _print_details(details)
+    return 0
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    store = _store()
+    row = store.segment(args.id)
+    if row is None or row["current_version"] is None:
+        print(f"segment {args.id!r} has no published membership", file=sys.stderr)
+        return 1
+    out = sys.stdout
+    for user_id in store.member_ids(args.id):
+        out.write(f"{user_id}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="validate every segment YAML")
+    p.add_argument("--dir", help="segments folder (default: $CONNECTOR_SEGMENTS_DIR)")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("list", help="the Connector Segments table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("details", help="a segment's last runs, counts and reasons")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs", type=int, default=5, help="how many recent runs (default 5)")
+    p.set_defaults(func=cmd_details)
+    p = sub.add_parser("members", help="current members' Netmera user ids, one a line")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_members)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (SegmentConfigError, LookupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
