@@ -12,7 +12,6 @@ beside Airflow 3.3). The summary returned is stored on the run record.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,11 +104,12 @@ def _summarise(result: Any) -> list[dict[str, Any]]:
 
 
 def validate(result: MatchResult, limits: Guardrails, published_users: int | None) -> Decision:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # GX's progress bars would flood the task log
     import great_expectations as gx
     import pandas as pd
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no bars in task logs
     members = pd.read_parquet(result.members_path, columns=["user_id"])
     data = _run_suite(gx, context, "members", _data_expectations(gx, result.netmera_users), members)
     counts = guardrail_counts(result, published_users)
