@@ -1,0 +1,183 @@
+"""End to end through `dag.test()`: what a refresh publishes, and what it must never touch.
+
+Every test parses the real DAG file from a per-test segments folder, runs the DAG on the
+migrated metadata DB and reads the outcome through the CLI, as on-call would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import cli, cli_json, run_segment, write_csv, write_users
+
+pytestmark = pytest.mark.dagrun
+
+SEGMENT = "shoppers"
+USERS = [
+    (f"nm-{i}", f"ext-{i}", f"user{i}@example.com", None, f"inst-{i}", i % 2 == 0)
+    for i in range(1, 21)
+]
+
+
+def write_segment(ws: Path, guardrails: dict | None = None) -> None:
+    config = {
+        "id": SEGMENT,
+        "name": "Shoppers",
+        "description": "Test audience",
+        "schedule": None,
+        "source": {"type": "file", "path": str(ws / "audience.csv")},
+        "user_key": "uid",
+        "identifiers": [
+            {"field": "ext", "kind": "external_id"},
+            {"field": "email", "kind": "email"},
+        ],
+        "guardrails": guardrails or {"max_shrink": 0.5},
+    }
+    (ws / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
+
+
+def write_audience(ws: Path, ext_ids: range, unknown_emails: int = 1) -> None:
+    """Source users matched by external id, plus some whose email Netmera does not know."""
+    rows = [[f"s{i}", f"ext-{i}", ""] for i in ext_ids]
+    rows += [[f"x{k}", "", f"  Nobody{k}@Example.com "] for k in range(unknown_emails)]
+    write_csv(ws / "audience.csv", ["uid", "ext", "email"], rows)
+
+
+@pytest.fixture
+def published(workspace: Path, capsys) -> dict:
+    """A segment with version 1 published: source users s1..s10 (+1 unknown)."""
+    write_users(workspace / "netmera.db", USERS)
+    write_segment(workspace)
+    write_audience(workspace, range(1, 11))
+    assert run_segment(SEGMENT) == "success"
+    return snapshot(capsys)
+
+
+def snapshot(capsys) -> dict:
+    details = cli_json(capsys, "details", SEGMENT)
+    code, out, _ = cli(capsys, "members", SEGMENT)
+    details["members"] = out.split() if code == 0 else None
+    return details
+
+
+def unchanged(before: dict, after: dict) -> None:
+    for key in (
+        "current_version",
+        "connector_users",
+        "netmera_users",
+        "reachable",
+        "last_update_date",
+        "members",
+    ):
+        assert after[key] == before[key], key
+
+
+def test_first_refresh_publishes_matched_users_with_counts_and_reasons(published):
+    assert published["status"] == "Ready"
+    assert published["current_version"] == 1
+    assert published["connector_users"] == 11
+    assert published["netmera_users"] == 10
+    assert published["reasons"]["not_found"] == 1
+    assert published["matched_by"] == {"external_id": 10, "email": 0}
+    assert published["reachable"] == 5  # even user numbers have push permission
+    assert published["members"] == sorted(f"nm-{i}" for i in range(1, 11))
+    assert published["runs"][0]["validation"]["outcome"] == "pass"
+
+
+def test_two_refreshes_report_added_and_removed(published, workspace, capsys):
+    write_audience(workspace, range(3, 13))  # drops users 1-2, adds 11-12
+    assert run_segment(SEGMENT) == "success"
+    after = snapshot(capsys)
+    run = after["runs"][0]
+    assert (run["version"], run["base_version"], run["added"], run["removed"]) == (2, 1, 2, 2)
+    assert after["members"] == sorted(f"nm-{i}" for i in range(3, 13))
+    assert after["last_update_date"] >= published["last_update_date"]
+
+
+def _break_extract(ws: Path) -> None:
+    (ws / "audience.csv").unlink()
+
+
+def _break_match(ws: Path) -> None:
+    with sqlite3.connect(ws / "netmera.db") as conn:
+        conn.execute("ALTER TABLE netmera_users RENAME TO netmera_users_moved")
+
+
+def _break_validate(ws: Path) -> None:
+    # A Netmera row without a user id that an audience email finds: members would hold a null.
+    with sqlite3.connect(ws / "netmera.db") as conn:
+        conn.execute(
+            "INSERT INTO netmera_users (user_id, email) VALUES (NULL, 'nobody0@example.com')"
+        )
+
+
+def _break_publish(ws: Path) -> None:
+    # The database refuses the final status update, after the members were inserted.
+    with sqlite3.connect(ws / "netmera.db") as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_publish BEFORE UPDATE OF current_version ON cs_segments "
+            "BEGIN SELECT RAISE(ABORT, 'simulated outage during publish'); END"
+        )
+
+
+@pytest.mark.parametrize(
+    ("step", "break_it", "error_text"),
+    [
+        ("extract", _break_extract, "audience.csv"),
+        ("match", _break_match, "netmera_users"),
+        ("validate", _break_validate, "not_null"),
+        ("publish", _break_publish, "simulated outage"),
+    ],
+)
+def test_a_failing_step_keeps_previous_members_and_counts(
+    published, workspace, capsys, step, break_it, error_text
+):
+    write_audience(workspace, range(5, 15))  # a refresh that would change the membership
+    break_it(workspace)
+    assert run_segment(SEGMENT) == "failed"
+    after = snapshot(capsys)
+    unchanged(published, after)
+    assert after["status"] == "Failed"
+    assert after["status_reason"].startswith(f"{step}:")
+    run = after["runs"][0]
+    assert run["status"] == "failed"
+    assert run["failed_step"] == step
+    assert error_text in run["error"]
+    # Nothing of the failed attempt is left behind in the store.
+    with sqlite3.connect(workspace / "netmera.db") as conn:
+        assert conn.execute("SELECT count(*) FROM cs_members WHERE version > 1").fetchone() == (0,)
+
+
+def test_shrink_past_max_shrink_is_held_until_approved(published, workspace, capsys):
+    write_audience(workspace, range(1, 4))  # 10 -> 3 Netmera users: shrinks by 70 % > 50 %
+    assert run_segment(SEGMENT) == "success"  # held is not an error: publish is skipped
+    held = snapshot(capsys)
+    unchanged(published, held)
+    assert held["status"] == "Held"
+    assert "max_shrink" in held["status_reason"]
+    assert held["runs"][0]["status"] == "held"
+
+    assert run_segment(SEGMENT, approve=True) == "success"
+    approved = snapshot(capsys)
+    assert approved["status"] == "Ready"
+    assert approved["current_version"] == 2
+    assert approved["netmera_users"] == 3
+    assert approved["members"] == ["nm-1", "nm-2", "nm-3"]
+    assert approved["runs"][0]["validation"]["approved"] == ["max_shrink"]
+
+
+def test_dry_run_publishes_nothing_but_shows_what_would_change(published, workspace, capsys):
+    write_audience(workspace, range(3, 13))
+    assert run_segment(SEGMENT, dry_run=True) == "success"
+    after = snapshot(capsys)
+    unchanged(published, after)
+    assert after["status"] == "Ready"
+    run = after["runs"][0]
+    assert run["status"] == "dry_run"
+    assert (run["added"], run["removed"]) == (2, 2)
+    with sqlite3.connect(workspace / "netmera.db") as conn:
+        assert conn.execute("SELECT count(*) FROM cs_members WHERE version > 1").fetchone() == (0,)
