@@ -1,0 +1,120 @@
+"""Segment YAML validation, and the DAGs generated from it (one bad file breaks one segment)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DAGS, cli, cli_json, run_segment, write_csv, write_users
+
+GOOD = {
+    "id": "good_one",
+    "name": "Good one",
+    "description": "A **valid** segment.",
+    "schedule": "0 2 * * *",
+    "owner": "crm",
+    "tags": ["crm"],
+    "source": {"type": "file", "path": "data/a.csv"},
+    "user_key": "uid",
+    "identifiers": [{"field": "uid", "kind": "external_id"}],
+}
+
+
+def write_yaml(folder: Path, name: str, config: dict | str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    return path
+
+
+BROKEN = [
+    ("unknown_key", {"guardrails": {"max_shrinkk": 0.2}}, "guardrails.max_shrinkk"),
+    ("bad_kind", {"identifiers": [{"field": "uid", "kind": "phone"}]}, "identifiers.0.kind"),
+    ("bad_schedule", {"schedule": "every night"}, "schedule"),
+    ("bad_source", {"source": {"type": "file"}}, "source.file.path"),
+    ("bad_id", {"id": "Bad-Id"}, "id"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "field"), BROKEN)
+def test_validate_names_the_file_and_the_field(tmp_path, capsys, name, change, field):
+    write_yaml(tmp_path, "good_one", GOOD)
+    path = write_yaml(tmp_path, name, {**GOOD, "id": name, **change})
+    code, out, err = cli(capsys, "validate", "--dir", str(tmp_path))
+    assert code == 1
+    assert str(path) in err
+    assert f"field '{field}'" in err
+    assert "1 valid, 1 invalid" in out
+
+
+def test_validate_rejects_a_file_that_is_not_yaml_mapping(tmp_path, capsys):
+    path = write_yaml(tmp_path, "oops", "- just\n- a list\n")
+    code, _, err = cli(capsys, "validate", "--dir", str(tmp_path))
+    assert code == 1
+    assert str(path) in err
+
+
+def test_id_must_equal_the_file_name(tmp_path, capsys):
+    write_yaml(tmp_path, "other_name", GOOD)
+    code, _, err = cli(capsys, "validate", "--dir", str(tmp_path))
+    assert code == 1
+    assert "field 'id'" in err
+
+
+def test_broken_yaml_is_an_import_error_and_other_dags_still_load(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path))
+    write_yaml(tmp_path, "good_one", GOOD)
+    write_yaml(tmp_path, "good_two", {**GOOD, "id": "good_two"})
+    broken = write_yaml(tmp_path, "broken", {**GOOD, "id": "broken", "user_key": None})
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert {"connector_segment_good_one", "connector_segment_good_two"} <= set(bag.dag_ids)
+    assert "connector_segment_broken" not in bag.dag_ids
+    errors = "\n".join(bag.import_errors.values())
+    assert str(broken) in errors
+    assert "field 'user_key'" in errors
+
+
+def test_generated_dag_shape(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path))
+    write_yaml(tmp_path, "good_one", GOOD)
+    dag = DagBag(dag_folder=str(DAGS)).dags["connector_segment_good_one"]
+
+    assert dag.max_active_runs == 1
+    assert set(dag.tags) == {"connector-segment", "file", "crm"}
+    assert "A **valid** segment." in dag.doc_md
+    assert set(dag.params.keys()) == {"dry_run", "approve"}
+    assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
+    assert dag.default_args["owner"] == "crm"
+    order = ["start", "extract", "match", "validate", "publish"]
+    for upstream, downstream in itertools.pairwise(order):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
+    outlets = dag.get_task("publish").outlets
+    assert [a.uri for a in outlets] == ["connector_segment://good_one"]
+
+
+def test_each_dag_runs_its_own_segment_not_the_last_one_parsed(workspace, capsys):
+    # Two segments with different audiences: running the first must refresh the first
+    # (a config read from a loop variable at run time would be the last one's).
+    write_users(
+        workspace / "netmera.db",
+        [(f"nm-{i}", f"ext-{i}", None, None, None, True) for i in range(1, 6)],
+    )
+    for name, ids in (("a_first", [1, 2]), ("z_last", [1, 2, 3, 4])):
+        csv = write_csv(workspace / f"{name}.csv", ["uid"], [[f"ext-{i}"] for i in ids])
+        write_yaml(
+            workspace / "segments",
+            name,
+            {**GOOD, "id": name, "name": name, "source": {"type": "file", "path": str(csv)}},
+        )
+    assert run_segment("a_first") == "success"
+    listed = {row["id"]: row for row in cli_json(capsys, "list")}
+    assert listed["a_first"]["netmera_users"] == 2
+    assert listed["a_first"]["status"] == "Ready"
+    assert listed["z_last"]["status"] is None  # never run
