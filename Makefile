@@ -10,18 +10,18 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
 # The embedded default: Airflow home, Netmera DB (user table + segment store), demo warehouse
 # and staging all live in .local/ (git-ignored).
-demo ui: export AIRFLOW_HOME := $(LOCAL)/airflow
-demo ui: export AIRFLOW__CORE__LOAD_EXAMPLES := False
-demo ui: export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
-demo ui: export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
-demo ui: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
-demo ui: export PYTHONPATH := $(CURDIR)
-demo ui: export PATH := $(BIN):$(PATH)
-demo ui: export AIRFLOW_CONN_NETMERA_DB := {"conn_type": "sqlite", "host": "$(LOCAL)/netmera.db"}
-demo ui: export AIRFLOW_CONN_DEMO_WAREHOUSE := {"conn_type": "sqlite", "host": "$(LOCAL)/warehouse.db"}
-demo ui: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
+demo ui cli: export AIRFLOW_HOME := $(LOCAL)/airflow
+demo ui cli: export AIRFLOW__CORE__LOAD_EXAMPLES := False
+demo ui cli: export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+demo ui cli: export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+demo ui cli: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+demo ui cli: export PYTHONPATH := $(CURDIR)
+demo ui cli: export PATH := $(BIN):$(PATH)
+demo ui cli: export AIRFLOW_CONN_NETMERA_DB := {"conn_type": "sqlite", "host": "$(LOCAL)/netmera.db"}
+demo ui cli: export AIRFLOW_CONN_DEMO_WAREHOUSE := {"conn_type": "sqlite", "host": "$(LOCAL)/warehouse.db"}
+demo ui cli: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
 
-.PHONY: install demo test ui lint clean
+.PHONY: install demo test ui cli lint clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ ui: $(STAMP)
 	@echo "Airflow UI: http://localhost:8080  user: admin  password: printed below by 'standalone'"
 	@echo "            (also in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
 	$(BIN)/airflow standalone
+
+# The CLI against the demo's database, e.g. `make cli ARGS="details churn_risk"`.
+cli: $(STAMP)
+	@$(BIN)/python -m include.cli $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
