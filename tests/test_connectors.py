@@ -1,0 +1,124 @@
+"""`file` and `sql` sources: every format streams the segment's fields as strings, in batches,
+and a missing field is an error naming the segment and the field."""
+
+from __future__ import annotations
+
+import gzip
+import sqlite3
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from include.config import SegmentConfig
+from include.connectors import ConnectionInfo, SourceError, read_source
+from include.staging import stage_audience
+
+ROWS = [["u1", "Ann@Example.com", "00123"], ["u2", "", "+90 532 000 00 00"], ["", "x@y.z", ""]]
+
+
+def segment(source: dict, config_path: Path | None = None) -> SegmentConfig:
+    config = SegmentConfig.model_validate(
+        {
+            "id": "src",
+            "name": "Source test",
+            "source": source,
+            "user_key": "uid",
+            "identifiers": [
+                {"field": "email", "kind": "email"},
+                {"field": "code", "kind": "external_id"},
+            ],
+        }
+    )
+    return config.model_copy(update={"config_path": config_path})
+
+
+def no_connections(conn_id: str) -> ConnectionInfo:
+    raise AssertionError(f"file sources need no connection, asked for {conn_id}")
+
+
+def rows_of(config: SegmentConfig, get_connection=no_connections, batch_rows: int = 2) -> list:
+    batches = list(read_source(config, get_connection, batch_rows=batch_rows))
+    assert all(b.schema.names == ["uid", "email", "code"] for b in batches)
+    assert all(t == pa.string() for b in batches for t in b.schema.types)
+    return [list(r.values()) for b in batches for r in b.to_pylist()]
+
+
+def csv_text() -> str:
+    lines = ["extra,uid,email,code"] + [f"x,{u},{e},{c}" for u, e, c in ROWS]
+    return "\n".join(lines) + "\n"
+
+
+def expected() -> list[list]:
+    # Empty CSV cells read as null; leading zeros survive because everything is a string.
+    return [[v or None for v in row] for row in ROWS]
+
+
+def test_csv_relative_to_the_yaml_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text(csv_text())
+    config = segment({"type": "file", "path": "data/a.csv"}, tmp_path / "src.yaml")
+    assert rows_of(config) == expected()
+
+
+def test_gzipped_csv_through_a_file_url(tmp_path):
+    path = tmp_path / "a.csv.gz"
+    path.write_bytes(gzip.compress(csv_text().encode()))
+    assert rows_of(segment({"type": "file", "path": path.as_uri()})) == expected()
+
+
+def test_parquet_with_non_string_columns(tmp_path):
+    table = pa.table({"uid": [1, 2], "email": ["a@b.co", None], "code": [7, None]})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=1)
+    got = rows_of(segment({"type": "file", "path": str(tmp_path / "a.parquet")}))
+    assert got == [["1", "a@b.co", "7"], ["2", None, None]]
+
+
+def test_missing_field_names_segment_and_field(tmp_path):
+    (tmp_path / "a.csv").write_text("uid,email\nu1,a@b.co\n")
+    with pytest.raises(SourceError, match=r"'src'.*'code'"):
+        rows_of(segment({"type": "file", "path": str(tmp_path / "a.csv")}))
+
+
+def test_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match=r"source\.path"):
+        rows_of(segment({"type": "file", "path": str(tmp_path / "nope.csv")}))
+
+
+def test_sql_source_streams_through_its_connection(tmp_path):
+    db = tmp_path / "warehouse.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (uid TEXT, email TEXT, code INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(f"u{i}", None, i) for i in range(5)])
+    asked = []
+
+    def get_connection(conn_id: str) -> ConnectionInfo:
+        asked.append(conn_id)
+        return ConnectionInfo(conn_id=conn_id, conn_type="sqlite", host=str(db))
+
+    config = segment({"type": "sql", "conn_id": "dwh", "query": "SELECT * FROM t ORDER BY uid"})
+    assert rows_of(config, get_connection) == [[f"u{i}", None, str(i)] for i in range(5)]
+    assert asked == ["dwh"]
+
+
+def test_sql_source_with_an_empty_result_still_checks_the_fields(tmp_path):
+    db = tmp_path / "w.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (uid TEXT, email TEXT)")
+    config = segment({"type": "sql", "conn_id": "dwh", "query": "SELECT * FROM t"})
+    with pytest.raises(SourceError, match="'code'"):
+        rows_of(config, lambda c: ConnectionInfo(conn_id=c, conn_type="sqlite", host=str(db)))
+
+
+def test_staging_drops_and_counts_rows_without_a_user_key(tmp_path):
+    (tmp_path / "a.csv").write_text(csv_text() + "x,   ,,\n")
+    config = segment({"type": "file", "path": str(tmp_path / "a.csv")})
+    staged = stage_audience(
+        read_source(config, no_connections, batch_rows=2),
+        fields=config.source_fields,
+        user_key="uid",
+        destination=tmp_path / "audience.parquet",
+    )
+    assert (staged.rows, staged.refused_no_user_key) == (2, 2)
+    assert pq.read_table(staged.path).column("uid").to_pylist() == ["u1", "u2"]
