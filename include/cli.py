@@ -29,10 +29,27 @@ LIST_COLUMNS = [
     ("status", "Status"),
 ]
 RUN_FIELDS = [
-    "airflow_run_id", "status", "dry_run", "approve", "started_at", "finished_at", "version",
-    "base_version", "connector_users", "netmera_users", "matched_source_users", "refused_rows",
-    "reachable", "reasons", "matched_by", "added", "removed", "failed_step", "error",
-    "hold_reason", "validation",
+    "airflow_run_id",
+    "status",
+    "dry_run",
+    "approve",
+    "started_at",
+    "finished_at",
+    "version",
+    "base_version",
+    "connector_users",
+    "netmera_users",
+    "matched_source_users",
+    "refused_rows",
+    "reachable",
+    "reasons",
+    "matched_by",
+    "added",
+    "removed",
+    "failed_step",
+    "error",
+    "hold_reason",
+    "validation",
 ]
 
 
@@ -54,16 +71,18 @@ def _list_rows(store) -> list[dict[str, Any]]:
     rows = []
     for segment_id in sorted(stored.keys() | configured.keys()):
         row, config = stored.get(segment_id), configured.get(segment_id)
-        rows.append({
-            "id": segment_id,
-            "name": config.name if config else row["name"],
-            "connector_users": row["connector_users"] if row else 0,
-            "netmera_users": row["netmera_users"] if row else 0,
-            "message_sent": row["message_sent"] if row else 0,
-            "description": config.description if config else row["description"],
-            "last_update_date": _iso(row["last_update_date"]) if row else None,
-            "status": row["status"] if row else None,
-        })
+        rows.append(
+            {
+                "id": segment_id,
+                "name": config.name if config else row["name"],
+                "connector_users": row["connector_users"] if row else 0,
+                "netmera_users": row["netmera_users"] if row else 0,
+                "message_sent": row["message_sent"] if row else 0,
+                "description": config.description if config else row["description"],
+                "last_update_date": _iso(row["last_update_date"]) if row else None,
+                "status": row["status"] if row else None,
+            }
+        )
     return sorted(rows, key=lambda r: r["name"].lower())
 
 
@@ -71,8 +90,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)
     fmt = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
-                      line, *fmt])
+    return "\n".join(
+        [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line, *fmt]
+    )
 
 
 def _cell(key: str, value: Any) -> str:
@@ -102,8 +122,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(_table([h for _, h in LIST_COLUMNS],
-                 [[_cell(k, r[k]) for k, _ in LIST_COLUMNS] for r in rows]))
+    print(
+        _table(
+            [h for _, h in LIST_COLUMNS], [[_cell(k, r[k]) for k, _ in LIST_COLUMNS] for r in rows]
+        )
+    )
     return 0
 
 
@@ -116,15 +139,25 @@ def _details(store, segment_id: str, limit: int) -> dict[str, Any] | None:
         for r in store.runs(segment_id, limit)
     ]
     current = next(
-        (r for r in store.runs(segment_id, 1000)
-         if r["status"] == "published" and r["version"] == row["current_version"]), None,
+        (
+            r
+            for r in store.runs(segment_id, 1000)
+            if r["status"] == "published" and r["version"] == row["current_version"]
+        ),
+        None,
     )
     return {
-        "id": row["id"], "name": row["name"], "description": row["description"],
-        "source_type": row["source_type"], "status": row["status"],
-        "status_reason": row["status_reason"], "current_version": row["current_version"],
-        "connector_users": row["connector_users"], "netmera_users": row["netmera_users"],
-        "reachable": row["reachable"], "message_sent": row["message_sent"],
+        "id": row["id"],
+        "name": row["name"],
+        "description": row["description"],
+        "source_type": row["source_type"],
+        "status": row["status"],
+        "status_reason": row["status_reason"],
+        "current_version": row["current_version"],
+        "connector_users": row["connector_users"],
+        "netmera_users": row["netmera_users"],
+        "reachable": row["reachable"],
+        "message_sent": row["message_sent"],
         "last_update_date": _iso(row["last_update_date"]),
         # Why Connector Users and Netmera Users differ, for the published version.
         "matched_source_users": current["matched_source_users"] if current else None,
@@ -138,32 +171,44 @@ def _details(store, segment_id: str, limit: int) -> dict[str, Any] | None:
 def _print_details(d: dict[str, Any]) -> None:
     print(f"{d['name']}  [{d['id']}]  source: {d['source_type']}")
     print(f"Status: {d['status']}" + (f"  ({d['status_reason']})" if d["status_reason"] else ""))
-    print(f"Published version: {d['current_version'] or '-'}   Last update: "
-          f"{_cell('last_update_date', d['last_update_date'])}")
-    print(f"Connector Users {d['connector_users']:,}   Netmera Users {d['netmera_users']:,}   "
-          f"Reachable {_cell('reachable', d['reachable'])}   Message Sent {d['message_sent']:,}")
+    print(
+        f"Published version: {d['current_version'] or '-'}   Last update: "
+        f"{_cell('last_update_date', d['last_update_date'])}"
+    )
+    print(
+        f"Connector Users {d['connector_users']:,}   Netmera Users {d['netmera_users']:,}   "
+        f"Reachable {_cell('reachable', d['reachable'])}   Message Sent {d['message_sent']:,}"
+    )
     for run in d["runs"]:
         print()
         version = f" v{run['version']}" if run["version"] else ""
-        print(f"run {run['airflow_run_id']}  {run['status']}{version}"
-              f"{'  (dry run)' if run['dry_run'] else ''}{'  (approved)' if run['approve'] else ''}"
-              f"  started {run['started_at']}")
+        print(
+            f"run {run['airflow_run_id']}  {run['status']}{version}"
+            f"{'  (dry run)' if run['dry_run'] else ''}{'  (approved)' if run['approve'] else ''}"
+            f"  started {run['started_at']}"
+        )
         if run["connector_users"] is not None:
-            print(f"  Connector Users {run['connector_users']:,} -> matched "
-                  f"{run['matched_source_users']:,} source users -> Netmera Users "
-                  f"{run['netmera_users']:,} (reachable {_cell('reachable', run['reachable'])})")
+            print(
+                f"  Connector Users {run['connector_users']:,} -> matched "
+                f"{run['matched_source_users']:,} source users -> Netmera Users "
+                f"{run['netmera_users']:,} (reachable {_cell('reachable', run['reachable'])})"
+            )
             print("  matched by: " + ", ".join(f"{k} {v:,}" for k, v in run["matched_by"].items()))
             print("  unmatched:  " + ", ".join(f"{k} {v:,}" for k, v in run["reasons"].items()))
         if run["refused_rows"]:
             print(f"  refused rows without a user key: {run['refused_rows']:,}")
         if run["added"] is not None:
-            print(f"  vs version {run['base_version'] or '-'}: +{run['added']:,} added, "
-                  f"-{run['removed']:,} removed")
+            print(
+                f"  vs version {run['base_version'] or '-'}: +{run['added']:,} added, "
+                f"-{run['removed']:,} removed"
+            )
         if run["validation"]:
             v = run["validation"]
-            print(f"  validation: {v['outcome']}  (data {_ratio(v['data'])}, guardrails "
-                  f"{_ratio(v['guardrails'])})" + (f"  approved: {v['approved']}"
-                                                    if v.get("approved") else ""))
+            print(
+                f"  validation: {v['outcome']}  (data {_ratio(v['data'])}, guardrails "
+                f"{_ratio(v['guardrails'])})"
+                + (f"  approved: {v['approved']}" if v.get("approved") else "")
+            )
         if run["hold_reason"]:
             print(f"  held: {run['hold_reason']}")
         if run["error"]:
@@ -200,8 +245,11 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m include.cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="validate every segment YAML")
     p.add_argument("--dir", help="segments folder (default: $CONNECTOR_SEGMENTS_DIR)")

@@ -46,12 +46,13 @@ def engine_for(conn: ConnectionInfo) -> sa.Engine:
     import sqlalchemy as sa
 
     url = sqlalchemy_url(conn)
+    # Bound parameters (identifiers, user ids) never reach error messages, hence task logs.
     if url.get_backend_name() == "sqlite":
         # Writers wait for each other instead of failing at once ("database is locked").
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        engine = sa.create_engine(url, connect_args={"timeout": 60}, hide_parameters=True)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

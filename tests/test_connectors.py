@@ -122,3 +122,11 @@ def test_staging_drops_and_counts_rows_without_a_user_key(tmp_path):
     )
     assert (staged.rows, staged.refused_no_user_key) == (2, 2)
     assert pq.read_table(staged.path).column("uid").to_pylist() == ["u1", "u2"]
+
+
+def test_a_malformed_csv_fails_without_quoting_personal_data(tmp_path):
+    (tmp_path / "a.csv").write_text("uid,email,code\nu1,secret.person@example.com\n")
+    with pytest.raises(SourceError) as raised:
+        rows_of(segment({"type": "file", "path": str(tmp_path / "a.csv")}))
+    assert "Expected 3 columns" in str(raised.value)
+    assert "secret.person" not in str(raised.value)

@@ -68,10 +68,21 @@ def read_file(segment: SegmentConfig, batch_rows: int) -> Iterator[pa.RecordBatc
                 )
             except pa.ArrowInvalid as exc:
                 raise SourceError(
-                    f"segment {segment.id!r}: cannot read CSV {location}: {exc}"
-                ) from exc
+                    f"segment {segment.id!r}: cannot read CSV {location}: {_redact(exc)}"
+                ) from None
         try:
             for batch in reader:
                 yield as_string_batch(batch, segment)
         except pa.ArrowInvalid as exc:
-            raise SourceError(f"segment {segment.id!r}: malformed file {location}: {exc}") from exc
+            raise SourceError(
+                f"segment {segment.id!r}: malformed file {location}: {_redact(exc)}"
+            ) from None
+
+
+def _redact(exc: Exception) -> str:
+    """Arrow quotes the offending CSV row ("Expected 3 columns, got 2: ann@x.com,..."): keep the
+    diagnosis, drop the row, so no personal data reaches task logs or the run record."""
+    text = str(exc)
+    if "CSV parse error" in text and text.count(": ") >= 2:
+        return text.rsplit(": ", 1)[0]
+    return text
