@@ -24,6 +24,7 @@ MSISDN = IdentifierKind.MSISDN
 HASHED = (IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256)
 VERBATIM = (IdentifierKind.EXTERNAL_ID, IdentifierKind.INSTALLATION_ID)
 REGIONS = ("TR", "DE", "GB", "US", "FR", "IN", "BR", "JP")
+HEX_DIGITS = "0123456789abcdefABCDEF"
 
 # Whitespace a CSV export or a hand-edited sheet puts around values (ASCII and Unicode).
 padding = st.text(alphabet=" \t\r\n\u00a0\u3000", max_size=3)
@@ -107,6 +108,9 @@ def test_normalisation_is_idempotent(kind: IdentifierKind, raw: str, region: str
         "alice@example.",
         "alice@.com",
         "<alice@example.com>,bob@example.com",
+        "alice\u00a0smith@example.com",  # Unicode separators inside are not trimmed away
+        "alice\u3000smith@example.com",
+        "alice\x0bsmith@example.com",
     ],
 )
 def test_email_without_local_at_domain_tld_shape_is_invalid(raw: str) -> None:
@@ -210,11 +214,16 @@ def test_sha256_hex_digest_normalises_to_lower_case(
 
 @given(
     st.sampled_from(HASHED),
-    st.text(alphabet="0123456789abcdefABCDEF", min_size=1, max_size=130).filter(
-        lambda s: len(s) != 64
+    hex_digests,
+    st.one_of(
+        st.integers(min_value=1, max_value=63).map(lambda cut: lambda d: d[:-cut]),
+        st.text(alphabet=HEX_DIGITS, min_size=1).map(lambda extra: lambda d: d + extra),
     ),
 )
-def test_hex_of_the_wrong_length_is_not_a_sha256(kind: IdentifierKind, raw: str) -> None:
+def test_hex_of_the_wrong_length_is_not_a_sha256(kind: IdentifierKind, digest: str, resize) -> None:
+    # A digest cut short (truncated export column) or with extra hex digits (two glued values).
+    raw = resize(digest)
+    assert len(raw) != 64
     assert normalize_value(kind, raw, None) is None
 
 
@@ -222,7 +231,7 @@ def test_hex_of_the_wrong_length_is_not_a_sha256(kind: IdentifierKind, raw: str)
     st.sampled_from(HASHED),
     hex_digests,
     st.integers(min_value=0, max_value=63),
-    st.characters(exclude_characters="0123456789abcdefABCDEF"),
+    st.characters(exclude_characters=HEX_DIGITS),
 )
 def test_64_characters_with_a_non_hex_one_is_not_a_sha256(
     kind: IdentifierKind, digest: str, position: int, bad: str

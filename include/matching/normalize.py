@@ -20,7 +20,9 @@ from include.config import IdentifierKind
 if TYPE_CHECKING:
     import pyarrow as pa
 
-_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# No separators or control characters anywhere (RE2's \s alone is ASCII-only).
+_NOT_EMAIL_CHAR = r"[^@\s\pZ\pC]"
+_EMAIL = rf"^{_NOT_EMAIL_CHAR}+@{_NOT_EMAIL_CHAR}+\.{_NOT_EMAIL_CHAR}+$"
 _SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -62,10 +64,29 @@ def _msisdn_array(values: pa.Array, region: str | None) -> pa.Array:
 def to_e164(raw: str, region: str | None) -> str | None:
     import phonenumbers
 
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    for candidate, default in _readings(raw, region):
+        try:
+            number = phonenumbers.parse(candidate, default)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def _readings(raw: str, region: str | None) -> list[tuple[str, str | None]]:
+    """How to read a value, most likely first.
+
+    Exports often drop the "+" ("4915123456789"). Read as national, such digits can still be a
+    *valid but different* number (+49 4915123456789), so when they start with the default
+    region's country code the international reading is tried first.
+    """
+    import phonenumbers
+
+    readings = [(raw, region)]
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    if region and raw.lstrip()[:1] not in ("+", "0") and digits:
+        code = str(phonenumbers.country_code_for_region(region))
+        if code != "0" and digits.startswith(code):
+            readings.insert(0, ("+" + digits, None))
+    return readings
