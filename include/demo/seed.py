@@ -6,7 +6,9 @@ Every person comes from a string-seeded `random.Random`, so user *i* is the same
 `--users` is, on any Python version: the bundled sample audiences (`include.demo.samples`) pick
 users through the same `netmera_user(i)` and so keep matching the seeded table.
 
-Netmera's side is stored already normalised (lower-case emails, E.164 phone numbers). Emails and
+Netmera's side is stored normalised (lower-case emails, E.164 phone numbers), except for a few
+legacy rows kept as typed (mixed-case email, national-format phone): compared as stored, those
+do not match by that identifier, as in real data (see `stored_identifiers`). Emails and
 phone numbers embed the user's number, so they are unique except for the deliberate family pairs
 that share an email, and never collide with `outsider(k)` people (for `--users` < 900,000).
 """
@@ -28,6 +30,7 @@ import phonenumbers
 
 OUTSIDER_SERIAL_BASE = 900_000  # outsiders' phone/email serials; Netmera users stay below it
 FAMILY_PAIR_RATE = 0.005  # pairs (2k-1, 2k) sharing one email: ~0.5 % of users
+LEGACY_RATE = 0.015  # per identifier: stored as typed, not normalised
 
 _COUNTRIES = ("TR", "DE", "GB", "US")
 _COUNTRY_WEIGHTS = (75, 12, 8, 5)
@@ -135,9 +138,23 @@ def outsider(k: int) -> dict[str, Any]:
     return {"external_id": None, **person}
 
 
+def stored_identifiers(user: dict[str, Any]) -> tuple[str | None, str | None]:
+    """How Netmera holds the user's email and phone: normalised, but for legacy rows written
+    before normalisation (LEGACY_RATE each), which keep the typed case or a national format."""
+    rng = random.Random(f"netmera-legacy-{user['user_id']}")
+    email, msisdn = user["email"], user["msisdn"]
+    if email and rng.random() < LEGACY_RATE:
+        local, domain = email.split("@")
+        email = f"{local.title()}@{domain.capitalize()}"
+    if msisdn and rng.random() < LEGACY_RATE:
+        national = phonenumbers.PhoneNumberFormat.NATIONAL
+        msisdn = phonenumbers.format_number(phonenumbers.parse(msisdn), national)
+    return email, msisdn
+
+
 def device_rows(user: dict[str, Any]) -> list[tuple[Any, ...]]:
     """One netmera_users row per device; a user without devices keeps one row, without one."""
-    base = (user["user_id"], user["external_id"], user["email"], user["msisdn"])
+    base = (user["user_id"], user["external_id"], *stored_identifiers(user))
     if not user["devices"]:
         return [(*base, None, 0)]
     return [(*base, d["installation_id"], int(d["push_permitted"])) for d in user["devices"]]
