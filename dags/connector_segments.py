@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
 from include.config import SegmentConfig, SegmentConfigError, load_segments
+from include.pools import pool_for
 
 RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
 
@@ -80,7 +81,7 @@ def build_dag(config: SegmentConfig) -> DAG:
             run_key, params = _run()
             refresh.start(config, run_key, dry_run=params["dry_run"], approve=params["approve"])
 
-        @task
+        @task(pool=pool_for(config.source.type) or "default_pool")
         def extract() -> dict:
             from include import refresh
 

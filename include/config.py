@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_SEGMENTS_DIR = Path(__file__).parent / "segments"
 SEGMENTS_DIR_ENV = "CONNECTOR_SEGMENTS_DIR"
@@ -66,7 +73,36 @@ class SqlSource(_Strict):
     query: str = Field(min_length=1)
 
 
-Source = Annotated[FileSource | SqlSource, Field(discriminator="type")]
+class MixpanelSource(_Strict):
+    """A Mixpanel cohort, pulled page by page through the Engage query API."""
+
+    type: Literal["mixpanel"]
+    cohort_id: int = Field(gt=0)
+    conn_id: str = Field(default="mixpanel_default", min_length=1)
+
+
+class MixpanelWebhookSource(_Strict):
+    """A Mixpanel cohort pushed to our webhook; `conn_id` holds the Basic-auth login/password."""
+
+    type: Literal["mixpanel_webhook"]
+    conn_id: str = Field(min_length=1)
+
+
+class AmplitudeSource(_Strict):
+    """An Amplitude behavioural cohort: request, poll, download."""
+
+    type: Literal["amplitude"]
+    cohort_id: str = Field(min_length=1)
+    conn_id: str = Field(default="amplitude_default", min_length=1)
+
+
+Source = Annotated[
+    FileSource | SqlSource | MixpanelSource | MixpanelWebhookSource | AmplitudeSource,
+    Field(discriminator="type"),
+]
+
+# Sources whose user key is fixed by the vendor's payload.
+FIXED_USER_KEY = {"mixpanel": "$distinct_id", "mixpanel_webhook": "mixpanel_distinct_id"}
 
 
 class Identifier(_Strict):
@@ -123,6 +159,16 @@ class SegmentConfig(_Strict):
             raise ValueError("the same (field, kind) pair is listed twice")
         return value
 
+    @model_validator(mode="after")
+    def _user_key_fits_the_source(self) -> SegmentConfig:
+        fixed = FIXED_USER_KEY.get(self.source.type)
+        if fixed and self.user_key != fixed:
+            raise ValueError(
+                f"field 'user_key' must be {fixed!r} for a {self.source.type} source, "
+                f"got {self.user_key!r}"
+            )
+        return self
+
     @property
     def dag_id(self) -> str:
         return f"connector_segment_{self.id}"
@@ -152,6 +198,7 @@ def _describe(exc: ValidationError, path: Path) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"{path}: field '{loc}': {msg}")
     return "\n".join(lines)
 

@@ -43,11 +43,12 @@ def extract(config: SegmentConfig, run_key: str) -> dict[str, Any]:
     from include.connectors import read_source
     from include.staging import stage_audience
 
+    folder = run_dir(config.id, run_key)
     staged = stage_audience(
-        read_source(config, get_connection),
+        read_source(config, get_connection, folder),
         fields=config.source_fields,
         user_key=config.user_key,
-        destination=run_dir(config.id, run_key) / AUDIENCE_FILE,
+        destination=folder / AUDIENCE_FILE,
     )
     _store().record_run(config.id, run_key, refused_rows=staged.refused_no_user_key)
     log.info(

@@ -39,7 +39,7 @@ def no_connections(conn_id: str) -> ConnectionInfo:
 
 
 def rows_of(config: SegmentConfig, get_connection=no_connections, batch_rows: int = 2) -> list:
-    batches = list(read_source(config, get_connection, batch_rows=batch_rows))
+    batches = list(read_source(config, get_connection, Path("unused"), batch_rows=batch_rows))
     assert all(b.schema.names == ["uid", "email", "code"] for b in batches)
     assert all(t == pa.string() for b in batches for t in b.schema.types)
     return [list(r.values()) for b in batches for r in b.to_pylist()]
@@ -115,7 +115,7 @@ def test_staging_drops_and_counts_rows_without_a_user_key(tmp_path):
     (tmp_path / "a.csv").write_text(csv_text() + "x,   ,,\n")
     config = segment({"type": "file", "path": str(tmp_path / "a.csv")})
     staged = stage_audience(
-        read_source(config, no_connections, batch_rows=2),
+        read_source(config, no_connections, tmp_path, batch_rows=2),
         fields=config.source_fields,
         user_key="uid",
         destination=tmp_path / "audience.parquet",

@@ -231,7 +231,7 @@ def test_hex_of_the_wrong_length_is_not_a_sha256(kind: IdentifierKind, digest: s
     st.sampled_from(HASHED),
     hex_digests,
     st.integers(min_value=0, max_value=63),
-    st.characters(exclude_characters=HEX_DIGITS),
+    st.characters(exclude_characters=HEX_DIGITS, codec="utf-8"),  # sources hold valid text,
 )
 def test_64_characters_with_a_non_hex_one_is_not_a_sha256(
     kind: IdentifierKind, digest: str, position: int, bad: str

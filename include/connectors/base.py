@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,9 +37,17 @@ class SourceError(RuntimeError):
 
 
 def read_source(
-    segment: SegmentConfig, get_connection: ConnectionGetter, batch_rows: int = BATCH_ROWS
+    segment: SegmentConfig,
+    get_connection: ConnectionGetter,
+    workdir: Path,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield batches whose columns are `segment.source_fields`, every value a string or null."""
+    """Yield batches whose columns are `segment.source_fields`, every value a string or null.
+
+    `workdir` belongs to this run: a connector may keep checkpoints there, so that a retried
+    task resumes instead of starting over. A connector that cannot read its source completely
+    raises SourceError; it never ends early as if the audience were complete.
+    """
     source = segment.source
     if source.type == "file":
         from include.connectors.file import read_file
@@ -48,6 +57,18 @@ def read_source(
         from include.connectors.sql import read_sql
 
         return read_sql(segment, get_connection(source.conn_id), batch_rows)
+    if source.type == "mixpanel":
+        from include.connectors.mixpanel import read_mixpanel
+
+        return read_mixpanel(segment, get_connection(source.conn_id), workdir)
+    if source.type == "mixpanel_webhook":
+        from include.connectors.mixpanel_webhook import read_mixpanel_webhook
+
+        return read_mixpanel_webhook(segment, batch_rows)
+    if source.type == "amplitude":
+        from include.connectors.amplitude import read_amplitude
+
+        return read_amplitude(segment, get_connection(source.conn_id), workdir, batch_rows)
     raise SourceError(f"segment {segment.id!r}: field 'source.type': unsupported {source.type!r}")
 
 
