@@ -68,7 +68,7 @@ def read_source(
     if source.type == "amplitude":
         from include.connectors.amplitude import read_amplitude
 
-        return read_amplitude(segment, get_connection(source.conn_id), workdir, batch_rows)
+        return read_amplitude(segment, get_connection(source.conn_id), workdir)
     raise SourceError(f"segment {segment.id!r}: field 'source.type': unsupported {source.type!r}")
 
 

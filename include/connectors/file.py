@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include.connectors.base import SourceError, as_string_batch, require_fields
+from include.connectors.csv_reader import read_csv_batches
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,51 +39,25 @@ def _format(segment: SegmentConfig, location: str) -> str:
 def read_file(segment: SegmentConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
     import fsspec
     import pyarrow as pa
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     location = resolve_location(segment)
     fmt = _format(segment, location)
-    try:
-        opened = fsspec.open(location, "rb", compression="infer")
-        handle = opened.open()
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"segment {segment.id!r}: field 'source.path': {exc}") from exc
-    with handle:
-        if fmt == "parquet":
-            parquet = pq.ParquetFile(handle)
-            columns = require_fields(parquet.schema_arrow.names, segment, "file")
-            reader = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-        else:
-            # Every column as a string: ids with leading zeros and phone numbers must survive.
-            convert = pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in segment.source_fields},
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            )
-            try:
-                reader = pacsv.open_csv(
-                    handle,
-                    read_options=pacsv.ReadOptions(block_size=1 << 22),
-                    convert_options=convert,
-                )
-            except pa.ArrowInvalid as exc:
-                raise SourceError(
-                    f"segment {segment.id!r}: cannot read CSV {location}: {_redact(exc)}"
-                ) from None
+
+    def open_bytes():
         try:
-            for batch in reader:
+            return fsspec.open(location, "rb", compression="infer").open()
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"segment {segment.id!r}: field 'source.path': {exc}") from exc
+
+    if fmt == "csv":
+        yield from read_csv_batches(open_bytes, segment, f"file {location}")
+        return
+    with open_bytes() as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = require_fields(parquet.schema_arrow.names, segment, "file")
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                 yield as_string_batch(batch, segment)
         except pa.ArrowInvalid as exc:
-            raise SourceError(
-                f"segment {segment.id!r}: malformed file {location}: {_redact(exc)}"
-            ) from None
-
-
-def _redact(exc: Exception) -> str:
-    """Arrow quotes the offending CSV row ("Expected 3 columns, got 2: ann@x.com,..."): keep the
-    diagnosis, drop the row, so no personal data reaches task logs or the run record."""
-    text = str(exc)
-    if "CSV parse error" in text and text.count(": ") >= 2:
-        return text.rsplit(": ", 1)[0]
-    return text
+            raise SourceError(f"segment {segment.id!r}: malformed file {location}: {exc}") from None
