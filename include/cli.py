@@ -2,6 +2,8 @@
 
     validate            check every segment YAML; errors name the file and field (exit 1)
     list [--json]       the Connector Segments table
+    discover mixpanel [--prefix PN_] [--write]
+                        the project's cohorts; --write adds a YAML skeleton per cohort
     details ID [--json] the segment and its last runs: counts, reasons, matches per kind
     members ID          the current members' Netmera user ids, one a line
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from include.config import SegmentConfigError, load_segments
+from include.connectors.base import SourceError
 
 LIST_COLUMNS = [
     ("name", "Segment Name"),
@@ -244,6 +247,39 @@ def cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from include.config import segments_dir
+    from include.connections import get_connection
+    from include.discovery import mixpanel_cohorts, segment_id_for, write_skeletons
+
+    cohorts = mixpanel_cohorts(get_connection(args.conn_id), args.prefix)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"id": c.id, "name": c.name, "count": c.count, "segment_id": segment_id_for(c)}
+                    for c in cohorts
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print(
+            _table(
+                ["Cohort id", "Name", "Count"],
+                [[str(c.id), c.name, _cell("count", c.count)] for c in cohorts],
+            )
+        )
+    if args.write:
+        for path, written in write_skeletons(cohorts, segments_dir(), args.conn_id):
+            print(
+                f"{'wrote ' if written else 'kept  '} {path}"
+                f"{'' if written else '  (exists; not overwritten)'}",
+                file=sys.stderr,
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m include.cli",
@@ -265,10 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("members", help="current members' Netmera user ids, one a line")
     p.add_argument("id")
     p.set_defaults(func=cmd_members)
+    p = sub.add_parser("discover", help="list a vendor's cohorts; --write makes YAML skeletons")
+    p.add_argument("vendor", choices=["mixpanel"])
+    p.add_argument("--prefix", help="only cohorts whose name starts with this, e.g. PN_")
+    p.add_argument("--conn-id", default="mixpanel_default")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="write a YAML skeleton per cohort into the segments folder",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_discover)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (SegmentConfigError, LookupError, ValueError) as exc:
+    except (SegmentConfigError, SourceError, LookupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
