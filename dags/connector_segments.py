@@ -17,6 +17,7 @@ from include.config import SegmentConfig, SegmentConfigError, load_segments
 from include.pools import pool_for
 
 RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
+RETRY_DELAY_ENV = "CONNECTOR_SEGMENTS_RETRY_DELAY"  # seconds before the first retry
 
 PARAMS = {
     "dry_run": Param(
@@ -68,7 +69,7 @@ def build_dag(config: SegmentConfig) -> DAG:
         default_args={
             "owner": config.owner,
             "retries": int(os.environ.get(RETRIES_ENV, "2")),
-            "retry_delay": timedelta(minutes=1),
+            "retry_delay": timedelta(seconds=float(os.environ.get(RETRY_DELAY_ENV, "60"))),
             "retry_exponential_backoff": True,
             "on_failure_callback": _on_failure,
         },

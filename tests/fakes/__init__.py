@@ -1,0 +1,20 @@
+"""Real HTTP fakes of the vendor APIs (Mixpanel, Amplitude) for connector tests.
+
+See `tests.fakes.server` for the fault API shared by every fake.
+"""
+
+from tests.fakes.amplitude import FakeAmplitude, FakeStorage, make_rows
+from tests.fakes.mixpanel import SESSION_INVALID, FakeMixpanel, make_members
+from tests.fakes.server import FakeServer, Fault, Recorded
+
+__all__ = [
+    "SESSION_INVALID",
+    "FakeAmplitude",
+    "FakeMixpanel",
+    "FakeServer",
+    "FakeStorage",
+    "Fault",
+    "Recorded",
+    "make_members",
+    "make_rows",
+]

@@ -1,0 +1,378 @@
+"""Mixpanel (pull) and Amplitude sources end to end against real HTTP test servers.
+
+The fakes in tests/fakes play the vendors (reference/external-apis.md) with switchable faults;
+segments run through `dag.test()` and results are read through the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.config import SegmentConfig
+from include.connectors.base import SourceError
+from include.connectors.mixpanel import read_mixpanel
+from tests.conftest import cli, cli_json, run_segment, write_users
+from tests.fakes import FakeAmplitude, FakeMixpanel, make_members, make_rows
+
+pytestmark = pytest.mark.dagrun
+
+SECRET = "svc-secret-Zq9"  # must never show up in logs or error texts
+
+
+@pytest.fixture
+def mixpanel():
+    with FakeMixpanel(username="svc-user", secret=SECRET, project_id=77, page_size=3) as fake:
+        yield fake
+        assert fake.errors == []
+
+
+@pytest.fixture
+def amplitude():
+    with FakeAmplitude(api_key="amp-key", secret_key=SECRET, polls_before_ready=2) as fake:
+        yield fake
+        assert fake.errors == []
+
+
+def vendor_conn(monkeypatch, conn_id: str, fake, login: str, **extra) -> None:
+    settings = {
+        "timeout": 0.5,
+        "backoff_base": 0.01,
+        "backoff_max": 0.2,
+        "max_attempts": 4,
+        **extra,
+    }
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": fake.base_url,
+                "login": login,
+                "password": SECRET,
+                "extra": settings,
+            }
+        ),
+    )
+
+
+def netmera_users_for(ids: list[str], emails: list[str]) -> list[tuple]:
+    """Netmera knows a third of the people by external id, a third by email only; the last third
+    are strangers (not_found)."""
+    rows = []
+    for i, (ext, email) in enumerate(zip(ids, emails, strict=True)):
+        if i % 3 == 0:
+            rows.append((f"nm-{i}", ext, None, None, None, True))
+        elif i % 3 == 1:
+            rows.append((f"nm-{i}", f"other-{i}", email.lower(), None, None, False))
+    return rows
+
+
+def write_segment(ws: Path, segment_id: str, source: dict, user_key: str, fields: dict) -> None:
+    config = {
+        "id": segment_id,
+        "name": segment_id,
+        "source": source,
+        "user_key": user_key,
+        "identifiers": [{"field": f, "kind": k} for f, k in fields.items()],
+        "default_region": "TR",
+        "guardrails": {"max_shrink": None},
+    }
+    (ws / "segments" / f"{segment_id}.yaml").write_text(yaml.safe_dump(config))
+
+
+def expected_members(n: int) -> list[str]:
+    return sorted(f"nm-{i}" for i in range(n) if i % 3 != 2)
+
+
+# -- Mixpanel ------------------------------------------------------------------------------------
+
+MEMBERS = make_members(11)  # page_size 3 -> 4 pages, the last one short
+
+
+def mixpanel_segment(ws: Path, mixpanel: FakeMixpanel) -> None:
+    mixpanel.add_cohort(501, "PN_cart", MEMBERS)
+    write_users(
+        ws / "netmera.db",
+        netmera_users_for(
+            [m["$distinct_id"] for m in MEMBERS], [m["$properties"]["$email"] for m in MEMBERS]
+        ),
+    )
+    write_segment(
+        ws,
+        "mp",
+        {"type": "mixpanel", "cohort_id": 501},
+        "$distinct_id",
+        {"$distinct_id": "external_id", "$email": "email", "$phone": "msisdn"},
+    )
+
+
+def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
+    workspace, monkeypatch, capfd, mixpanel
+):
+    mixpanel_segment(workspace, mixpanel)
+    vendor_conn(
+        monkeypatch,
+        "mixpanel_default",
+        mixpanel,
+        "svc-user",
+        project_id=77,
+        queries_per_hour=36_000,
+    )
+    mixpanel.fail_next("429", path=FakeMixpanel.ENGAGE, retry_after=0.1)
+    mixpanel.fail_next("500", path=FakeMixpanel.ENGAGE, after=1)
+    mixpanel.fail_next("slow", path=FakeMixpanel.ENGAGE, after=2, delay=1.5)
+
+    assert run_segment("mp") == "success"
+    logs = capfd.readouterr()
+
+    details = cli_json(capfd, "details", "mp")
+    assert details["connector_users"] == 11
+    assert details["netmera_users"] == len(expected_members(11))
+    assert details["matched_by"] == {"external_id": 4, "email": 4, "msisdn": 0}
+    assert details["reasons"]["not_found"] == 3
+    _, members, _ = cli(capfd, "members", "mp")
+    assert members.split() == expected_members(11)
+    engage = mixpanel.requests_to(FakeMixpanel.ENGAGE)
+    served = [r for r in engage if r.fault is None]  # a "slow" one answered too late
+    assert [int(r.param("page")) for r in served] == [0, 1, 2, 3]
+    assert {r.fault for r in engage} >= {"429", "500", "slow"}
+    # Pages after the first carry the session the first opened; properties come from the YAML.
+    assert {r.param("session_id") for r in served[1:]} == {
+        served[0].param("session_id") or mixpanel.session_ids[0]
+    }
+    assert json.loads(served[0].param("output_properties")) == ["$email", "$phone"]
+    assert SECRET not in logs.out + logs.err
+
+
+def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixpanel):
+    mixpanel_segment(workspace, mixpanel)
+    vendor_conn(
+        monkeypatch, "mixpanel_default", mixpanel, "svc-user", project_id=77, queries_per_hour=7_200
+    )  # one query every 0.5 s
+    config = SegmentConfig.model_validate(
+        yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
+    )
+    from include.connections import get_connection
+
+    batches = list(read_mixpanel(config, get_connection("mixpanel_default"), workspace / "run"))
+    assert sum(b.num_rows for b in batches) == 11
+    starts = [r.at for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)]
+    assert len(starts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.45, gaps  # the server saw them at least the budget's interval apart
+
+
+def _read(config, monkeypatch, fake, workdir):
+    from include.connections import get_connection
+
+    return list(read_mixpanel(config, get_connection("mixpanel_default"), workdir))
+
+
+def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired(
+    workspace, monkeypatch, mixpanel
+):
+    mixpanel_segment(workspace, mixpanel)
+    vendor_conn(
+        monkeypatch,
+        "mixpanel_default",
+        mixpanel,
+        "svc-user",
+        project_id=77,
+        queries_per_hour=36_000,
+        max_attempts=2,
+    )
+    config = SegmentConfig.model_validate(
+        yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
+    )
+    workdir = workspace / "run"
+
+    # First try: pages 0 and 1 land, then page 2 keeps failing.
+    mixpanel.fail_next("500", path=FakeMixpanel.ENGAGE, after=2, times=2)
+    with pytest.raises(SourceError, match="gave up"):
+        _read(config, monkeypatch, mixpanel, workdir)
+    # Second try resumes at page 2 with the same session: pages 0-1 are not asked again.
+    mixpanel.clear_requests()
+    rows = [r for b in _read(config, monkeypatch, mixpanel, workdir) for r in b.to_pylist()]
+    assert sorted(r["$distinct_id"] for r in rows) == sorted(m["$distinct_id"] for m in MEMBERS)
+    assert [int(r.param("page")) for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)] == [2, 3]
+
+    # A third read of a finished run asks nothing; an expired session restarts from page 0.
+    mixpanel.clear_requests()
+    assert sum(b.num_rows for b in _read(config, monkeypatch, mixpanel, workdir)) == 11
+    assert mixpanel.requests_to(FakeMixpanel.ENGAGE) == []
+
+    other = workspace / "run2"
+    mixpanel.fail_next("500", path=FakeMixpanel.ENGAGE, after=2, times=2)
+    with pytest.raises(SourceError):
+        _read(config, monkeypatch, mixpanel, other)
+    mixpanel.expire_sessions()
+    mixpanel.clear_requests()
+    rows = [r for b in _read(config, monkeypatch, mixpanel, other) for r in b.to_pylist()]
+    assert sorted(r["$distinct_id"] for r in rows) == sorted(m["$distinct_id"] for m in MEMBERS)
+    pages = [int(r.param("page")) for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)]
+    assert pages == [2, 0, 1, 2, 3]  # refused with the old session, then a clean restart
+
+
+def test_a_source_that_keeps_failing_leaves_the_segment_failed_and_members_intact(
+    workspace, monkeypatch, capfd, mixpanel
+):
+    mixpanel_segment(workspace, mixpanel)
+    vendor_conn(
+        monkeypatch,
+        "mixpanel_default",
+        mixpanel,
+        "svc-user",
+        project_id=77,
+        queries_per_hour=36_000,
+    )
+    assert run_segment("mp") == "success"
+    _, before, _ = cli(capfd, "members", "mp")
+
+    mixpanel.fail_next("503", path=FakeMixpanel.ENGAGE, after=1, times=1000)
+    assert run_segment("mp") == "failed"
+    logs = capfd.readouterr()
+    details = cli_json(capfd, "details", "mp")
+    assert details["status"] == "Failed"
+    assert "extract" in details["status_reason"]
+    assert "gave up" in details["runs"][0]["error"] and "503" in details["runs"][0]["error"]
+    assert details["netmera_users"] == len(expected_members(11))
+    _, after, _ = cli(capfd, "members", "mp")
+    assert after == before
+    assert SECRET not in logs.out + logs.err + json.dumps(details)
+
+
+def test_wrong_credentials_fail_clearly_without_echoing_them(
+    workspace, monkeypatch, capfd, mixpanel
+):
+    mixpanel_segment(workspace, mixpanel)
+    vendor_conn(
+        monkeypatch,
+        "mixpanel_default",
+        mixpanel,
+        "intruder",
+        project_id=77,
+        queries_per_hour=36_000,
+    )
+    assert run_segment("mp") == "failed"
+    logs = capfd.readouterr()
+    error = cli_json(capfd, "details", "mp")["runs"][0]["error"]
+    assert "401" in error
+    assert SECRET not in error + logs.out + logs.err
+
+
+# -- Amplitude -----------------------------------------------------------------------------------
+
+ROWS = make_rows(12)
+
+
+@pytest.mark.parametrize(
+    ("mode", "gzip", "style"),
+    [
+        ("body", False, "plain"),
+        ("body", True, "gp"),
+        ("redirect", True, "plain"),
+        ("redirect", False, "gp"),
+    ],
+)
+def test_amplitude_cohort_in_each_download_style_publishes_expected_users(
+    workspace, monkeypatch, capfd, amplitude, mode, gzip, style
+):
+    amplitude.prop_column_style = style
+    amplitude.add_cohort("coh-1", "Churn risk", ROWS, gzip=gzip, mode=mode)
+    write_users(
+        workspace / "netmera.db",
+        netmera_users_for(
+            [r["user_id"] or f"anon-{i}" for i, r in enumerate(ROWS)], [r["email"] for r in ROWS]
+        ),
+    )
+    write_segment(
+        workspace,
+        "amp",
+        {"type": "amplitude", "cohort_id": "coh-1"},
+        "amplitude_id",
+        {"user_id": "external_id", "email": "email"},
+    )
+    vendor_conn(
+        monkeypatch,
+        "amplitude_default",
+        amplitude,
+        "amp-key",
+        poll_interval=0.01,
+        requests_per_hour=36_000,
+    )
+    amplitude.fail_next("429", path=FakeAmplitude.STATUS, retry_after=0.05)
+    if mode == "redirect":
+        amplitude.expire_next_links(1)  # the first pre-signed link has already expired
+
+    assert run_segment("amp") == "success"
+    logs = capfd.readouterr()
+
+    details = cli_json(capfd, "details", "amp")
+    assert details["connector_users"] == 12
+    _, members, _ = cli(capfd, "members", "amp")
+    # Rows without a user_id (every fifth) can still match by email when Netmera has it.
+    expected = sorted(
+        f"nm-{i}" for i in range(12) if (i % 3 == 0 and ROWS[i]["user_id"]) or i % 3 == 1
+    )
+    assert members.split() == expected
+    requested = amplitude.requests_to(FakeAmplitude.REQUEST)[0]
+    assert requested.param("props") == "1"
+    assert set(requested.query["propKeys"]) == {"email"}
+    if mode == "redirect":
+        downloads = amplitude.storage.requests
+        assert [r.status for r in downloads] == [403, 200]
+        assert all("authorization" not in r.headers for r in downloads)
+    assert SECRET not in logs.out + logs.err
+
+
+def test_amplitude_download_cut_short_is_retried(workspace, monkeypatch, capsys, amplitude):
+    amplitude.add_cohort("coh-2", "Big", ROWS, gzip=True, mode="body")
+    write_users(workspace / "netmera.db", [("nm-x", "00-0000000", None, None, None, True)])
+    write_segment(
+        workspace,
+        "amp2",
+        {"type": "amplitude", "cohort_id": "coh-2"},
+        "amplitude_id",
+        {"user_id": "external_id"},
+    )
+    vendor_conn(
+        monkeypatch,
+        "amplitude_default",
+        amplitude,
+        "amp-key",
+        poll_interval=0.01,
+        requests_per_hour=36_000,
+    )
+    amplitude.fail_next("truncated", path=FakeAmplitude.FILE)
+    assert run_segment("amp2") == "success"
+    assert cli_json(capsys, "details", "amp2")["connector_users"] == 12
+
+
+# -- Discovery -----------------------------------------------------------------------------------
+
+
+def test_discover_lists_cohorts_and_writes_skeletons_without_overwriting(
+    workspace, monkeypatch, capsys, mixpanel
+):
+    mixpanel.add_cohort(1, "PN_cart abandoners", make_members(2))
+    mixpanel.add_cohort(2, "Internal QA", make_members(1))
+    vendor_conn(monkeypatch, "mixpanel_default", mixpanel, "svc-user", project_id=77)
+    existing = workspace / "segments" / "mixpanel_pn_cart_abandoners.yaml"
+
+    listed = cli_json(capsys, "discover", "mixpanel")
+    assert {c["id"] for c in listed} == {1, 2}
+
+    code, out, _ = cli(capsys, "discover", "mixpanel", "--prefix", "PN_", "--write")
+    assert code == 0 and "PN_cart abandoners" in out and "Internal QA" not in out
+    assert existing.exists()
+    code, _, _ = cli(capsys, "validate")
+    assert code == 0  # the skeleton is a valid segment as written
+
+    existing.write_text(existing.read_text() + "# edited by a person\n")
+    cli(capsys, "discover", "mixpanel", "--prefix", "PN_", "--write")
+    assert existing.read_text().endswith("# edited by a person\n")
