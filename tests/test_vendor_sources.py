@@ -146,7 +146,10 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
         served[0].param("session_id") or mixpanel.session_ids[0]
     }
     assert json.loads(served[0].param("output_properties")) == ["$email", "$phone"]
-    assert SECRET not in logs.out + logs.err
+    task_log = logs.out + logs.err
+    assert "Mixpanel page 3: 11 users so far" in task_log  # the task log is what we read
+    assert "retry" in task_log
+    assert SECRET not in task_log
 
 
 def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixpanel):
