@@ -118,3 +118,10 @@ def test_each_dag_runs_its_own_segment_not_the_last_one_parsed(workspace, capsys
     assert listed["a_first"]["netmera_users"] == 2
     assert listed["a_first"]["status"] == "Ready"
     assert listed["z_last"]["status"] is None  # never run
+
+
+def test_documented_example_segments_are_valid(capsys):
+    examples = Path(__file__).resolve().parent.parent / "docs" / "examples"
+    code, out, err = cli(capsys, "validate", "--dir", str(examples))
+    assert code == 0, err
+    assert "3 valid, 0 invalid" in out
