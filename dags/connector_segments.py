@@ -1,7 +1,8 @@
 """Connector segments: one DAG `connector_segment_<id>` per YAML file in the segments folder.
 
 Thin glue: the steps live in `include/refresh.py`; this file only reads the configs (pydantic +
-YAML, no heavy imports) and wires `start → extract → match → validate → publish`.
+YAML, no heavy imports) and wires `start → extract → match → validate → publish →
+send_message` (the send is skipped unless asked; with `refresh: false` it is the only step).
 A YAML that fails validation becomes an import error naming the file and field, and every other
 segment's DAG still loads.
 """
@@ -32,14 +33,49 @@ PARAMS = {
         title="Approve a held refresh",
         description="Publish even if a guardrail (shrink, growth, match rate, empty) trips.",
     ),
+    "refresh": Param(
+        True,
+        type="boolean",
+        title="Refresh",
+        description="Extract, match and publish. Off with send_message on: Send Message to the "
+        "current membership without refreshing it.",
+    ),
+    "send_message": Param(
+        False,
+        type="boolean",
+        title="Send Message",
+        description="Send the campaign to the published members (at most once per version "
+        "and message).",
+    ),
+    "message_title": Param(
+        None,
+        type=["null", "string"],
+        title="Message title",
+        description="Overrides the YAML campaign's title.",
+    ),
+    "message_text": Param(
+        None,
+        type=["null", "string"],
+        title="Message text",
+        description="Overrides the YAML campaign's text.",
+    ),
+    "send_key": Param(
+        None,
+        type=["null", "string"],
+        title="Send key",
+        description="Only to send the same message to the same version again: any new value.",
+    ),
 }
 
 
 def _on_failure(context) -> None:
-    """Final failure of a step: status Failed with the error; the membership is untouched."""
+    """Final failure of a step: status Failed with the error; the membership is untouched.
+    A failed send is recorded in its ledger instead: the membership is still Ready."""
     from include.refresh import record_failure
 
     ti = context["ti"]
+    if ti.task_id == "send_message":
+        return
     segment_id = ti.dag_id.removeprefix("connector_segment_")
     record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or "unknown error")
 
@@ -77,9 +113,13 @@ def build_dag(config: SegmentConfig) -> DAG:
     def segment_dag():
         @task
         def start() -> None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
             from include import refresh
 
             run_key, params = _run()
+            if not params["refresh"]:
+                raise AirflowSkipException("refresh: false, straight to Send Message")
             refresh.start(config, run_key, dry_run=params["dry_run"], approve=params["approve"])
 
         @task(pool=pool_for(config.source.type) or "default_pool")
@@ -123,10 +163,26 @@ def build_dag(config: SegmentConfig) -> DAG:
                 raise AirflowSkipException(f"Dry run: nothing published ({outcome})")
             return outcome
 
+        @task(trigger_rule="none_failed")
+        def send_message() -> dict:
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            from include import refresh
+            from include.netmera.client import NetmeraError
+            from include.netmera.send import SendRefused
+
+            run_key, params = _run()
+            try:
+                return refresh.send_message(config, run_key, params)
+            except SendRefused as exc:
+                raise AirflowSkipException(str(exc)) from None
+            except (NetmeraError, ValueError) as exc:
+                raise AirflowFailException(str(exc)) from None  # a retry cannot fix these
+
         started = start()
         staged = extract()
         started >> staged
-        publish(validate(match(staged)))
+        publish(validate(match(staged))) >> send_message()
 
     return segment_dag()
 

@@ -123,6 +123,17 @@ class Guardrails(_Strict):
     allow_empty: bool = False
 
 
+class Campaign(_Strict):
+    """The segment's default message for Send Message (trigger Params may override the text)."""
+
+    title: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    platforms: tuple[Literal["IOS", "ANDROID"], ...] = Field(
+        default=("IOS", "ANDROID"), min_length=1
+    )
+    send_on_refresh: bool = False
+
+
 class SegmentConfig(_Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=200)
     name: str = Field(min_length=1)
@@ -135,6 +146,7 @@ class SegmentConfig(_Strict):
     identifiers: tuple[Identifier, ...] = Field(min_length=1)
     default_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     guardrails: Guardrails = Guardrails()
+    campaign: Campaign | None = None
 
     # Set by the loader, not by the YAML: where this config came from.
     config_path: Path | None = Field(default=None, exclude=True)

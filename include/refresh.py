@@ -19,6 +19,7 @@ from include.connections import get_connection, netmera_engine
 from include.staging import AUDIENCE_FILE, run_dir, staging_root
 
 log = logging.getLogger(__name__)
+NETMERA_CONN_ID = "netmera_default"
 
 
 class DataValidationError(RuntimeError):
@@ -174,3 +175,78 @@ def record_failure(segment_id: str, run_key: str, step: str, error: BaseExceptio
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     _store().fail_run(segment_id, run_key, step, text[:4000])
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
+
+
+def send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Send Message to the published membership (after this run's publish, or without a
+    refresh). Raises SendRefused when there is nothing to do, NetmeraError when Netmera refuses;
+    neither touches the membership or its status."""
+    from include.matching.user_table import UserTable
+    from include.netmera.client import NetmeraClient
+    from include.netmera.send import SendRefused, audience, send
+
+    asked = params.get("send_message") or (
+        params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
+    )
+    if not asked:
+        raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
+    message = _message(config, params)
+    store = _store()
+    segment = store.segment(config.id)
+    version = segment["current_version"] if segment else None
+    if version is None:
+        raise SendRefused(f"segment {config.id!r} has no published membership to message")
+    engine, info = netmera_engine()
+    users = UserTable.from_extras(info.extra)
+    if params.get("dry_run"):
+        target = audience(engine, users, config.id, version)
+        preview = {
+            "dry_run": True,
+            "version": version,
+            "recipients": target.recipients,
+            "batches": [len(b) for b in target.batches],
+            "not_addressable": target.not_addressable,
+            "title": message.title,
+        }
+        log.info(
+            "segment %s: dry run: would send %r to %d users of version %d in %d batches "
+            "(%d members without an extId cannot be addressed); nothing sent",
+            config.id,
+            message.title,
+            target.recipients,
+            version,
+            len(target.batches),
+            target.not_addressable,
+        )
+        return preview
+    if params.get("refresh", True):
+        run = store.run(config.id, run_key)
+        if not run or run["status"] != "published":
+            raise SendRefused(
+                f"segment {config.id!r}: this refresh did not publish "
+                f"({run['status'] if run else 'no run'}); nothing sent"
+            )
+    return send(
+        engine=engine,
+        client=NetmeraClient(get_connection(NETMERA_CONN_ID)),
+        users=users,
+        segment_id=config.id,
+        version=version,
+        message=message,
+        nonce=params.get("send_key") or None,
+        airflow_run_id=run_key,
+    )
+
+
+def _message(config: SegmentConfig, params: dict[str, Any]):
+    from include.netmera.send import DEFAULT_PLATFORMS, Message
+
+    campaign = config.campaign
+    title = params.get("message_title") or (campaign.title if campaign else None)
+    text = params.get("message_text") or (campaign.text if campaign else None)
+    if not title or not text:
+        raise ValueError(
+            f"segment {config.id!r}: no message to send: set 'campaign' (title, text) in the "
+            "YAML or the message_title and message_text trigger parameters"
+        )
+    return Message(title, text, campaign.platforms if campaign else DEFAULT_PLATFORMS)

@@ -8,6 +8,7 @@ any test module imports it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -96,6 +97,41 @@ def run_segment(segment_id: str, **conf) -> str:
     assert dag is not None, f"DAG not loaded; import errors: {bag.import_errors}"
     run = dag.test(run_conf=conf or None)
     return str(run.state)
+
+
+class LogRecorder(logging.Handler):
+    """Every record, formatted with its traceback. Not caplog/capfd: Airflow reconfigures
+    logging when first used inside a test, dropping pytest's handlers and leaving its own bound
+    to whichever captured stream was current; handlers on these named loggers survive that."""
+
+    LOGGERS = ("", "include", "uvicorn", "uvicorn.error", "uvicorn.access", "airflow")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogRecorder]:
+    """What the task and server logs say during the test (our loggers at DEBUG)."""
+    recorder = LogRecorder()
+    include = logging.getLogger("include")
+    level = include.level
+    include.setLevel(logging.DEBUG)
+    for name in LogRecorder.LOGGERS:
+        logging.getLogger(name).addHandler(recorder)
+    yield recorder
+    for name in LogRecorder.LOGGERS:
+        logging.getLogger(name).removeHandler(recorder)
+    include.setLevel(level)
 
 
 def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

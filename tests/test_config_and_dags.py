@@ -89,10 +89,18 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
     assert dag.max_active_runs == 1
     assert set(dag.tags) == {"connector-segment", "file", "crm"}
     assert "A **valid** segment." in dag.doc_md
-    assert set(dag.params.keys()) == {"dry_run", "approve"}
+    assert set(dag.params.keys()) == {
+        "dry_run",
+        "approve",
+        "refresh",
+        "send_message",
+        "message_title",
+        "message_text",
+        "send_key",
+    }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
     assert dag.default_args["owner"] == "crm"
-    order = ["start", "extract", "match", "validate", "publish"]
+    order = ["start", "extract", "match", "validate", "publish", "send_message"]
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     outlets = dag.get_task("publish").outlets

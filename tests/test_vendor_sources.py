@@ -112,7 +112,7 @@ def mixpanel_segment(ws: Path, mixpanel: FakeMixpanel) -> None:
 
 
 def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
-    workspace, monkeypatch, capfd, mixpanel
+    workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
     vendor_conn(
@@ -128,14 +128,13 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
     mixpanel.fail_next("slow", path=FakeMixpanel.ENGAGE, after=2, delay=1.5)
 
     assert run_segment("mp") == "success"
-    logs = capfd.readouterr()
 
-    details = cli_json(capfd, "details", "mp")
+    details = cli_json(capsys, "details", "mp")
     assert details["connector_users"] == 11
     assert details["netmera_users"] == len(expected_members(11))
     assert details["matched_by"] == {"external_id": 4, "email": 4, "msisdn": 0}
     assert details["reasons"]["not_found"] == 3
-    _, members, _ = cli(capfd, "members", "mp")
+    _, members, _ = cli(capsys, "members", "mp")
     assert members.split() == expected_members(11)
     engage = mixpanel.requests_to(FakeMixpanel.ENGAGE)
     served = [r for r in engage if r.fault is None]  # a "slow" one answered too late
@@ -146,7 +145,7 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
         served[0].param("session_id") or mixpanel.session_ids[0]
     }
     assert json.loads(served[0].param("output_properties")) == ["$email", "$phone"]
-    task_log = logs.out + logs.err
+    task_log = logs.text
     assert "Mixpanel page 3: 11 users so far" in task_log  # the task log is what we read
     assert "retry" in task_log
     assert SECRET not in task_log
@@ -222,7 +221,7 @@ def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired
 
 
 def test_a_source_that_keeps_failing_leaves_the_segment_failed_and_members_intact(
-    workspace, monkeypatch, capfd, mixpanel
+    workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
     vendor_conn(
@@ -234,23 +233,22 @@ def test_a_source_that_keeps_failing_leaves_the_segment_failed_and_members_intac
         queries_per_hour=36_000,
     )
     assert run_segment("mp") == "success"
-    _, before, _ = cli(capfd, "members", "mp")
+    _, before, _ = cli(capsys, "members", "mp")
 
     mixpanel.fail_next("503", path=FakeMixpanel.ENGAGE, after=1, times=1000)
     assert run_segment("mp") == "failed"
-    logs = capfd.readouterr()
-    details = cli_json(capfd, "details", "mp")
+    details = cli_json(capsys, "details", "mp")
     assert details["status"] == "Failed"
     assert "extract" in details["status_reason"]
     assert "gave up" in details["runs"][0]["error"] and "503" in details["runs"][0]["error"]
     assert details["netmera_users"] == len(expected_members(11))
-    _, after, _ = cli(capfd, "members", "mp")
+    _, after, _ = cli(capsys, "members", "mp")
     assert after == before
-    assert SECRET not in logs.out + logs.err + json.dumps(details)
+    assert SECRET not in logs.text + json.dumps(details)
 
 
 def test_wrong_credentials_fail_clearly_without_echoing_them(
-    workspace, monkeypatch, capfd, mixpanel
+    workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
     vendor_conn(
@@ -262,10 +260,9 @@ def test_wrong_credentials_fail_clearly_without_echoing_them(
         queries_per_hour=36_000,
     )
     assert run_segment("mp") == "failed"
-    logs = capfd.readouterr()
-    error = cli_json(capfd, "details", "mp")["runs"][0]["error"]
+    error = cli_json(capsys, "details", "mp")["runs"][0]["error"]
     assert "401" in error
-    assert SECRET not in error + logs.out + logs.err
+    assert SECRET not in error + logs.text
 
 
 # -- Amplitude -----------------------------------------------------------------------------------
@@ -283,7 +280,7 @@ ROWS = make_rows(12)
     ],
 )
 def test_amplitude_cohort_in_each_download_style_publishes_expected_users(
-    workspace, monkeypatch, capfd, amplitude, mode, gzip, style
+    workspace, monkeypatch, capsys, logs, amplitude, mode, gzip, style
 ):
     amplitude.prop_column_style = style
     amplitude.add_cohort("coh-1", "Churn risk", ROWS, gzip=gzip, mode=mode)
@@ -313,11 +310,10 @@ def test_amplitude_cohort_in_each_download_style_publishes_expected_users(
         amplitude.expire_next_links(1)  # the first pre-signed link has already expired
 
     assert run_segment("amp") == "success"
-    logs = capfd.readouterr()
 
-    details = cli_json(capfd, "details", "amp")
+    details = cli_json(capsys, "details", "amp")
     assert details["connector_users"] == 12
-    _, members, _ = cli(capfd, "members", "amp")
+    _, members, _ = cli(capsys, "members", "amp")
     # Rows without a user_id (every fifth) can still match by email when Netmera has it.
     expected = sorted(
         f"nm-{i}" for i in range(12) if (i % 3 == 0 and ROWS[i]["user_id"]) or i % 3 == 1
@@ -330,7 +326,7 @@ def test_amplitude_cohort_in_each_download_style_publishes_expected_users(
         downloads = amplitude.storage.requests
         assert [r.status for r in downloads] == [403, 200]
         assert all("authorization" not in r.headers for r in downloads)
-    assert SECRET not in logs.out + logs.err
+    assert SECRET not in logs.text
 
 
 def test_amplitude_download_cut_short_is_retried(workspace, monkeypatch, capsys, amplitude):

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -30,11 +31,20 @@ log = logging.getLogger(__name__)
 
 
 class TransientHTTPError(Exception):
-    """Worth retrying: 429, 5xx, or a body cut short."""
+    """Worth retrying: 429, 5xx (`answered`: the vendor refused, so it did not act), or a body
+    cut short (not `answered`: it may have acted)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, answered: bool = True
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.answered = answered
+
+
+class AmbiguousOutcome(SourceError):
+    """A non-idempotent call may or may not have been carried out (timeout or reset after the
+    request left, or a reply cut short): it must not be repeated blindly."""
 
 
 class HTTPStatusError(SourceError):
@@ -135,9 +145,31 @@ class VendorClient:
 
     # -- public -------------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A request whose answer is JSON; returns it parsed (the status code is in `.status`)."""
-        return self._with_retries(lambda: self._json(method, path, **kwargs), path)
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool = True,
+        before_attempt: Callable[[], None] | None = None,
+        after_refusal: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A request whose answer is JSON; returns it parsed (the status code is in `.status`).
+
+        A non-idempotent call (a send) is retried only when the vendor surely did not act on
+        it: 429/5xx answers and connections that never opened. Anything else raises
+        AmbiguousOutcome. `before_attempt` runs before each try and `after_refusal` after each
+        try the vendor surely did not act on, so a ledger can tell "in flight" from "not sent"
+        while the client waits to retry.
+        """
+
+        def attempt():
+            if before_attempt:
+                before_attempt()
+            return self._json(method, path, **kwargs)
+
+        return self._with_retries(attempt, path, idempotent=idempotent, after_refusal=after_refusal)
 
     def download(self, url_or_path: str, destination: Path, *, auth: bool = True) -> str | None:
         """Stream a file to `destination`. Returns a redirect's Location instead of following
@@ -177,7 +209,9 @@ class VendorClient:
         try:
             payload = response.json()
         except ValueError as exc:  # a body cut short, or HTML from a proxy
-            raise TransientHTTPError(f"unreadable JSON from {_where(response.url)}") from exc
+            raise TransientHTTPError(
+                f"unreadable JSON from {_where(response.url)}", answered=False
+            ) from exc
         return _Answer(payload, response.status_code)
 
     def _download(self, url_or_path: str, destination: Path, auth: bool) -> str | None:
@@ -196,7 +230,8 @@ class VendorClient:
                     written += len(chunk)
         if expected is not None and written != int(expected):
             raise TransientHTTPError(
-                f"download from {_where(url_or_path)} cut short: {written} of {expected} bytes"
+                f"download from {_where(url_or_path)} cut short: {written} of {expected} bytes",
+                answered=False,
             )
         partial.replace(destination)
         return None
@@ -211,7 +246,13 @@ class VendorClient:
             body,
         )
 
-    def _with_retries(self, attempt, what: str) -> Any:
+    def _with_retries(
+        self,
+        attempt,
+        what: str,
+        idempotent: bool = True,
+        after_refusal: Callable[[], None] | None = None,
+    ) -> Any:
         import requests
         import tenacity
         import urllib3
@@ -223,6 +264,9 @@ class VendorClient:
             requests.exceptions.ChunkedEncodingError,
             urllib3.exceptions.HTTPError,
         )
+        if not idempotent:
+            attempt = _refuse_ambiguity(attempt, what)
+            retryable = (TransientHTTPError, requests.exceptions.ConnectTimeout, _NotConnected)
         settings = self.settings
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -234,6 +278,8 @@ class VendorClient:
             return min(backoff, settings.backoff_max) * random.uniform(0.5, 1.0)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
+            if after_refusal:
+                after_refusal()
             log.warning(
                 "%s: %s on %s; retry %d/%d in %.1f s",
                 self.vendor,
@@ -254,10 +300,46 @@ class VendorClient:
         try:
             return retrying(attempt)
         except retryable as exc:
+            if after_refusal:
+                after_refusal()
             raise SourceError(
                 f"{self.vendor}: gave up on {what} after {settings.max_attempts} attempts: "
                 f"{_describe(exc)}"
             ) from None
+
+
+class _NotConnected(Exception):
+    """The connection never opened: the vendor cannot have acted on the request."""
+
+
+def _refuse_ambiguity(attempt, what: str):
+    """Wrap a call so that failures after the request may have left become AmbiguousOutcome."""
+    import requests
+
+    def guarded():
+        try:
+            return attempt()
+        except TransientHTTPError as exc:
+            if exc.answered:
+                raise  # the vendor answered 429/5xx: it did not act, a retry is safe
+            raise AmbiguousOutcome(f"{what}: {exc}") from None
+        except requests.exceptions.ConnectTimeout:
+            raise
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                raise _NotConnected(str(exc)) from None
+            raise AmbiguousOutcome(f"{what}: {_describe(exc)}") from None
+        except (requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            raise AmbiguousOutcome(f"{what}: {_describe(exc)}") from None
+
+    return guarded
+
+
+def _never_connected(exc: BaseException) -> bool:
+    import urllib3
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,38 @@ members = sa.Table(
     sa.Column("user_id", sa.String(200), primary_key=True),
     sa.Column("matched_by", sa.String(30), nullable=False),
 )
+
+sends = sa.Table(
+    "cs_sends",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("segment_id", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("send_key", sa.String(300), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("platforms", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("notification_key", sa.BigInteger),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("not_addressable", sa.Integer, nullable=False),
+    sa.Column("sent", sa.Integer, nullable=False),
+    sa.Column("uncertain", sa.Integer, nullable=False),
+    sa.Column("batches", sa.Integer, nullable=False),
+    sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+send_batches = sa.Table(
+    "cs_send_batches",
+    metadata,
+    sa.Column("send_id", sa.Integer, primary_key=True),
+    sa.Column("batch_no", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("ext_ids", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,20 +1,25 @@
-"""Real HTTP fakes of the vendor APIs (Mixpanel, Amplitude) for connector tests.
+"""Real HTTP fakes of the vendor APIs (Mixpanel, Amplitude, Netmera) for connector tests.
 
 See `tests.fakes.server` for the fault API shared by every fake.
 """
 
 from tests.fakes.amplitude import FakeAmplitude, FakeStorage, make_rows
 from tests.fakes.mixpanel import SESSION_INVALID, FakeMixpanel, make_members
+from tests.fakes.netmera import Delivery, FakeNetmera, NetmeraFault, push_outcome
 from tests.fakes.server import FakeServer, Fault, Recorded
 
 __all__ = [
     "SESSION_INVALID",
+    "Delivery",
     "FakeAmplitude",
     "FakeMixpanel",
+    "FakeNetmera",
     "FakeServer",
     "FakeStorage",
     "Fault",
+    "NetmeraFault",
     "Recorded",
     "make_members",
     "make_rows",
+    "push_outcome",
 ]

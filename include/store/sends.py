@@ -1,0 +1,185 @@
+"""The send ledger: at most one message per user for one (segment, version, message) key.
+
+The ledger row and all its batches are written in one transaction before the first API call.
+Each batch is marked `in_flight` before its request and `sent` after Netmera's answer, in the
+same transaction that adds to the segment's Message Sent. A batch found `in_flight` on resume
+(the worker died mid-request) becomes `uncertain` and is never sent again: at most once beats
+exactly once when the two conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from include.store import migrate
+from include.store.tables import segments, send_batches, sends
+
+PENDING, IN_FLIGHT, SENT, UNCERTAIN = "pending", "in_flight", "sent", "uncertain"
+# Send statuses: sending → sent | partial (some batches uncertain) | failed (Netmera refused).
+SENDING, DONE, PARTIAL, FAILED = "sending", "sent", "partial", "failed"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SendLedger:
+    def __init__(self, engine: sa.Engine) -> None:
+        migrate.upgrade(engine)
+        self.engine = engine
+
+    def find(self, send_key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(sends).where(sends.c.send_key == send_key)).first()
+        return dict(row._mapping) if row else None
+
+    def for_segment(self, segment_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        query = (
+            sa.select(sends)
+            .where(sends.c.segment_id == segment_id)
+            .order_by(sends.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def create(
+        self,
+        *,
+        segment_id: str,
+        version: int,
+        send_key: str,
+        fingerprint: str,
+        message: dict[str, Any],
+        batches: Iterable[list[str]],
+        not_addressable: int,
+        airflow_run_id: str,
+    ) -> int:
+        now = _now()
+        with self.engine.begin() as conn:
+            send_id = conn.execute(
+                sends.insert().values(
+                    segment_id=segment_id,
+                    version=version,
+                    send_key=send_key,
+                    fingerprint=fingerprint,
+                    title=message["title"],
+                    text=message["text"],
+                    platforms=message["platforms"],
+                    status=SENDING,
+                    recipients=0,
+                    not_addressable=not_addressable,
+                    sent=0,
+                    uncertain=0,
+                    batches=0,
+                    airflow_run_id=airflow_run_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+            recipients = count = 0
+            for number, ext_ids in enumerate(batches):
+                conn.execute(
+                    send_batches.insert().values(
+                        send_id=send_id,
+                        batch_no=number,
+                        status=PENDING,
+                        size=len(ext_ids),
+                        ext_ids=ext_ids,
+                        updated_at=now,
+                    )
+                )
+                recipients += len(ext_ids)
+                count += 1
+            conn.execute(
+                sends.update()
+                .where(sends.c.id == send_id)
+                .values(recipients=recipients, batches=count)
+            )
+        return send_id
+
+    def set_notification_key(self, send_id: int, key: int) -> None:
+        self._update(send_id, notification_key=key)
+
+    def recover(self, send_id: int) -> int:
+        """Batches caught mid-request by a dead worker become uncertain; returns how many."""
+        with self.engine.begin() as conn:
+            caught = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(send_batches.c.size), 0), sa.func.count()
+                ).where(send_batches.c.send_id == send_id, send_batches.c.status == IN_FLIGHT)
+            ).one()
+            if caught[1]:
+                conn.execute(
+                    self._batch(send_id)
+                    .where(send_batches.c.status == IN_FLIGHT)
+                    .values(status=UNCERTAIN, updated_at=_now())
+                )
+                conn.execute(
+                    sends.update()
+                    .where(sends.c.id == send_id)
+                    .values(uncertain=sends.c.uncertain + caught[0], updated_at=_now())
+                )
+        return caught[1]
+
+    def pending(self, send_id: int) -> Iterator[tuple[int, list[str]]]:
+        query = (
+            sa.select(send_batches.c.batch_no, send_batches.c.ext_ids)
+            .where(send_batches.c.send_id == send_id, send_batches.c.status == PENDING)
+            .order_by(send_batches.c.batch_no)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        yield from ((r.batch_no, list(r.ext_ids)) for r in rows)
+
+    def mark_in_flight(self, send_id: int, batch_no: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._batch(send_id, batch_no).values(status=IN_FLIGHT, updated_at=_now()))
+
+    def mark_pending(self, send_id: int, batch_no: int) -> None:
+        """Netmera refused the batch outright: it was not sent and may be sent later."""
+        with self.engine.begin() as conn:
+            conn.execute(self._batch(send_id, batch_no).values(status=PENDING, updated_at=_now()))
+
+    def mark_sent(self, send_id: int, batch_no: int, segment_id: str, size: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._batch(send_id, batch_no).values(status=SENT, updated_at=_now()))
+            conn.execute(
+                sends.update()
+                .where(sends.c.id == send_id)
+                .values(sent=sends.c.sent + size, updated_at=_now())
+            )
+            conn.execute(
+                segments.update()
+                .where(segments.c.id == segment_id)
+                .values(message_sent=segments.c.message_sent + size)
+            )
+
+    def mark_uncertain(self, send_id: int, batch_no: int, size: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._batch(send_id, batch_no).values(status=UNCERTAIN, updated_at=_now()))
+            conn.execute(
+                sends.update()
+                .where(sends.c.id == send_id)
+                .values(uncertain=sends.c.uncertain + size, updated_at=_now())
+            )
+
+    def finish(self, send_id: int, status: str, error: str | None = None) -> None:
+        self._update(send_id, status=status, error=error)
+
+    def _update(self, send_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sends.update().where(sends.c.id == send_id).values(updated_at=_now(), **values)
+            )
+
+    @staticmethod
+    def _batch(send_id: int, batch_no: int | None = None) -> sa.Update:
+        update = send_batches.update().where(send_batches.c.send_id == send_id)
+        if batch_no is not None:
+            update = update.where(send_batches.c.batch_no == batch_no)
+        return update

@@ -1,0 +1,6 @@
+"""Push sources: HTTP endpoints served by the Airflow API server through the plugin.
+
+`app` builds the FastAPI app, `payload` validates Mixpanel's cohort-sync calls, `auth` checks
+Basic credentials against the segment's Airflow Connection, `state` stages pages durably in the
+segment store, and `trigger` queues the segment's DAG when an export is complete.
+"""
