@@ -6,6 +6,7 @@
                         the project's cohorts; --write adds a YAML skeleton per cohort
     details ID [--json] the segment and its last runs: counts, reasons, matches per kind
     members ID          the current members' Netmera user ids, one a line
+    report ID [--json]  Message Report: sends, recipients, status and Netmera delivery stats
 
 The store is read through the `netmera_db` Airflow Connection (e.g. `AIRFLOW_CONN_NETMERA_DB`).
 """
@@ -247,6 +248,72 @@ def cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_report(send: dict[str, Any], client) -> dict[str, Any]:
+    entry = {
+        "time": _iso(send["created_at"]),
+        "version": send["version"],
+        "title": send["title"],
+        "recipients": send["sent"],
+        "status": send["status"],
+        "notification_key": send["notification_key"],
+        "not_addressable": send["not_addressable"],
+        "uncertain": send["uncertain"],
+        "planned": send["recipients"],
+        "send_key": send["send_key"],
+        "error": send["error"],
+        "stats": None,
+    }
+    if client is not None and send["notification_key"] is not None:
+        try:
+            stats = client.push_stats(send["notification_key"])
+            entry["stats"] = [
+                {k: s.get(k) for k in ("platform", "sent", "failed", "clicked")}
+                for s in stats.get("stats") or []
+            ]
+            entry["delivery_status"] = stats.get("status")
+        except Exception as exc:  # the report still lists the send; say why stats are missing
+            entry["stats_error"] = str(exc)
+    return entry
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from include.connections import get_connection, netmera_engine
+    from include.netmera.client import NetmeraClient
+    from include.refresh import NETMERA_CONN_ID
+    from include.store.sends import SendLedger
+
+    sends = SendLedger(netmera_engine()[0]).for_segment(args.id, args.limit)
+    try:
+        client = NetmeraClient(get_connection(NETMERA_CONN_ID)) if sends else None
+    except (LookupError, ValueError) as exc:
+        print(f"warning: no delivery stats: {exc}", file=sys.stderr)
+        client = None
+    report = [_send_report(send, client) for send in sends]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report:
+        print(f"segment {args.id!r}: no messages sent yet")
+        return 0
+    for r in report:
+        print(
+            f"{r['time']}  v{r['version']}  {r['title']!r}  {r['status']}  "
+            f"{r['recipients']:,}/{r['planned']:,} sent  notification {r['notification_key']}"
+            + (f"  uncertain {r['uncertain']:,}" if r["uncertain"] else "")
+            + (f"  not addressable {r['not_addressable']:,}" if r["not_addressable"] else "")
+        )
+        if r["error"]:
+            print(f"    failed: {r['error']}")
+        for stat in r["stats"] or []:
+            print(
+                f"    {stat['platform']:<8} sent {stat['sent']:,}  failed {stat['failed']:,}  "
+                f"clicked {stat['clicked']:,}"
+            )
+        if r.get("stats_error"):
+            print(f"    stats unavailable: {r['stats_error']}")
+    return 0
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from include.config import segments_dir
     from include.connections import get_connection
@@ -301,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("members", help="current members' Netmera user ids, one a line")
     p.add_argument("id")
     p.set_defaults(func=cmd_members)
+    p = sub.add_parser("report", help="Message Report: the segment's sends and delivery stats")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=20, help="how many recent sends (default 20)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("discover", help="list a vendor's cohorts; --write makes YAML skeletons")
     p.add_argument("vendor", choices=["mixpanel"])
     p.add_argument("--prefix", help="only cohorts whose name starts with this, e.g. PN_")

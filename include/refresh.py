@@ -181,6 +181,16 @@ def send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) ->
     """Send Message to the published membership (after this run's publish, or without a
     refresh). Raises SendRefused when there is nothing to do, NetmeraError when Netmera refuses;
     neither touches the membership or its status."""
+    from include.netmera.send import SendRefused
+
+    try:
+        return _send_message(config, run_key, params)
+    except SendRefused as exc:
+        log.warning("segment %s: nothing sent: %s", config.id, exc)
+        raise
+
+
+def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from include.matching.user_table import UserTable
     from include.netmera.client import NetmeraClient
     from include.netmera.send import SendRefused, audience, send

@@ -1,0 +1,246 @@
+"""Send Message and Message Report against a real HTTP server playing Netmera.
+
+What must hold: each matched extId messaged exactly once per (version, message), whatever
+fails in between (5xx, a killed worker), a re-trigger sends nothing and says why, Netmera's
+refusals fail the send (not the segment), and the API key never shows up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import cli, cli_json, run_segment, write_csv, write_users
+from tests.fakes import FakeNetmera
+
+pytestmark = pytest.mark.dagrun
+
+KEY = "netmera-rest-key-7Hq"
+SEGMENT = "buyers"
+ADDRESSABLE = [f"ext-{i:05d}" for i in range(1, 2501)]  # 3 batches: 1000, 1000, 500
+
+
+@pytest.fixture
+def netmera(monkeypatch):
+    with FakeNetmera(api_key=KEY) as fake:
+        connect(monkeypatch, fake, KEY)
+        yield fake
+        assert fake.errors == []
+
+
+def connect(monkeypatch, fake: FakeNetmera, key: str, **extra) -> None:
+    settings = {"timeout": 2, "backoff_base": 0.01, "backoff_max": 0.1, "max_attempts": 3, **extra}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NETMERA_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": f"{fake.base_url}/rest/3.0",
+                "password": key,
+                "extra": settings,
+            }
+        ),
+    )
+
+
+@pytest.fixture
+def segment(workspace: Path) -> Path:
+    """2,550 matched users: 2,500 with an extId, 50 matched by email but without one."""
+    users = [(f"nm-{i}", f"ext-{i:05d}", None, None, None, True) for i in range(1, 2501)]
+    users += [(f"nm-{i}", None, f"u{i}@example.com", None, None, True) for i in range(2501, 2551)]
+    write_users(workspace / "netmera.db", users)
+    rows = [[f"s{i}", f"ext-{i:05d}", ""] for i in range(1, 2501)]
+    rows += [[f"s{i}", "", f"U{i}@example.com"] for i in range(2501, 2551)]
+    write_csv(workspace / "audience.csv", ["uid", "ext", "email"], rows)
+    config = {
+        "id": SEGMENT,
+        "name": "Buyers",
+        "source": {"type": "file", "path": str(workspace / "audience.csv")},
+        "user_key": "uid",
+        "identifiers": [
+            {"field": "ext", "kind": "external_id"},
+            {"field": "email", "kind": "email"},
+        ],
+        "campaign": {"title": "Come back", "text": "Your cart misses you"},
+    }
+    (workspace / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
+    return workspace
+
+
+def sent_batches(netmera: FakeNetmera) -> list[list[str]]:
+    return [
+        json.loads(r.body)["target"]["extId"]
+        for r in netmera.requests_to(FakeNetmera.SEND)
+        if r.status == 200
+    ]
+
+
+def assert_exactly_once(netmera: FakeNetmera) -> None:
+    counts = Counter(netmera.delivered())
+    assert sorted(counts) == ADDRESSABLE
+    assert set(counts.values()) == {1}
+
+
+def test_refresh_with_send_message_sends_each_matched_ext_id_once(segment, netmera, capsys, logs):
+    assert run_segment(SEGMENT, send_message=True) == "success"
+
+    assert_exactly_once(netmera)
+    assert [len(b) for b in sent_batches(netmera)] == [1000, 1000, 500]
+    assert netmera.definitions[1]["title"] == "Come back"
+    listed = {r["id"]: r for r in cli_json(capsys, "list")}
+    assert listed[SEGMENT]["message_sent"] == 2500
+    assert listed[SEGMENT]["status"] == "Ready"
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["recipients"], report["status"], report["version"]) == (2500, "sent", 1)
+    assert report["not_addressable"] == 50  # matched by email, no extId to address them by
+    assert report["notification_key"] == 1
+    assert sum(s["sent"] + s["failed"] for s in report["stats"]) == 2500
+    assert {s["platform"] for s in report["stats"]} <= {"IOS", "ANDROID"}
+    assert KEY not in logs.text
+
+
+def test_a_5xx_mid_run_then_a_task_retry_messages_everyone_exactly_once(
+    segment, netmera, monkeypatch, capsys
+):
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRIES", "1")
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRY_DELAY", "0")
+    # Batch 1 fails three times: the client gives up, the task fails, its retry resumes.
+    netmera.fail_next("500", path=FakeNetmera.SEND, after=1, times=3)
+    assert run_segment(SEGMENT, send_message=True) == "success"
+    assert_exactly_once(netmera)
+    statuses = [r.status for r in netmera.requests_to(FakeNetmera.SEND)]
+    assert statuses == [200, 500, 500, 500, 200, 200]
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["recipients"], report["status"]) == (2500, "sent")
+
+
+def test_a_worker_killed_between_batches_resumes_without_messaging_anyone_twice(
+    segment, netmera, capsys
+):
+    assert run_segment(SEGMENT) == "success"  # publish first; the send runs on its own
+    # Batch 1 is refused with a long Retry-After: the worker sleeps between two batches.
+    netmera.fail_next("429", path=FakeNetmera.SEND, after=1, retry_after=600)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "dags",
+            "test",
+            f"connector_segment_{SEGMENT}",
+            "-c",
+            json.dumps({"send_message": True, "refresh": False}),
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.status == 429 for r in netmera.requests_to(FakeNetmera.SEND)):
+            assert worker.poll() is None and time.monotonic() < deadline, "no 429 reached"
+            time.sleep(0.2)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert len(netmera.delivered()) == 1000
+
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    assert_exactly_once(netmera)
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["recipients"], report["uncertain"], report["status"]) == (2500, 0, "sent")
+
+
+def test_the_same_message_to_the_same_version_is_sent_once_unless_a_new_key_is_given(
+    segment, netmera, capsys, logs
+):
+    assert run_segment(SEGMENT, send_message=True) == "success"
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    assert_exactly_once(netmera)
+    assert "already sent to version 1" in logs.text
+    assert len(cli_json(capsys, "report", SEGMENT)) == 1
+
+    assert run_segment(SEGMENT, send_message=True, refresh=False, send_key="again") == "success"
+    assert Counter(netmera.delivered()) == Counter(ADDRESSABLE * 2)
+    assert cli_json(capsys, "list")[0]["message_sent"] == 5000
+
+
+def test_params_override_the_yaml_message_and_make_a_new_send(segment, netmera, capsys):
+    assert run_segment(SEGMENT, send_message=True) == "success"
+    assert (
+        run_segment(
+            SEGMENT,
+            send_message=True,
+            refresh=False,
+            message_title="Last chance",
+            message_text="20% off",
+        )
+        == "success"
+    )
+    assert [d["title"] for d in netmera.definitions.values()] == ["Come back", "Last chance"]
+    assert [r["title"] for r in cli_json(capsys, "report", SEGMENT)] == ["Last chance", "Come back"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("invalid_key", "invalid REST API key"), ("quota", "message quota exceeded")],
+)
+def test_netmera_refusing_fails_the_send_not_the_segment(
+    segment, netmera, capsys, logs, fault, reason
+):
+    netmera.fail_next(fault, path=FakeNetmera.SEND, after=1)
+    assert run_segment(SEGMENT, send_message=True) == "failed"
+
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert report["status"] == "failed"
+    assert reason in report["error"]
+    assert report["recipients"] == 1000  # the first batch went out before the refusal
+    details = cli_json(capsys, "details", SEGMENT)
+    assert (details["status"], details["current_version"]) == ("Ready", 1)
+    assert details["message_sent"] == 1000
+    assert KEY not in logs.text + json.dumps(report)
+
+    # Once Netmera accepts again, the same send resumes with the batches not yet sent.
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    assert_exactly_once(netmera)
+
+
+def test_a_wrong_api_key_is_reported_without_revealing_the_key(
+    segment, netmera, monkeypatch, capsys, logs
+):
+    connect(monkeypatch, netmera, "wrong-key-Xy1")
+    assert run_segment(SEGMENT, send_message=True) == "failed"
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert "invalid REST API key" in report["error"]
+    assert netmera.delivered() == []
+    assert "wrong-key-Xy1" not in logs.text + json.dumps(report)
+
+
+def test_dry_run_shows_recipients_and_batches_and_sends_nothing(segment, netmera, capsys, logs):
+    assert run_segment(SEGMENT) == "success"
+    assert run_segment(SEGMENT, send_message=True, refresh=False, dry_run=True) == "success"
+    assert netmera.requests == []
+    assert "would send 'Come back' to 2500 users of version 1 in 3 batches" in logs.text
+    assert cli_json(capsys, "report", SEGMENT) == []
+
+
+def test_send_message_without_a_refresh_leaves_the_membership_alone(segment, netmera, capsys):
+    assert run_segment(SEGMENT) == "success"
+    before = cli_json(capsys, "details", SEGMENT)
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    after = cli_json(capsys, "details", SEGMENT)
+    assert len(after["runs"]) == len(before["runs"])  # no refresh run was recorded
+    assert after["current_version"] == before["current_version"] == 1
+    assert after["message_sent"] == 2500
+    code, out, _ = cli(capsys, "report", SEGMENT)
+    assert code == 0 and "2,500/2,500 sent" in out
