@@ -122,10 +122,14 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
         "svc-user",
         project_id=77,
         queries_per_hour=36_000,
+        max_attempts=6,  # up to five faults in a row below
     )
     mixpanel.fail_next("429", path=FakeMixpanel.ENGAGE, retry_after=0.1)
     mixpanel.fail_next("500", path=FakeMixpanel.ENGAGE, after=1)
     mixpanel.fail_next("slow", path=FakeMixpanel.ENGAGE, after=2, delay=1.5)
+    mixpanel.fail_next("drop", path=FakeMixpanel.ENGAGE)  # a connection reset
+    mixpanel.fail_next("truncated_json", path=FakeMixpanel.ENGAGE)
+    mixpanel.fail_next("429", path=FakeMixpanel.ENGAGE)  # no Retry-After: own backoff
 
     assert run_segment("mp") == "success"
 
@@ -139,7 +143,8 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
     engage = mixpanel.requests_to(FakeMixpanel.ENGAGE)
     served = [r for r in engage if r.fault is None]  # a "slow" one answered too late
     assert [int(r.param("page")) for r in served] == [0, 1, 2, 3]
-    assert {r.fault for r in engage} >= {"429", "500", "slow"}
+    assert {r.fault for r in engage} >= {"429", "500", "slow", "drop", "truncated_json"}
+    assert not mixpanel.faults.pending  # every fault was served and survived
     # Pages after the first carry the session the first opened; properties come from the YAML.
     assert {r.param("session_id") for r in served[1:]} == {
         served[0].param("session_id") or mixpanel.session_ids[0]
