@@ -180,6 +180,24 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
+def use_pg_netmera_db(monkeypatch: pytest.MonkeyPatch, pg: dict, users: list[tuple]) -> None:
+    """Load a Netmera user table into the test's PostgreSQL database and point netmera_db at
+    it (the store's tables follow on first use)."""
+    import sqlalchemy as sa
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NETMERA_DB", json.dumps({k: v for k, v in pg.items() if k != "url"})
+    )
+    engine = sa.create_engine(pg["url"])
+    with engine.begin() as conn:
+        conn.exec_driver_sql(USERS_DDL)
+        conn.execute(
+            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
+            [dict(zip("uxemip", row, strict=True)) for row in users],
+        )
+    engine.dispose()
+
+
 @pytest.fixture
 def pg_database(pg_server: str) -> Iterator[dict]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""

@@ -30,12 +30,12 @@ import yaml
 from include.webhooks.app import DEFAULT_MAX_BODY, MAX_BODY_ENV, create_app, dispose_states
 from tests.conftest import (
     ROOT,
-    USERS_DDL,
     LogRecorder,
     cli,
     cli_json,
     run_segment,
     sqlite_conn,
+    use_pg_netmera_db,
     write_users,
 )
 from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, member, members
@@ -97,18 +97,7 @@ def write_segment(ws: Path, segment_id: str = SEGMENT, source: dict | None = Non
 def backend(request, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """`netmera_db` (user table + segment store + staged webhook state) on SQLite or PostgreSQL."""
     if request.param == "postgres":
-        pg = request.getfixturevalue("pg_database")
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_NETMERA_DB", json.dumps({k: v for k, v in pg.items() if k != "url"})
-        )
-        engine = sa.create_engine(pg["url"])
-        with engine.begin() as conn:
-            conn.exec_driver_sql(USERS_DDL)
-            conn.execute(
-                sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
-                [dict(zip("uxemip", row, strict=True)) for row in USERS],
-            )
-        engine.dispose()
+        use_pg_netmera_db(monkeypatch, request.getfixturevalue("pg_database"), USERS)
     else:
         write_users(workspace / "netmera.db", USERS)
     return request.param

@@ -6,26 +6,20 @@ CONNECTOR_SEGMENTS_REQUIRE_POSTGRES=1 so that there they must run.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import USERS_DDL, cli, cli_json, run_segment, sqlite_conn, write_users
+from tests.conftest import (
+    cli,
+    cli_json,
+    run_segment,
+    sqlite_conn,
+    use_pg_netmera_db,
+    write_users,
+)
 from tests.test_refresh_dag import SEGMENT, USERS, write_audience, write_segment
 
 pytestmark = [pytest.mark.postgres, pytest.mark.dagrun]
-
-
-def _load_users_into(url: sa.URL) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(USERS_DDL)
-        conn.execute(
-            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
-            [dict(zip("uxemip", row, strict=True)) for row in USERS],
-        )
-    engine.dispose()
 
 
 def _outcome(capsys) -> dict:
@@ -57,9 +51,7 @@ def _two_refreshes(workspace, capsys) -> dict:
 def test_refreshes_on_postgres_match_the_sqlite_results(
     workspace, capsys, monkeypatch, pg_database
 ):
-    pg = {k: v for k, v in pg_database.items() if k != "url"}
-    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DB", json.dumps(pg))
-    _load_users_into(pg_database["url"])
+    use_pg_netmera_db(monkeypatch, pg_database, USERS)
     on_postgres = _two_refreshes(workspace, capsys)
 
     # The store's schema was made by its migrations in the PostgreSQL database.

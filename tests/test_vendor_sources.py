@@ -60,6 +60,11 @@ def vendor_conn(monkeypatch, conn_id: str, fake, login: str, **extra) -> None:
     )
 
 
+def connect_mixpanel(monkeypatch, fake: FakeMixpanel, login: str = "svc-user", **extra) -> None:
+    settings = {"project_id": 77, "queries_per_hour": 36_000, **extra}
+    vendor_conn(monkeypatch, "mixpanel_default", fake, login, **settings)
+
+
 def netmera_users_for(ids: list[str], emails: list[str]) -> list[tuple]:
     """Netmera knows a third of the people by external id, a third by email only; the last third
     are strangers (not_found)."""
@@ -115,15 +120,7 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
     workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
-    vendor_conn(
-        monkeypatch,
-        "mixpanel_default",
-        mixpanel,
-        "svc-user",
-        project_id=77,
-        queries_per_hour=36_000,
-        max_attempts=6,  # up to five faults in a row below
-    )
+    connect_mixpanel(monkeypatch, mixpanel, max_attempts=6)
     mixpanel.fail_next("429", path=FakeMixpanel.ENGAGE, retry_after=0.1)
     mixpanel.fail_next("500", path=FakeMixpanel.ENGAGE, after=1)
     mixpanel.fail_next("slow", path=FakeMixpanel.ENGAGE, after=2, delay=1.5)
@@ -158,9 +155,7 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
 
 def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixpanel):
     mixpanel_segment(workspace, mixpanel)
-    vendor_conn(
-        monkeypatch, "mixpanel_default", mixpanel, "svc-user", project_id=77, queries_per_hour=7_200
-    )  # one query every 0.5 s
+    connect_mixpanel(monkeypatch, mixpanel, queries_per_hour=7_200)  # one query every 0.5 s
     config = SegmentConfig.model_validate(
         yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
     )
@@ -184,15 +179,7 @@ def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired
     workspace, monkeypatch, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
-    vendor_conn(
-        monkeypatch,
-        "mixpanel_default",
-        mixpanel,
-        "svc-user",
-        project_id=77,
-        queries_per_hour=36_000,
-        max_attempts=2,
-    )
+    connect_mixpanel(monkeypatch, mixpanel, max_attempts=2)
     config = SegmentConfig.model_validate(
         yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
     )
@@ -229,14 +216,7 @@ def test_a_source_that_keeps_failing_leaves_the_segment_failed_and_members_intac
     workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
-    vendor_conn(
-        monkeypatch,
-        "mixpanel_default",
-        mixpanel,
-        "svc-user",
-        project_id=77,
-        queries_per_hour=36_000,
-    )
+    connect_mixpanel(monkeypatch, mixpanel)
     assert run_segment("mp") == "success"
     _, before, _ = cli(capsys, "members", "mp")
 
@@ -256,14 +236,7 @@ def test_wrong_credentials_fail_clearly_without_echoing_them(
     workspace, monkeypatch, capsys, logs, mixpanel
 ):
     mixpanel_segment(workspace, mixpanel)
-    vendor_conn(
-        monkeypatch,
-        "mixpanel_default",
-        mixpanel,
-        "intruder",
-        project_id=77,
-        queries_per_hour=36_000,
-    )
+    connect_mixpanel(monkeypatch, mixpanel, "intruder")
     assert run_segment("mp") == "failed"
     error = cli_json(capsys, "details", "mp")["runs"][0]["error"]
     assert "401" in error
@@ -365,7 +338,7 @@ def test_discover_lists_cohorts_and_writes_skeletons_without_overwriting(
 ):
     mixpanel.add_cohort(1, "PN_cart abandoners", make_members(2))
     mixpanel.add_cohort(2, "Internal QA", make_members(1))
-    vendor_conn(monkeypatch, "mixpanel_default", mixpanel, "svc-user", project_id=77)
+    connect_mixpanel(monkeypatch, mixpanel)
     existing = workspace / "segments" / "mixpanel_pn_cart_abandoners.yaml"
 
     listed = cli_json(capsys, "discover", "mixpanel")
