@@ -3,8 +3,8 @@
 Thin glue: the steps live in `include/refresh.py`; this file only reads the configs (pydantic +
 YAML, no heavy imports) and wires `start → extract → match → validate → publish →
 send_message` (the send is skipped unless asked; with `refresh: false` it is the only step).
-A YAML that fails validation becomes an import error naming the file and field, and every other
-segment's DAG still loads.
+A YAML that fails validation is skipped here and reported as an import error of
+`connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
-from include.config import SegmentConfig, SegmentConfigError, load_segments
+from include.config import SegmentConfig, load_segments
 from include.pools import pool_for
 
 RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
@@ -106,7 +106,8 @@ def build_dag(config: SegmentConfig) -> DAG:
             "owner": config.owner,
             "retries": int(os.environ.get(RETRIES_ENV, "2")),
             "retry_delay": timedelta(seconds=float(os.environ.get(RETRY_DELAY_ENV, "60"))),
-            "retry_exponential_backoff": True,
+            "retry_exponential_backoff": 2.0,  # a multiplier in Airflow 3: 1 min, 2 min, 4 min
+            "max_retry_delay": timedelta(minutes=30),
             "on_failure_callback": _on_failure,
         },
     )
@@ -187,25 +188,12 @@ def build_dag(config: SegmentConfig) -> DAG:
     return segment_dag()
 
 
-class InvalidSegmentConfigs(DAG):
-    """Stands for the YAML files that failed validation: Airflow calls `validate()` when it
-    bags a DAG, and an exception there is recorded as this file's import error while the other
-    DAGs of the file still load."""
-
-    def validate(self) -> None:
-        raise SegmentConfigError(self.doc_md)
-
-
 def _build_all() -> dict[str, DAG]:
-    loaded = load_segments()
+    """Every valid segment's DAG. Invalid YAML files are skipped here and reported by
+    `connector_segments_config_check.py`: an import error on *this* file would make Airflow
+    mark every segment DAG stale."""
     wanted = get_parsing_context().dag_id  # set when a worker runs one task: build only that DAG
-    built = {c.dag_id: build_dag(c) for c in loaded.segments if wanted in (None, c.dag_id)}
-    if loaded.errors and wanted is None:
-        message = "\n".join(str(e) for e in loaded.errors)
-        built["connector_segments_invalid_configs"] = InvalidSegmentConfigs(
-            dag_id="connector_segments_invalid_configs", schedule=None, doc_md=message
-        )
-    return built
+    return {c.dag_id: build_dag(c) for c in load_segments().segments if wanted in (None, c.dag_id)}
 
 
 globals().update(_build_all())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,9 +77,43 @@ def test_broken_yaml_is_an_import_error_and_other_dags_still_load(tmp_path, monk
     bag = DagBag(dag_folder=str(DAGS))
     assert {"connector_segment_good_one", "connector_segment_good_two"} <= set(bag.dag_ids)
     assert "connector_segment_broken" not in bag.dag_ids
-    errors = "\n".join(bag.import_errors.values())
-    assert str(broken) in errors
-    assert "field 'user_key'" in errors
+    (path, error) = next((p, e) for p, e in bag.import_errors.items() if str(broken) in e)
+    assert path.endswith("connector_segments_config_check.py")
+    assert "field 'user_key'" in error
+
+
+def test_a_broken_yaml_leaves_the_other_dags_schedulable_in_the_metadata_db(
+    tmp_path, monkeypatch, airflow_db
+):
+    # Airflow marks every DAG of a file with an import error stale: the error must not land on
+    # the file that builds the segment DAGs. Checked where it matters, in the metadata DB.
+    import sqlalchemy as sa
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path))
+    write_yaml(tmp_path, "good_three", {**GOOD, "id": "good_three"})
+    write_yaml(tmp_path, "broken_two", {**GOOD, "id": "broken_two", "schedule": "nightly"})
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+
+    engine = sa.create_engine(f"sqlite:///{airflow_db / 'airflow.db'}")
+    with engine.connect() as conn:
+        state = conn.execute(
+            sa.text("SELECT is_stale, has_import_errors FROM dag WHERE dag_id = :d"),
+            {"d": "connector_segment_good_three"},
+        ).one()
+        errors = conn.execute(sa.text("SELECT filename, stacktrace FROM import_error")).all()
+    engine.dispose()
+    assert tuple(state) == (False, False)
+    assert any(
+        f.endswith("connector_segments_config_check.py")
+        and "broken_two.yaml" in t
+        and "field 'schedule'" in t
+        for f, t in errors
+    )
 
 
 def test_generated_dag_shape(tmp_path, monkeypatch):
