@@ -353,3 +353,34 @@ def test_discover_lists_cohorts_and_writes_skeletons_without_overwriting(
     existing.write_text(existing.read_text() + "# edited by a person\n")
     cli(capsys, "discover", "mixpanel", "--prefix", "PN_", "--write")
     assert existing.read_text().endswith("# edited by a person\n")
+
+
+def test_a_pre_signed_link_never_reaches_logs_or_the_run_record(
+    workspace, monkeypatch, capsys, logs, amplitude
+):
+    # The storage host is down: every attempt fails with the pre-signed URL in the exception.
+    amplitude.add_cohort("coh-3", "Down", ROWS, gzip=False, mode="redirect")
+    write_users(workspace / "netmera.db", [("nm-x", "00-0000000", None, None, None, True)])
+    write_segment(
+        workspace,
+        "amp3",
+        {"type": "amplitude", "cohort_id": "coh-3"},
+        "amplitude_id",
+        {"user_id": "external_id"},
+    )
+    vendor_conn(
+        monkeypatch,
+        "amplitude_default",
+        amplitude,
+        "amp-key",
+        poll_interval=0.01,
+        requests_per_hour=36_000,
+        link_attempts=1,
+    )
+    amplitude.storage.refuse_connections()
+
+    assert run_segment("amp3") == "failed"
+    details = cli_json(capsys, "details", "amp3")
+    assert "gave up" in details["runs"][0]["error"]
+    assert "Signature" not in logs.text + json.dumps(details)
+    assert "X-Amz" not in logs.text + json.dumps(details)

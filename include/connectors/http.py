@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -123,9 +124,14 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 def _where(url: str) -> str:
-    """Host and path only: a pre-signed URL's query string is a credential."""
+    """Host, port and path only: a pre-signed URL's query string is a credential, and so is
+    any user:password in the URL's authority."""
     parts = urlsplit(url)
-    return f"{parts.netloc}{parts.path}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname or ''}{port}{parts.path}"
+
+
+_QUERY = re.compile(r"\?[^\s'\"),]+")
 
 
 class VendorClient:
@@ -198,7 +204,10 @@ class VendorClient:
         if response.status_code == 429 or response.status_code >= 500:
             response.close()
             raise TransientHTTPError(
-                f"HTTP {response.status_code} from {_where(url)}", _retry_after(response)
+                f"HTTP {response.status_code} from {_where(url)}",
+                _retry_after(response),
+                # A gateway's 502/504 may hide a request the vendor did carry out.
+                answered=response.status_code not in (502, 504),
             )
         return response
 
@@ -354,10 +363,8 @@ def _describe(exc: BaseException | None) -> str:
         return "unknown error"
     if isinstance(exc, TransientHTTPError):
         return str(exc)
-    text = str(exc)
-    for token in text.split():
-        if "://" in token and "?" in token:
-            text = text.replace(token, token.split("?")[0] + "?…")
+    # requests quotes URLs with and without a scheme ("...with url: /file.csv?X-Amz-...").
+    text = _QUERY.sub("?…", str(exc))
     return f"{type(exc).__name__}: {text[:300]}"
 
 

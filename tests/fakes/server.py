@@ -224,6 +224,13 @@ class FakeServer:
         self._thread.start()
         return self
 
+    def refuse_connections(self) -> None:
+        """Close the listening socket but keep the address, so URLs made for this server still
+        look right while clients get "connection refused" (a host that is down)."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
     def stop(self) -> None:
         if self._httpd is None:
             return
