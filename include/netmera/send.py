@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 DEFAULT_PLATFORMS = ("IOS", "ANDROID")
 
 
+class _BatchTaken(Exception):
+    """Another worker claimed this batch first."""
+
+
 class SendRefused(RuntimeError):
     """Nothing to send, or already sent: not an error, but nothing was sent and here is why."""
 
@@ -205,15 +209,24 @@ def _send_batches(
     ledger: SendLedger, client: NetmeraClient, send_id: int, notification_key: int, segment_id: str
 ) -> None:
     for batch_no, ext_ids in ledger.pending(send_id):
+
+        def claim(b: int = batch_no) -> None:
+            if not ledger.claim(send_id, b):
+                raise _BatchTaken
+
         try:
             client.send_to_ext_ids(
                 notification_key,
                 ext_ids,
-                # In flight while a request is out; pending again while waiting after a refusal,
-                # so a worker killed during the wait resends the batch, not skips it.
-                before_attempt=lambda b=batch_no: ledger.mark_in_flight(send_id, b),
+                # In flight while a request is out (claimed: one worker per batch); pending
+                # again while waiting after a refusal, so a worker killed during the wait
+                # resends the batch rather than skipping it.
+                before_attempt=claim,
                 after_refusal=lambda b=batch_no: ledger.mark_pending(send_id, b),
             )
+        except _BatchTaken:
+            log.info("segment %s: batch %d is another worker's; skipped", segment_id, batch_no)
+            continue
         except AmbiguousOutcome as exc:
             # Netmera may have sent it: never again for this key. The rest still goes out.
             ledger.mark_uncertain(send_id, batch_no, len(ext_ids))

@@ -136,9 +136,16 @@ class SendLedger:
             rows = conn.execute(query).all()
         yield from ((r.batch_no, list(r.ext_ids)) for r in rows)
 
-    def mark_in_flight(self, send_id: int, batch_no: int) -> None:
+    def claim(self, send_id: int, batch_no: int) -> bool:
+        """pending → in_flight, only if still pending: of two workers on one send, exactly one
+        gets each batch."""
         with self.engine.begin() as conn:
-            conn.execute(self._batch(send_id, batch_no).values(status=IN_FLIGHT, updated_at=_now()))
+            claimed = conn.execute(
+                self._batch(send_id, batch_no)
+                .where(send_batches.c.status == PENDING)
+                .values(status=IN_FLIGHT, updated_at=_now())
+            ).rowcount
+        return claimed == 1
 
     def mark_pending(self, send_id: int, batch_no: int) -> None:
         """Netmera refused the batch outright: it was not sent and may be sent later."""
