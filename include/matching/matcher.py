@@ -4,11 +4,10 @@ Two steps, both streaming:
 1. `normalize_audience` turns the staged audience into one row per present identifier,
    `(user_key, priority, kind, value)`, value null when it failed normalisation; a source user
    with no identifier at all gets one row with a null priority so that it is still counted.
-2. `match` (the worker path) joins that with Netmera's identifiers exported to Parquet, in DuckDB
-   (spills to disk, never holds the user table in Python), and applies the rules of `rules.py`:
-   first identifier by priority that finds exactly one Netmera user wins; otherwise one reason,
-   the first that applies of ambiguous → not_found → invalid_identifier → no_identifier.
-   `database.py` runs the same rules inside the Netmera database instead; `paths.py` chooses.
+2. `match` joins that with Netmera's identifiers in DuckDB (spills to disk, never holds the user
+   table in Python) and applies the rules: first identifier by priority that finds exactly one
+   Netmera user wins; otherwise one reason, the first that applies of ambiguous → not_found →
+   invalid_identifier → no_identifier.
 """
 
 from __future__ import annotations
@@ -18,14 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.matching import rules
+from include.config import IdentifierKind
 from include.matching.normalize import normalize_array
-from include.matching.rules import REASONS, Counts, UserSide
 
 if TYPE_CHECKING:
     from include.config import SegmentConfig
 
-__all__ = ["REASONS", "MatchResult", "match", "normalize_audience"]
+REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
 MEMBERS_FILE = "members.parquet"
 DUCKDB_MEMORY_ENV = "CONNECTOR_SEGMENTS_DUCKDB_MEMORY"
 
@@ -89,62 +87,116 @@ def normalize_audience(segment: SegmentConfig, staged: Path, destination: Path) 
     return destination
 
 
-def result_of(segment: SegmentConfig, counts: Counts, members: Path) -> MatchResult:
-    return MatchResult(
-        connector_users=counts.connector_users,
-        netmera_users=counts.netmera_users,
-        matched_source_users=counts.matched_source_users,
-        reachable=counts.reachable,
-        reasons=counts.reasons,
-        matched_by={
-            i.kind.value: counts.matched_by.get(i.kind.value, 0) for i in segment.identifiers
-        },
-        members_path=str(members),
-    )
-
-
-def duckdb_config(workdir: Path) -> dict[str, Any]:
-    """Bounded memory: past `CONNECTOR_SEGMENTS_DUCKDB_MEMORY` DuckDB spills to `workdir`."""
-    return {
-        "temp_directory": str(workdir / "duckdb.tmp"),
-        "memory_limit": os.environ.get(DUCKDB_MEMORY_ENV, "1GB"),
-        "threads": os.cpu_count() or 2,
-        "preserve_insertion_order": False,
+def _netmera_identifiers_sql(kinds: set[IdentifierKind], users: str) -> str:
+    """One (kind, value, user_id) row per stored identifier the segment can use."""
+    expressions = {
+        IdentifierKind.EXTERNAL_ID: "external_id",
+        IdentifierKind.EMAIL: "email",
+        IdentifierKind.MSISDN: "msisdn",
+        IdentifierKind.INSTALLATION_ID: "installation_id",
+        IdentifierKind.EMAIL_SHA256: "sha256(email)",
+        IdentifierKind.MSISDN_SHA256: "sha256(msisdn)",
     }
+    parts = []
+    for kind in sorted(kinds):
+        column = expressions[kind].removeprefix("sha256(").removesuffix(")")
+        parts.append(
+            f"SELECT '{kind.value}' AS kind, {expressions[kind]} AS value, user_id "
+            f"FROM read_parquet('{users}') WHERE {column} IS NOT NULL"
+        )
+    return " UNION ALL ".join(parts)
 
 
 def match(segment: SegmentConfig, identifiers: Path, users: Path, workdir: Path) -> MatchResult:
-    """The worker path: rules in DuckDB over the exported user table (Parquet); writes the
-    members Parquet (user_id, matched_by)."""
+    """Apply the matching rules; write the members Parquet (user_id, matched_by)."""
     import duckdb
     import pyarrow.parquet as pq
 
+    kinds = {i.kind for i in segment.identifiers}
+    has_push = "push_permitted" in pq.read_schema(users).names
     members = workdir / MEMBERS_FILE
-    names = set(pq.read_schema(users).names)
-    side = UserSide(
-        relation=f"read_parquet({_literal(users)})",
-        columns={c: f"u.{c}" for c in names},
-        has_push="push_permitted" in names,
+    con = duckdb.connect(
+        config={
+            "temp_directory": str(workdir / "duckdb.tmp"),
+            "memory_limit": os.environ.get(DUCKDB_MEMORY_ENV, "1GB"),
+            "threads": os.cpu_count() or 2,
+        }
     )
-    con = duckdb.connect(config=duckdb_config(workdir))
     try:
-        con.execute(
-            f"CREATE TEMP TABLE cs_ids AS SELECT * FROM read_parquet({_literal(identifiers)})"
+        con.execute(f"""
+            CREATE TEMP TABLE candidates AS
+            SELECT kind, value,
+                   -- a null user id is a user too: validation must see it, not lose it
+                   count(DISTINCT user_id) + max((user_id IS NULL)::INT) AS n,
+                   min(user_id) AS user_id
+            FROM ({_netmera_identifiers_sql(kinds, str(users))})
+            GROUP BY kind, value
+        """)
+        con.execute(f"""
+            CREATE TEMP TABLE hits AS
+            SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id
+            FROM read_parquet('{identifiers}') s
+            LEFT JOIN candidates c ON s.value IS NOT NULL AND c.kind = s.kind AND c.value = s.value
+        """)
+        con.execute("""
+            CREATE TEMP TABLE source_users AS
+            WITH first_hit AS (
+                SELECT user_key, user_id, kind AS matched_by, priority
+                FROM hits WHERE n = 1
+                QUALIFY row_number() OVER (PARTITION BY user_key ORDER BY priority, value) = 1
+            ), flags AS (
+                SELECT user_key,
+                       bool_or(n > 1) AS ambiguous,
+                       bool_or(value IS NOT NULL) AS any_valid,
+                       bool_or(priority IS NOT NULL) AS any_present
+                FROM hits GROUP BY user_key
+            )
+            SELECT f.user_key, h.user_id, h.matched_by, h.priority,
+                   h.user_key IS NOT NULL AS matched,
+                   CASE WHEN h.user_key IS NOT NULL THEN NULL
+                        WHEN f.ambiguous THEN 'ambiguous'
+                        WHEN f.any_valid THEN 'not_found'
+                        WHEN f.any_present THEN 'invalid_identifier'
+                        ELSE 'no_identifier' END AS reason
+            FROM flags f LEFT JOIN first_hit h USING (user_key)
+        """)
+        # Several source users may land on one Netmera user: it is one member, credited to the
+        # best-priority identifier that reached it.
+        con.execute(f"""
+            COPY (
+                SELECT user_id, arg_min(matched_by, priority) AS matched_by
+                FROM source_users WHERE matched GROUP BY user_id ORDER BY user_id
+            ) TO '{members}' (FORMAT parquet)
+        """)
+        totals = con.execute("""
+            SELECT count(*), count(*) FILTER (WHERE matched) FROM source_users
+        """).fetchone()
+        reasons = dict(
+            con.execute(
+                "SELECT reason, count(*) FROM source_users WHERE NOT matched GROUP BY reason"
+            ).fetchall()
         )
-        counts = rules.apply(
-            lambda sql: con.execute(sql).fetchall(),
-            {i.kind for i in segment.identifiers},
-            side,
-            rules.DUCKDB,
+        matched_by = dict(
+            con.execute(
+                "SELECT matched_by, count(*) FROM source_users WHERE matched GROUP BY matched_by"
+            ).fetchall()
         )
-        con.execute(
-            f"COPY (SELECT user_id, matched_by FROM cs_members ORDER BY user_id)"
-            f" TO {_literal(members)} (FORMAT parquet)"
-        )
+        netmera_users = con.execute(f"SELECT count(*) FROM read_parquet('{members}')").fetchone()[0]
+        reachable = None
+        if has_push:
+            reachable = con.execute(f"""
+                SELECT count(DISTINCT m.user_id) FROM read_parquet('{members}') m
+                JOIN read_parquet('{users}') u ON u.user_id = m.user_id
+                WHERE u.push_permitted
+            """).fetchone()[0]
     finally:
         con.close()
-    return result_of(segment, counts, members)
-
-
-def _literal(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return MatchResult(
+        connector_users=totals[0],
+        netmera_users=netmera_users,
+        matched_source_users=totals[1],
+        reachable=reachable,
+        reasons={reason: reasons.get(reason, 0) for reason in REASONS},
+        matched_by={i.kind.value: matched_by.get(i.kind.value, 0) for i in segment.identifiers},
+        members_path=str(members),
+    )

@@ -51,19 +51,12 @@ def normalize_value(kind: IdentifierKind, value: str | None, region: str | None)
 
 
 def _msisdn_array(values: pa.Array, region: str | None) -> pa.Array:
-    """Each distinct value once: the exact vectorised reading (phones.py) where it decides,
-    phonenumbers for the rest."""
+    # phonenumbers is pure Python: parse each distinct value once.
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from include.matching.phones import e164_array
-
     distinct = pc.unique(values.drop_null())
-    formatted, decided = e164_array(distinct, region)
-    if not decided.all():
-        open_ = pa.array(~decided)
-        slow = [to_e164(v, region) for v in distinct.filter(open_).to_pylist()]
-        formatted = pc.replace_with_mask(formatted, open_, pa.array(slow, pa.string()))
+    formatted = pa.array([to_e164(v, region) for v in distinct.to_pylist()], pa.string())
     return pc.take(formatted, pc.index_in(values, distinct))
 
 
