@@ -80,6 +80,15 @@ def _on_failure(context) -> None:
     record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or "unknown error")
 
 
+def _on_run_failure(context) -> None:
+    """The run failed without a step reporting it (a killed worker, a state set from the UI):
+    a run record left "calculating" becomes Failed, so the status never sticks."""
+    from include.refresh import abandon_run
+
+    run = context["dag_run"]
+    abandon_run(run.dag_id.removeprefix("connector_segment_"), run.run_id)
+
+
 def _run() -> tuple[str, dict]:
     context = get_current_context()
     return context["run_id"], context["params"]
@@ -102,6 +111,7 @@ def build_dag(config: SegmentConfig) -> DAG:
         max_active_runs=1,
         tags=list(dict.fromkeys(["connector-segment", config.source.type, *config.tags])),
         params=PARAMS,
+        on_failure_callback=_on_run_failure,
         default_args={
             "owner": config.owner,
             "retries": int(os.environ.get(RETRIES_ENV, "2")),

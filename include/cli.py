@@ -277,9 +277,8 @@ def _send_report(send: dict[str, Any], client) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from include.connections import get_connection, netmera_engine
+    from include.connections import NETMERA_CONN_ID, get_connection, netmera_engine
     from include.netmera.client import NetmeraClient
-    from include.refresh import NETMERA_CONN_ID
     from include.store.sends import SendLedger
 
     sends = SendLedger(netmera_engine()[0]).for_segment(args.id, args.limit)

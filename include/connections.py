@@ -13,7 +13,8 @@ from include.connectors.base import ConnectionInfo
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-NETMERA_DB_CONN_ID = "netmera_db"
+NETMERA_DB_CONN_ID = "netmera_db"  # Netmera's user table and the segment store
+NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
 
 
 def get_connection(conn_id: str) -> ConnectionInfo:

@@ -11,15 +11,15 @@ Task logs get counts and reasons, never identifiers.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from typing import Any
 
 from include.config import SegmentConfig
-from include.connections import get_connection, netmera_engine
+from include.connections import NETMERA_CONN_ID, get_connection, netmera_engine
 from include.staging import AUDIENCE_FILE, run_dir, staging_root
 
 log = logging.getLogger(__name__)
-NETMERA_CONN_ID = "netmera_default"
 
 
 class DataValidationError(RuntimeError):
@@ -112,7 +112,7 @@ def validate(
 ) -> str:
     """Run the GX suites. Returns "publish" or "held"; raises on a data failure."""
     from include.matching.matcher import MatchResult
-    from include.validation.checks import FAIL, HOLD, describe_holds
+    from include.validation.checks import FAIL, HOLD, approval_gaps, describe_holds
     from include.validation.checks import validate as run_checks
 
     store = _store()
@@ -122,7 +122,15 @@ def validate(
     summary = dict(decision.summary)
     hold_reason = describe_holds(decision, config.guardrails) if decision.holds else None
     if decision.holds and approve:
-        summary["approved"] = decision.holds
+        # An approval covers what the held refresh showed, not whatever this one brings.
+        held = store.last_run_with_status(config.id, "held", before=run_key)
+        gaps = approval_gaps(decision, held and held["validation"])
+        if gaps:
+            approve = False
+            hold_reason += f"; approve=true does not cover: {', '.join(gaps)}"
+        else:
+            summary["approved"] = decision.holds
+            summary["approved_run"] = held["airflow_run_id"]
     store.record_run(config.id, run_key, validation=summary, hold_reason=hold_reason)
     if decision.outcome == FAIL:
         raise DataValidationError(
@@ -173,8 +181,25 @@ def publish(
 
 def record_failure(segment_id: str, run_key: str, step: str, error: BaseException | str) -> None:
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    _store().fail_run(segment_id, run_key, step, text[:4000])
+    text = redact_personal_data(text)[:4000]
+    _store().fail_run(segment_id, run_key, step, text)
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
+
+
+def abandon_run(segment_id: str, run_key: str) -> None:
+    """Called when the Airflow run failed: a record still "calculating" becomes Failed."""
+    _store().abandon_run(segment_id, run_key, "the Airflow run failed before a step reported")
+
+
+_EMAIL = re.compile(r"[^\s@'\"(),;:<>]+@[^\s@'\"(),;:<>]+\.[A-Za-z]{2,}")
+# International numbers and long digit runs; dates, IPs and ports stay readable for on-call.
+_PHONE = re.compile(r"\+\d[\d ()-]{7,}\d|\b\d{10,}\b")
+
+
+def redact_personal_data(text: str) -> str:
+    """Emails and phone-like digit runs out of an error text (drivers quote offending values)
+    before it reaches the run record, the UI and the logs."""
+    return _PHONE.sub("<number>", _EMAIL.sub("<email>", text))
 
 
 def send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +229,19 @@ def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -
     store = _store()
     segment = store.segment(config.id)
     version = segment["current_version"] if segment else None
+    if params.get("refresh", True) and not params.get("dry_run"):
+        # After a refresh, the version *this run* published, and only while it is current.
+        run = store.run(config.id, run_key)
+        if not run or run["status"] != "published":
+            raise SendRefused(
+                f"segment {config.id!r}: this refresh did not publish "
+                f"({run['status'] if run else 'no run'}); nothing sent"
+            )
+        if run["version"] != version:
+            raise SendRefused(
+                f"segment {config.id!r}: version {run['version']} of this run is "
+                f"no longer the published one ({version}); nothing sent"
+            )
     if version is None:
         raise SendRefused(f"segment {config.id!r} has no published membership to message")
     engine, info = netmera_engine()
@@ -229,13 +267,6 @@ def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -
             target.not_addressable,
         )
         return preview
-    if params.get("refresh", True):
-        run = store.run(config.id, run_key)
-        if not run or run["status"] != "published":
-            raise SendRefused(
-                f"segment {config.id!r}: this refresh did not publish "
-                f"({run['status'] if run else 'no run'}); nothing sent"
-            )
     return send(
         engine=engine,
         client=NetmeraClient(get_connection(NETMERA_CONN_ID)),

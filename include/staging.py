@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,6 @@ def run_dir(segment_id: str, run_key: str) -> Path:
     path = staging_root() / segment_id / safe
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def remove_run_dir(segment_id: str, run_key: str) -> None:
-    shutil.rmtree(run_dir(segment_id, run_key), ignore_errors=True)
 
 
 def stage_audience(

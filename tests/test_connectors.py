@@ -130,3 +130,9 @@ def test_a_malformed_csv_fails_without_quoting_personal_data(tmp_path):
         rows_of(segment({"type": "file", "path": str(tmp_path / "a.csv")}))
     assert "Expected 3 columns" in str(raised.value)
     assert "secret.person" not in str(raised.value)
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    text = "uid,email,code\n" + "".join(f"{u},{e},{c}\n" for u, e, c in ROWS)
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel writes it
+    assert rows_of(segment({"type": "file", "path": str(tmp_path / "a.csv")})) == expected()

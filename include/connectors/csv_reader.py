@@ -35,7 +35,8 @@ def read_csv_batches(
     import pyarrow.csv as pacsv
 
     with open_csv_bytes() as handle:
-        header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8", newline="")), [])
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+        header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")), [])
     columns = {field: resolve(field, header) for field in segment.source_fields}
     missing = [field for field, column in columns.items() if column is None]
     if missing:
@@ -53,7 +54,9 @@ def read_csv_batches(
     with open_csv_bytes() as handle:
         try:
             reader = pacsv.open_csv(
-                handle, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=options
+                handle,
+                read_options=pacsv.ReadOptions(block_size=1 << 22),  # skips a BOM itself
+                convert_options=options,
             )
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(

@@ -20,6 +20,25 @@ if TYPE_CHECKING:
     from include.config import SegmentConfig
 
 READY, CALCULATING, FAILED, HELD = "Ready", "Calculating", "Failed", "Held"
+# Everything a run records after it starts; reset when a cleared run starts again.
+_RUN_RESULTS = (
+    "finished_at",
+    "failed_step",
+    "error",
+    "hold_reason",
+    "version",
+    "base_version",
+    "connector_users",
+    "netmera_users",
+    "matched_source_users",
+    "refused_rows",
+    "reachable",
+    "reasons",
+    "matched_by",
+    "validation",
+    "added",
+    "removed",
+)
 KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
 _INSERT_BATCH = 10_000
 
@@ -65,6 +84,17 @@ class SegmentStore:
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    def last_run_with_status(
+        self, segment_id: str, status: str, *, before: str | None = None
+    ) -> dict[str, Any] | None:
+        """The newest run in that status (other than the run `before`)."""
+        query = sa.select(runs).where(runs.c.segment_id == segment_id, runs.c.status == status)
+        if before:
+            query = query.where(runs.c.airflow_run_id != before)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(runs.c.id.desc()).limit(1)).first()
         return dict(row._mapping) if row else None
 
     def member_ids(self, segment_id: str) -> Iterator[str]:
@@ -152,6 +182,25 @@ class SegmentStore:
             if not dry_run:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
 
+    def abandon_run(self, segment_id: str, airflow_run_id: str, why: str) -> None:
+        """A run that ended without its steps reporting (killed worker, state set from the UI):
+        Failed, but only if its record still says calculating."""
+        with self.engine.begin() as conn:
+            run = conn.execute(
+                sa.select(runs.c.status, runs.c.dry_run).where(
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+                )
+            ).first()
+            if run is None or run.status != "calculating":
+                return
+            conn.execute(
+                self._run_update(segment_id, airflow_run_id).values(
+                    status="failed", failed_step="run", error=why, finished_at=_now()
+                )
+            )
+            if not run.dry_run:
+                self._set_status(conn, segment_id, FAILED, f"run: {why}")
+
     def hold_run(self, segment_id: str, airflow_run_id: str, reason: str) -> None:
         """Held: not published until approved; membership and counts stay as they were."""
         with self.engine.begin() as conn:
@@ -238,6 +287,25 @@ class SegmentStore:
         return outcome
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _abandon_others(conn: sa.Connection, segment_id: str, airflow_run_id: str) -> None:
+        # max_active_runs=1: another run still "calculating" can only be one that died.
+        conn.execute(
+            runs.update()
+            .where(
+                runs.c.segment_id == segment_id,
+                runs.c.status == "calculating",
+                runs.c.airflow_run_id != airflow_run_id,
+            )
+            .values(
+                status="failed",
+                failed_step="run",
+                finished_at=_now(),
+                error="abandoned: the run ended without reporting (worker killed or "
+                "state changed from the UI)",
+            )
+        )
 
     @staticmethod
     def _run_update(segment_id: str, airflow_run_id: str) -> sa.Update:

@@ -1,7 +1,8 @@
 """The refresh's Great Expectations suites and the decision they lead to.
 
 Two suites, told apart on purpose:
-- *data* (members): matched members have non-null, unique Netmera user ids, as many as counted.
+- *data* (members): matched members have non-null, unique Netmera user ids, as many as counted
+  (counted by DuckDB off the members Parquet; GX checks the one-row summary).
   A failure means the data is wrong: the run is Failed, and no approval can publish it.
 - *guardrails* (one row of counts): Connector Users > 0 unless `allow_empty`, match rate at or
   above `min_match_rate`, shrink/growth of Netmera Users against the published version within
@@ -127,6 +128,7 @@ def validate(result: MatchResult, limits: Guardrails, published_users: int | Non
     summary = {
         "outcome": outcome,
         "counts": counts,
+        "members": members,
         "data": {
             "success": bool(data.success),
             "statistics": dict(data.statistics),
@@ -154,3 +156,32 @@ def describe_holds(decision: Decision, limits: Guardrails) -> str:
         f"{(limits.max_growth or 0):.1%}",
     }
     return "; ".join(text[h] for h in decision.holds)
+
+
+APPROVAL_TOLERANCE = 0.05  # an approval still holds if a guardrail's figure moved this little
+
+
+def approval_gaps(decision: Decision, held: dict[str, Any] | None) -> list[str]:
+    """Tripped guardrails that an approval does not cover.
+
+    A person approves what the held run showed: the same guardrails, at about the same figures.
+    A guardrail the held run did not trip, or one now worse by more than APPROVAL_TOLERANCE,
+    holds again.
+    """
+    if held is None:
+        return [f"{h} (no held refresh to approve)" for h in decision.holds]
+    was = {c["check"] for c in held["guardrails"]["results"] if not c["success"]}
+    now, then = decision.summary["counts"], held["counts"]
+    worse = {
+        "max_shrink": now["shrink"] > then["shrink"] + APPROVAL_TOLERANCE,
+        "max_growth": now["growth"] > then["growth"] + APPROVAL_TOLERANCE,
+        "min_match_rate": now["match_rate"] < then["match_rate"] - APPROVAL_TOLERANCE,
+        "allow_empty": False,
+    }
+    gaps = []
+    for hold in decision.holds:
+        if hold not in was:
+            gaps.append(f"{hold} (the held refresh did not trip it)")
+        elif worse[hold]:
+            gaps.append(f"{hold} (worse than in the held refresh)")
+    return gaps

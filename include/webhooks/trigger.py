@@ -1,8 +1,8 @@
 """Queue a refresh of the segment's DAG when pushed data completes an export or a diff.
 
 Runs inside the Airflow API server, so it uses Airflow's core trigger function on the metadata
-DB. At most one queued run per DAG: a run already waiting will read the newest staged state
-when it starts. A failure to trigger never loses data: the page is stored, and the next
+DB. At most one queued refresh per DAG: a refresh already waiting will read the newest staged
+state when it starts. A failure to trigger never loses data: the page is stored, and the next
 scheduled or manual run reads it.
 """
 
@@ -35,6 +35,11 @@ def trigger_refresh(segment: SegmentConfig, why: str) -> str | None:
         return None
 
 
+def _refreshes(conf: dict | None) -> bool:
+    conf = conf or {}
+    return conf.get("refresh", True) is not False and not conf.get("dry_run")
+
+
 def _trigger(dag_id: str, why: str) -> str | None:
     import sqlalchemy as sa
     from airflow.api.common.trigger_dag import trigger_dag
@@ -44,12 +49,14 @@ def _trigger(dag_id: str, why: str) -> str | None:
     from airflow.utils.types import DagRunTriggeredByType
 
     with create_session() as session:
-        queued = session.scalar(
-            sa.select(sa.func.count())
-            .select_from(DagRun)
-            .where(DagRun.dag_id == dag_id, DagRun.state == DagRunState.QUEUED)
-        )
-        if queued:
+        queued = session.scalars(
+            sa.select(DagRun.conf).where(
+                DagRun.dag_id == dag_id, DagRun.state == DagRunState.QUEUED
+            )
+        ).all()
+        # Only a queued run that will refresh and publish reads the new state; a Send Message
+        # (refresh: false) or a dry run does not.
+        if any(_refreshes(conf) for conf in queued):
             log.info("%s already has a queued run; not triggering another (%s)", dag_id, why)
             return None
         run = trigger_dag(
