@@ -74,10 +74,12 @@ def member_counts(members_path: str) -> dict[str, int]:
     file: the membership never becomes a pandas frame, however large."""
     import duckdb
 
-    nulls, duplicates, rows = duckdb.sql(
-        "SELECT count(*) - count(user_id), count(user_id) - count(DISTINCT user_id), count(*) "
-        f"FROM read_parquet('{members_path}')"
-    ).fetchone()
+    with duckdb.connect() as con:
+        nulls, duplicates, rows = con.execute(
+            "SELECT count(*) - count(user_id), count(user_id) - count(DISTINCT user_id), "
+            "count(*) FROM read_parquet(?)",
+            [members_path],
+        ).fetchone()
     return {"null_user_ids": nulls, "duplicate_user_ids": duplicates, "member_rows": rows}
 
 
