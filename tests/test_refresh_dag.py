@@ -181,3 +181,41 @@ def test_dry_run_publishes_nothing_but_shows_what_would_change(published, worksp
     assert (run["added"], run["removed"]) == (2, 2)
     with sqlite3.connect(workspace / "netmera.db") as conn:
         assert conn.execute("SELECT count(*) FROM cs_members WHERE version > 1").fetchone() == (0,)
+
+
+def test_an_approval_covers_what_was_held_not_a_worse_refresh(published, workspace, capsys):
+    write_audience(workspace, range(1, 4))  # 10 -> 3: shrinks 70 %, held
+    assert run_segment(SEGMENT) == "success"
+    write_audience(workspace, range(1, 2))  # the source collapsed further: 10 -> 1, 90 %
+    assert run_segment(SEGMENT, approve=True) == "success"
+    after = snapshot(capsys)
+    unchanged(published, after)
+    assert after["status"] == "Held"
+    assert "does not cover: max_shrink (worse than in the held refresh)" in after["status_reason"]
+
+
+def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
+    published, workspace, capsys
+):
+    from include.config import find_segment
+    from include.connections import netmera_engine
+    from include.store import SegmentStore
+
+    # A run whose worker was killed: it started, and nothing ever reported its end.
+    SegmentStore(netmera_engine()[0]).start_run(
+        find_segment(SEGMENT), "manual__killed", dry_run=False, approve=False
+    )
+    assert run_segment(SEGMENT) == "success"
+    runs = {r["airflow_run_id"]: r for r in cli_json(capsys, "details", SEGMENT)["runs"]}
+    assert runs["manual__killed"]["status"] == "failed"
+    assert runs["manual__killed"]["error"].startswith("abandoned")
+    assert snapshot(capsys)["status"] == "Ready"
+
+
+def test_recorded_errors_carry_no_emails_or_phone_numbers():
+    from include.refresh import redact_personal_data
+
+    text = "bad value 'Ann.Lee@Example.com' or +90 532 123 45 67 / 905321234567 at 10.0.0.1:5432"
+    redacted = redact_personal_data(text)
+    assert "Ann.Lee" not in redacted and "532" not in redacted and "90532" not in redacted
+    assert "10.0.0.1:5432" in redacted  # where it failed stays readable
