@@ -139,17 +139,16 @@ class SegmentStore:
                         **listed,
                     )
                 )
+            self._abandon_others(conn, config.id, airflow_run_id)
             if not dry_run:
                 self._set_status(conn, config.id, CALCULATING, None)
+            # A cleared or retried run starts over: nothing of its earlier attempt stays.
             values = {
                 "dry_run": dry_run,
                 "approve": approve,
                 "status": "calculating",
                 "started_at": now,
-                "finished_at": None,
-                "failed_step": None,
-                "error": None,
-                "hold_reason": None,
+                **dict.fromkeys(_RUN_RESULTS),
             }
             existing = conn.execute(
                 sa.select(runs.c.id).where(
