@@ -244,3 +244,24 @@ def test_send_message_without_a_refresh_leaves_the_membership_alone(segment, net
     assert after["message_sent"] == 2500
     code, out, _ = cli(capsys, "report", SEGMENT)
     assert code == 0 and "2,500/2,500 sent" in out
+
+
+def test_a_held_refresh_sends_nothing(segment, netmera, capsys, logs):
+    assert run_segment(SEGMENT) == "success"
+    rows = [[f"s{i}", f"ext-{i:05d}", ""] for i in range(1, 11)]  # 2,550 -> 10: shrinks
+    write_csv(segment / "audience.csv", ["uid", "ext", "email"], rows)
+    assert run_segment(SEGMENT, send_message=True) == "success"
+    assert cli_json(capsys, "details", SEGMENT)["status"] == "Held"
+    assert netmera.requests == []
+    assert "this refresh did not publish (held)" in logs.text
+
+
+def test_send_on_refresh_sends_each_published_version_once(segment, netmera, capsys):
+    config = yaml.safe_load((segment / "segments" / f"{SEGMENT}.yaml").read_text())
+    config["campaign"]["send_on_refresh"] = True
+    (segment / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
+    assert run_segment(SEGMENT) == "success"
+    assert_exactly_once(netmera)
+    assert run_segment(SEGMENT, dry_run=True) == "success"  # a dry run publishes and sends nothing
+    assert len(netmera.delivered()) == 2500
+    assert [r["version"] for r in cli_json(capsys, "report", SEGMENT)] == [1]

@@ -64,7 +64,16 @@ def read_amplitude(
         _wait_until_ready(segment, client, request_id, conn.extra)
         _download(segment, client, request_id, cohort_file, conn.extra)
         checkpoint.save(request_id=request_id, downloaded=True)
-    return _read_csv(segment, cohort_file)
+    return _forget_on_error(_read_csv(segment, cohort_file), checkpoint)
+
+
+def _forget_on_error(batches: Iterator[pa.RecordBatch], checkpoint: Checkpoint):
+    """A download that will not parse is not reused by the task's retry: it downloads anew."""
+    try:
+        yield from batches
+    except SourceError:
+        checkpoint.reset()
+        raise
 
 
 def _still_known(segment, client: VendorClient, request_id: str, extra: dict) -> bool:
