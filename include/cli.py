@@ -6,6 +6,7 @@
                         the project's cohorts; --write adds a YAML skeleton per cohort
     details ID [--json] the segment and its last runs: counts, reasons, matches per kind
     members ID          the current members' Netmera user ids, one a line
+    doctor [--json]     netmera_db, store migrations and user table indexes: what is missing
     report ID [--json]  Message Report: sends, recipients, status and Netmera delivery stats
 
 The store is read through the `netmera_db` Airflow Connection (e.g. `AIRFLOW_CONN_NETMERA_DB`).
@@ -346,6 +347,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from include.doctor import as_json, diagnose, render
+
+    checks = diagnose()
+    report = as_json(checks)
+    print(json.dumps(report, indent=2) if args.json else render(checks))
+    return 0 if report["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m include.cli",
@@ -383,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_discover)
+    p = sub.add_parser("doctor", help="check netmera_db, store migrations, user table indexes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -64,21 +64,18 @@ def extract(config: SegmentConfig, run_key: str) -> dict[str, Any]:
 
 def match(config: SegmentConfig, run_key: str) -> dict[str, Any]:
     """Staged audience x Netmera user table → members Parquet and counts on the run record."""
-    from include.matching.matcher import match as run_match
-    from include.matching.matcher import normalize_audience
-    from include.matching.user_table import UserTable, export_users
+    import pyarrow.parquet as pq
+
+    from include.matching.paths import choose_path, match_segment
+    from include.matching.user_table import UserTable
 
     engine, info = netmera_engine()
-    folder = run_dir(config.id, run_key)
-    users = export_users(
-        engine,
-        UserTable.from_extras(info.extra),
-        {i.kind for i in config.identifiers},
-        folder / "netmera_users.parquet",
-    )
-    identifiers = normalize_audience(config, folder / AUDIENCE_FILE, folder / "identifiers.parquet")
-    result = run_match(config, identifiers, users, folder)
-    users.unlink()  # the user table's copy is not needed past matching
+    folder, users = run_dir(config.id, run_key), UserTable.from_extras(info.extra)
+    staged = folder / AUDIENCE_FILE
+    # extra "match_path": database | worker | auto (by the audience's size against the table)
+    path = choose_path(engine, info.extra, users, pq.ParquetFile(staged).metadata.num_rows)
+    log.info("segment %s: matching on the %s path", config.id, path)
+    result = match_segment(config, staged, engine, users, folder, path)
     _store().record_run(
         config.id,
         run_key,

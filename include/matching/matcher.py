@@ -4,28 +4,41 @@ Two steps, both streaming:
 1. `normalize_audience` turns the staged audience into one row per present identifier,
    `(user_key, priority, kind, value)`, value null when it failed normalisation; a source user
    with no identifier at all gets one row with a null priority so that it is still counted.
-2. `match` joins that with Netmera's identifiers in DuckDB (spills to disk, never holds the user
-   table in Python) and applies the rules: first identifier by priority that finds exactly one
-   Netmera user wins; otherwise one reason, the first that applies of ambiguous → not_found →
-   invalid_identifier → no_identifier.
+2. `match` (the worker path) looks those values up in Netmera's identifiers exported to
+   Parquet and applies the rules (`rules.py`), all in DuckDB (spills to disk past its memory
+   limit, never holds the user table in Python): first identifier by priority that finds
+   exactly one Netmera user wins; otherwise one reason, the first that applies of ambiguous →
+   not_found → invalid_identifier → no_identifier. The database path (`database.py`) makes
+   the lookups in the Netmera database and decides with `decide_found`; `paths.py` chooses.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.config import IdentifierKind
-from include.matching.normalize import normalize_array
+from include.matching import rules
+from include.matching.audience import normalize_audience
+from include.matching.normalize import normalize_trimmed
+from include.matching.rules import REASONS, Counts, UserSide
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from include.config import SegmentConfig
 
-REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
+__all__ = ["REASONS", "MatchResult", "match", "normalize_audience"]
 MEMBERS_FILE = "members.parquet"
 DUCKDB_MEMORY_ENV = "CONNECTOR_SEGMENTS_DUCKDB_MEMORY"
+# Defaults of that limit. The worker path joins the user table: 1GB. The database path's DuckDB
+# only decides over audience-sized lookups: 512MB, which with Python, Arrow and the drivers
+# (~350 MB) keeps its worker under 1 GiB. Past the limit DuckDB spills to the run folder.
+WORKER_PATH_MEMORY = "1GB"
+DATABASE_PATH_MEMORY = "512MB"
 
 
 @dataclass(frozen=True)
@@ -46,157 +59,142 @@ class MatchResult:
         return asdict(self)
 
 
-def normalize_audience(segment: SegmentConfig, staged: Path, destination: Path) -> Path:
-    """Staged audience → long identifier rows (see module doc), batch by batch."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [
-            ("user_key", pa.string()),
-            ("priority", pa.int16()),
-            ("kind", pa.string()),
-            ("value", pa.string()),
-        ]
+def result_of(segment: SegmentConfig, counts: Counts, members: Path) -> MatchResult:
+    return MatchResult(
+        connector_users=counts.connector_users,
+        netmera_users=counts.netmera_users,
+        matched_source_users=counts.matched_source_users,
+        reachable=counts.reachable,
+        reasons=counts.reasons,
+        matched_by={
+            i.kind.value: counts.matched_by.get(i.kind.value, 0) for i in segment.identifiers
+        },
+        members_path=str(members),
     )
 
-    def rows(keys: pa.Array, priority: int | None, kind: str | None, value: pa.Array | None):
-        n = len(keys)
-        return pa.table(
-            {
-                "user_key": keys,
-                "priority": pa.array([priority] * n, pa.int16()),
-                "kind": pa.array([kind] * n, pa.string()),
-                "value": value if value is not None else pa.nulls(n, pa.string()),
-            },
-            schema=schema,
-        )
 
-    with pq.ParquetWriter(destination, schema) as writer:
-        for batch in pq.ParquetFile(staged).iter_batches(batch_size=100_000):
-            keys = pc.utf8_trim_whitespace(batch.column(segment.user_key))
-            any_present = pa.array([False] * batch.num_rows)
-            for priority, ident in enumerate(segment.identifiers):
-                raw = pc.utf8_trim_whitespace(batch.column(ident.field))
-                present = pc.fill_null(pc.not_equal(raw, ""), False)
-                any_present = pc.or_(any_present, present)
-                value = normalize_array(ident.kind, raw, segment.default_region)
-                writer.write_table(rows(keys, priority, ident.kind.value, value).filter(present))
-            writer.write_table(rows(keys.filter(pc.invert(any_present)), None, None, None))
-    return destination
-
-
-def _netmera_identifiers_sql(kinds: set[IdentifierKind], users: str) -> str:
-    """One (kind, value, user_id) row per stored identifier the segment can use."""
-    expressions = {
-        IdentifierKind.EXTERNAL_ID: "external_id",
-        IdentifierKind.EMAIL: "email",
-        IdentifierKind.MSISDN: "msisdn",
-        IdentifierKind.INSTALLATION_ID: "installation_id",
-        IdentifierKind.EMAIL_SHA256: "sha256(email)",
-        IdentifierKind.MSISDN_SHA256: "sha256(msisdn)",
+def duckdb_config(workdir: Path, memory: str = WORKER_PATH_MEMORY) -> dict[str, Any]:
+    """Bounded memory: past `CONNECTOR_SEGMENTS_DUCKDB_MEMORY` (or `memory` when unset) DuckDB
+    spills to `workdir`."""
+    return {
+        "temp_directory": str(workdir / "duckdb.tmp"),
+        "memory_limit": os.environ.get(DUCKDB_MEMORY_ENV) or memory,
+        "threads": os.cpu_count() or 2,
+        "preserve_insertion_order": False,
     }
-    parts = []
-    for kind in sorted(kinds):
-        column = expressions[kind].removeprefix("sha256(").removesuffix(")")
-        parts.append(
-            f"SELECT '{kind.value}' AS kind, {expressions[kind]} AS value, user_id "
-            f"FROM read_parquet('{users}') WHERE {column} IS NOT NULL"
-        )
-    return " UNION ALL ".join(parts)
 
 
 def match(segment: SegmentConfig, identifiers: Path, users: Path, workdir: Path) -> MatchResult:
-    """Apply the matching rules; write the members Parquet (user_id, matched_by)."""
-    import duckdb
+    """The worker path: both stages of `rules.py` in DuckDB over the user table's Parquet
+    export; writes the members Parquet (user_id, matched_by)."""
+    return _match(segment, identifiers, users, workdir)
+
+
+def match_staged(segment: SegmentConfig, staged: Path, users: Path, workdir: Path) -> MatchResult:
+    """`match` from the staged audience: normalised batches stream straight into DuckDB (no
+    identifier file written and read back)."""
+    import pyarrow as pa
+
+    from include.matching.audience import identifier_schema, identifier_tables
+
+    batches = (b for table in identifier_tables(segment, staged) for b in table.to_batches())
+    reader = pa.RecordBatchReader.from_batches(identifier_schema(), batches)
+    return _match(segment, reader, users, workdir)
+
+
+def _match(
+    segment: SegmentConfig, identifiers: Path | pa.RecordBatchReader, users: Path, workdir: Path
+) -> MatchResult:
     import pyarrow.parquet as pq
 
-    kinds = {i.kind for i in segment.identifiers}
-    has_push = "push_permitted" in pq.read_schema(users).names
-    members = workdir / MEMBERS_FILE
-    con = duckdb.connect(
-        config={
-            "temp_directory": str(workdir / "duckdb.tmp"),
-            "memory_limit": os.environ.get(DUCKDB_MEMORY_ENV, "1GB"),
-            "threads": os.cpu_count() or 2,
-        }
+    names = set(pq.read_schema(users).names)
+    side = UserSide(
+        relation=f"read_parquet({_literal(users)})",
+        columns={c: f"u.{c}" for c in names},
+        has_push="push_permitted" in names,
     )
-    try:
-        con.execute(f"""
-            CREATE TEMP TABLE candidates AS
-            SELECT kind, value,
-                   -- a null user id is a user too: validation must see it, not lose it
-                   count(DISTINCT user_id) + max((user_id IS NULL)::INT) AS n,
-                   min(user_id) AS user_id
-            FROM ({_netmera_identifiers_sql(kinds, str(users))})
-            GROUP BY kind, value
-        """)
-        con.execute(f"""
-            CREATE TEMP TABLE hits AS
-            SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id
-            FROM read_parquet('{identifiers}') s
-            LEFT JOIN candidates c ON s.value IS NOT NULL AND c.kind = s.kind AND c.value = s.value
-        """)
-        con.execute("""
-            CREATE TEMP TABLE source_users AS
-            WITH first_hit AS (
-                SELECT user_key, user_id, kind AS matched_by, priority
-                FROM hits WHERE n = 1
-                QUALIFY row_number() OVER (PARTITION BY user_key ORDER BY priority, value) = 1
-            ), flags AS (
-                SELECT user_key,
-                       bool_or(n > 1) AS ambiguous,
-                       bool_or(value IS NOT NULL) AS any_valid,
-                       bool_or(priority IS NOT NULL) AS any_present
-                FROM hits GROUP BY user_key
+    with _duckdb(workdir, identifiers) as session:
+        kinds = {i.kind for i in segment.identifiers}
+        rules.lookup(session, kinds, side, rules.DUCKDB, resolver(segment))
+        return _decide(session, segment, side.has_push, workdir)
+
+
+def resolver(segment: SegmentConfig) -> rules.Resolve:
+    """How deferred values of this segment are normalised."""
+    return lambda kind, raws: normalize_trimmed(kind, raws, segment.default_region)
+
+
+def decide_found(
+    segment: SegmentConfig,
+    identifiers: Path,
+    found: dict[str, Path],
+    resolved: dict[int, pa.Table],
+    workdir: Path,
+) -> MatchResult:
+    """Stage 2 in DuckDB over a lookup made elsewhere: `found` maps its tables to their
+    Parquet files, `resolved` holds the deferred values it normalised."""
+    with _duckdb(workdir, identifiers, DATABASE_PATH_MEMORY) as session:
+        for priority, pairs in resolved.items():
+            rules.apply_resolved(session, priority, pairs)
+        for table, path in found.items():
+            session.run(
+                f"CREATE TEMP TABLE {table} AS SELECT * FROM read_parquet({_literal(path)})"
             )
-            SELECT f.user_key, h.user_id, h.matched_by, h.priority,
-                   h.user_key IS NOT NULL AS matched,
-                   CASE WHEN h.user_key IS NOT NULL THEN NULL
-                        WHEN f.ambiguous THEN 'ambiguous'
-                        WHEN f.any_valid THEN 'not_found'
-                        WHEN f.any_present THEN 'invalid_identifier'
-                        ELSE 'no_identifier' END AS reason
-            FROM flags f LEFT JOIN first_hit h USING (user_key)
-        """)
-        # Several source users may land on one Netmera user: it is one member, credited to the
-        # best-priority identifier that reached it.
-        con.execute(f"""
-            COPY (
-                SELECT user_id, arg_min(matched_by, priority) AS matched_by
-                FROM source_users WHERE matched GROUP BY user_id ORDER BY user_id
-            ) TO '{members}' (FORMAT parquet)
-        """)
-        totals = con.execute("""
-            SELECT count(*), count(*) FILTER (WHERE matched) FROM source_users
-        """).fetchone()
-        reasons = dict(
-            con.execute(
-                "SELECT reason, count(*) FROM source_users WHERE NOT matched GROUP BY reason"
-            ).fetchall()
-        )
-        matched_by = dict(
-            con.execute(
-                "SELECT matched_by, count(*) FROM source_users WHERE matched GROUP BY matched_by"
-            ).fetchall()
-        )
-        netmera_users = con.execute(f"SELECT count(*) FROM read_parquet('{members}')").fetchone()[0]
-        reachable = None
-        if has_push:
-            reachable = con.execute(f"""
-                SELECT count(DISTINCT m.user_id) FROM read_parquet('{members}') m
-                JOIN read_parquet('{users}') u ON u.user_id = m.user_id
-                WHERE u.push_permitted
-            """).fetchone()[0]
+        return _decide(session, segment, "cs_reach" in found, workdir)
+
+
+class _DuckSession:
+    """rules.Session on a DuckDB connection."""
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+
+    def run(self, sql: str) -> list[tuple]:
+        return self.con.execute(sql).fetchall()
+
+    def fetch(self, sql: str) -> pa.Table:
+        return self.con.sql(sql).to_arrow_table()
+
+    def load(self, table: str, data: pa.Table) -> None:
+        self.con.register("cs_arrow_in", data)
+        self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM cs_arrow_in")
+        self.con.unregister("cs_arrow_in")
+
+    def analyze(self, table: str) -> None:
+        pass  # DuckDB keeps its statistics as it writes
+
+
+@contextmanager
+def _duckdb(
+    workdir: Path, identifiers: Path | pa.RecordBatchReader, memory: str = WORKER_PATH_MEMORY
+) -> Iterator[_DuckSession]:
+    """A DuckDB connection within the memory limit, `cs_ids` loaded (from a file or a
+    stream of batches)."""
+    import duckdb
+
+    con = duckdb.connect(config=duckdb_config(workdir, memory))
+    try:
+        if isinstance(identifiers, Path):
+            source = f"read_parquet({_literal(identifiers)})"
+        else:
+            con.register("cs_ids_in", identifiers)
+            source = "cs_ids_in"
+        con.execute(f"CREATE TEMP TABLE cs_ids AS SELECT * FROM {source}")
+        yield _DuckSession(con)
     finally:
         con.close()
-    return MatchResult(
-        connector_users=totals[0],
-        netmera_users=netmera_users,
-        matched_source_users=totals[1],
-        reachable=reachable,
-        reasons={reason: reasons.get(reason, 0) for reason in REASONS},
-        matched_by={i.kind.value: matched_by.get(i.kind.value, 0) for i in segment.identifiers},
-        members_path=str(members),
+
+
+def _decide(
+    session: _DuckSession, segment: SegmentConfig, has_push: bool, workdir: Path
+) -> MatchResult:
+    counts = rules.decide(session.run, has_push)
+    members = workdir / MEMBERS_FILE
+    session.run(
+        f"COPY (SELECT user_id, matched_by FROM cs_members) TO {_literal(members)} (FORMAT parquet)"
     )
+    return result_of(segment, counts, members)
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"

@@ -18,12 +18,18 @@ from typing import TYPE_CHECKING
 from include.config import IdentifierKind
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 # No separators or control characters anywhere (RE2's \s alone is ASCII-only).
 _NOT_EMAIL_CHAR = r"[^@\s\pZ\pC]"
 _EMAIL = rf"^{_NOT_EMAIL_CHAR}+@{_NOT_EMAIL_CHAR}+\.{_NOT_EMAIL_CHAR}+$"
 _SHA256 = r"^[0-9a-f]{64}$"
+
+
+# Kinds with values only phonenumbers can read (what phones.py leaves undecided): the matcher
+# reads those only for source users an earlier identifier has not already matched (audience.py).
+DEFERRED = frozenset({IdentifierKind.MSISDN})
 
 
 def normalize_array(kind: IdentifierKind, values: pa.Array, region: str | None) -> pa.Array:
@@ -33,6 +39,14 @@ def normalize_array(kind: IdentifierKind, values: pa.Array, region: str | None) 
 
     trimmed = pc.utf8_trim_whitespace(values)
     trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    return normalize_trimmed(kind, trimmed, region)
+
+
+def normalize_trimmed(kind: IdentifierKind, trimmed: pa.Array, region: str | None) -> pa.Array:
+    """`normalize_array` for values already trimmed, blanks already null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if kind in (IdentifierKind.EXTERNAL_ID, IdentifierKind.INSTALLATION_ID):
         return trimmed
     if kind == IdentifierKind.MSISDN:
@@ -50,14 +64,54 @@ def normalize_value(kind: IdentifierKind, value: str | None, region: str | None)
     return normalize_array(kind, pa.array([value], pa.string()), region)[0].as_py()
 
 
-def _msisdn_array(values: pa.Array, region: str | None) -> pa.Array:
-    # phonenumbers is pure Python: parse each distinct value once.
+def normalize_or_defer(
+    kind: IdentifierKind, trimmed: pa.Array, region: str | None
+) -> tuple[pa.Array, pa.Array | None]:
+    """(values, raw): like `normalize_trimmed`, except that a DEFERRED kind's values only
+    phonenumbers can read come back null in `values` and as they are in `raw`."""
+    if kind not in DEFERRED:
+        return normalize_trimmed(kind, trimmed, region), None
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    formatted, decided = _fast_msisdn(trimmed, region)
+    open_ = pa.array(~decided)
+    return formatted, pc.if_else(open_, trimmed, pa.scalar(None, pa.string()))
+
+
+def _msisdn_array(values: pa.Array, region: str | None) -> pa.Array:
+    """The exact vectorised reading (phones.py) where it decides, phonenumbers for the rest
+    (each distinct value once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    formatted, decided = _fast_msisdn(values, region)
+    if decided.all():
+        return formatted
+    open_ = pa.array(~decided)
+    distinct = pc.unique(values.filter(open_))
+    slow = pa.array([to_e164(v, region) for v in distinct.to_pylist()], pa.string())
+    return pc.replace_with_mask(
+        formatted, open_, pc.take(slow, pc.index_in(values.filter(open_), distinct))
+    )
+
+
+def _fast_msisdn(values: pa.Array, region: str | None) -> tuple[pa.Array, np.ndarray]:
+    """phones.e164_array over each distinct value once → (E.164 or null, decided) per value;
+    a null value is decided (null)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from include.matching.phones import e164_array
+
     distinct = pc.unique(values.drop_null())
-    formatted = pa.array([to_e164(v, region) for v in distinct.to_pylist()], pa.string())
-    return pc.take(formatted, pc.index_in(values, distinct))
+    formatted, decided = e164_array(distinct, region)
+    index = pc.index_in(values, distinct)
+    codes = pc.fill_null(index, -1).to_numpy()
+    per_value = np.ones(len(values), bool)
+    present = codes >= 0
+    per_value[present] = decided[codes[present]]
+    return pc.take(formatted, index), per_value
 
 
 @lru_cache(maxsize=200_000)

@@ -73,15 +73,16 @@ def export_users(
     table: UserTable,
     kinds: set[IdentifierKind],
     destination: Path,
-    batch_rows: int = 100_000,
 ) -> Path:
     """Stream user_id, the needed identifier columns and push_permitted into Parquet.
 
-    Columns are renamed to their logical names, so the matcher never sees deployment names.
+    Columns are renamed to their logical names, so the matcher never sees deployment names;
+    values become text (push permission a boolean), as `export.export_query` writes them.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import sqlalchemy as sa
+
+    from include.matching.export import export_query
 
     logical = ["user_id", *sorted({table.column_for(k) for k in kinds})]
     if table.columns.get("push_permitted"):
@@ -89,24 +90,22 @@ def export_users(
     source = sa.table(
         table.table, *(sa.column(table.columns[c]) for c in logical), schema=table.schema
     )
-    query = sa.select(*(source.c[table.columns[c]].label(c) for c in logical))
+    strict = engine.dialect.name == "postgresql"  # COPY writes what the column type says
+    query = sa.select(
+        *(
+            (
+                _as_type(source.c[table.columns[c]], c) if strict else source.c[table.columns[c]]
+            ).label(c)
+            for c in logical
+        )
+    )
     schema = pa.schema([(c, pa.bool_() if c == "push_permitted" else pa.string()) for c in logical])
-    with engine.connect() as conn, pq.ParquetWriter(destination, schema) as writer:
-        result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(query)
-        for rows in result.partitions(batch_rows):
-            columns = list(zip(*rows, strict=True))
-            writer.write_batch(
-                pa.RecordBatch.from_arrays(
-                    [_to_arrow(col, schema.field(i).type) for i, col in enumerate(columns)],
-                    schema=schema,
-                )
-            )
-    return destination
+    with engine.connect() as conn:
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        return export_query(conn, sql, schema, destination)
 
 
-def _to_arrow(values: tuple, type_: Any) -> Any:
-    import pyarrow as pa
+def _as_type(column: Any, logical: str) -> Any:
+    import sqlalchemy as sa
 
-    if type_ == pa.bool_():
-        return pa.array([None if v is None else bool(v) for v in values], pa.bool_())
-    return pa.array([None if v is None else str(v) for v in values], pa.string())
+    return sa.cast(column, sa.Boolean if logical == "push_permitted" else sa.Text)

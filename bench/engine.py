@@ -1,0 +1,57 @@
+"""Engine group: users and audience both as Parquet, on the worker.
+
+- `floor`: a plain DuckDB join of the already-normalised identifiers (prepared before timing)
+  with the user table, one join per kind, writing the distinct (source user, Netmera user)
+  pairs: what any matcher must at least do, with none of the rules;
+- `ours`: the matcher core (`match_staged`, the worker path's core): normalisation, priority,
+  ambiguity, reasons, reachable, members file;
+- `pandas_merge`: bench/pandas_baseline.py on DataFrames read from the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow  # noqa: F401  (imported before timing, as by the other tasks)
+
+from bench import pandas_baseline
+from bench.data import SEGMENT
+from include.matching.matcher import MatchResult, match_staged
+from include.matching.rules import HASHED
+from include.matching.user_table import KIND_COLUMN
+
+
+def counts(result: MatchResult) -> dict[str, Any]:
+    found = result.to_dict()
+    found.pop("members_path")
+    return found
+
+
+def ours(users: str, audience: str, workdir: str) -> dict[str, Any]:
+    return counts(match_staged(SEGMENT, Path(audience), Path(users), Path(workdir)))
+
+
+def floor(users: str, identifiers: str, workdir: str) -> dict[str, Any]:
+    joins = " UNION ALL ".join(
+        f"SELECT s.user_key, u.user_id FROM read_parquet('{identifiers}') s"
+        f" JOIN read_parquet('{users}') u"
+        f" ON {'sha256(u.' + KIND_COLUMN[k] + ')' if k in HASHED else 'u.' + KIND_COLUMN[k]}"
+        f" = s.value WHERE s.kind = '{k.value}'"
+        for k in sorted({i.kind for i in SEGMENT.identifiers})
+    )
+    pairs = Path(workdir) / "pairs.parquet"
+    con = duckdb.connect(config={"threads": os.cpu_count() or 2})
+    con.execute(f"COPY (SELECT DISTINCT user_key, user_id FROM ({joins})) TO '{pairs}'")
+    found, users_reached = con.execute(
+        f"SELECT count(*), count(DISTINCT user_id) FROM read_parquet('{pairs}')"
+    ).fetchone()
+    con.close()
+    return {"pairs": found, "netmera_users": users_reached}
+
+
+def pandas_merge(users: str, audience: str) -> dict[str, Any]:
+    return pandas_baseline.match(SEGMENT, pd.read_parquet(audience), pd.read_parquet(users))

@@ -1,0 +1,190 @@
+"""Matching at scale, side by side, on the same data in one run (docs/matching-at-scale.md).
+
+    python -m bench.matching                                   # 10,000,000 users x 1,000,000
+    python -m bench.matching --users 200000 --audience 20000   # a quick run
+    python -m bench.matching --groups engine,dags              # skip PostgreSQL
+
+Groups (each figure measured in a child process of its own: wall time, peak RSS):
+- engine: users and audience as Parquet: DuckDB join of already-normalised identifiers (the
+  floor) vs our matcher core vs pandas `merge`;
+- database: the users in PostgreSQL, indexed as `doctor` recommends: the database path (a) vs
+  the worker path (b) vs pandas `read_sql` + `merge`;
+- dags: parsing dags/connector_segments.py with 500 segment files vs one.
+Ratios are to the first row of each group. Every approach of a group must report the same
+counts as our matcher, or the run fails. Generated data is kept under .local/bench/ (and the
+PostgreSQL users in database `cs_bench_<users>`; `--drop-database` removes it afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.measure import ROOT, Measurement, measure
+
+MIB = 1024 * 1024
+DEFAULT_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def prepare(users: int, audience: int, folder: Path) -> dict[str, Path]:
+    """Generate (or reuse) the data, and the normalised identifiers the floor starts from."""
+    from bench import data
+    from include.matching.matcher import normalize_audience
+
+    users_path, audience_path = data.write(folder, users, audience)
+    identifiers = folder / "identifiers.parquet"
+    if not identifiers.exists():
+        normalize_audience(data.SEGMENT, audience_path, identifiers, defer=False)
+    return {"users": users_path, "audience": audience_path, "identifiers": identifiers}
+
+
+def _folder(work: Path, name: str) -> str:
+    (work / name).mkdir()
+    return str(work / name)
+
+
+def engine_group(files: dict[str, Path], work: Path) -> list[tuple[str, Measurement]]:
+    users, audience = str(files["users"]), str(files["audience"])
+    floor = measure(
+        "engine.floor",
+        users=users,
+        identifiers=str(files["identifiers"]),
+        workdir=_folder(work, "floor"),
+    )
+    ours = measure("engine.ours", users=users, audience=audience, workdir=_folder(work, "ours"))
+    return [
+        ("DuckDB join, normalised ids (floor)", floor),
+        ("our matcher core", ours),
+        ("pandas merge", measure("engine.pandas", users=users, audience=audience)),
+    ]
+
+
+def database_group(
+    files: dict[str, Path], work: Path, admin_url: str, users: int
+) -> list[tuple[str, Measurement]]:
+    from bench.database import load_users
+
+    url = load_users(admin_url, f"cs_bench_{users}", files["users"])
+    audience = str(files["audience"])
+    chosen = _auto_choice(url, files["audience"])
+    return [
+        (
+            f"path (a): in PostgreSQL{chosen['database']}",
+            measure("database.path_a", url=url, audience=audience, workdir=_folder(work, "path_a")),
+        ),
+        (
+            f"path (b): on the worker{chosen['worker']}",
+            measure("database.path_b", url=url, audience=audience, workdir=_folder(work, "path_b")),
+        ),
+        ("pandas read_sql + merge", measure("database.pandas", url=url, audience=audience)),
+    ]
+
+
+def _auto_choice(url: str, audience: Path) -> dict[str, str]:
+    """ " (auto)" after the path `match_path: auto` takes for this audience."""
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    from include.matching.paths import choose_path
+    from include.matching.user_table import UserTable
+
+    engine = sa.create_engine(url)
+    rows = pq.ParquetFile(audience).metadata.num_rows
+    path = choose_path(engine, {}, UserTable(), rows)
+    engine.dispose()
+    return {p: " (auto)" if p == path else "" for p in ("database", "worker")}
+
+
+def dags_group(work: Path) -> list[tuple[str, Measurement]]:
+    from bench.dags import PRELOAD_ENV, write_segments
+
+    rows = []
+    for preload, when in (("1", "Airflow imported"), ("0", "fresh process")):
+        for count in (1, 500):
+            env = {
+                "CONNECTOR_SEGMENTS_DIR": str(write_segments(work / f"segments_{count}", count)),
+                "AIRFLOW_HOME": str(work / "airflow"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                PRELOAD_ENV: preload,
+            }
+            runs = [measure("dags.parse", env=env) for _ in range(3)]
+            rows.append((f"{count} segment(s), {when}", min(runs, key=lambda m: m.seconds)))
+    return rows
+
+
+def check_same(rows: list[tuple[str, Measurement]], reference: dict) -> None:
+    """Each approach must report exactly our matcher's counts and reasons."""
+    for label, m in rows:
+        if m.result != reference:
+            raise SystemExit(f"{label} disagrees with our matcher:\n{m.result}\n{reference}")
+
+
+def table(title: str, rows: list[tuple[str, Measurement]]) -> str:
+    base = rows[0][1].seconds
+    lines = [title, f"{'approach':40} {'wall s':>9} {'x first':>8} {'peak RSS MiB':>13}"]
+    for label, m in rows:
+        lines.append(
+            f"{label:40} {m.seconds:9.2f} {m.seconds / base:8.2f} {m.peak_rss / MIB:13,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.matching",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--users", type=int, default=10_000_000)
+    parser.add_argument("--audience", type=int, default=1_000_000)
+    parser.add_argument("--groups", default="engine,database,dags")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("CONNECTOR_SEGMENTS_BENCH_PG", DEFAULT_PG),
+        help="PostgreSQL URL to create the benchmark database from",
+    )
+    parser.add_argument("--data", type=Path, default=ROOT / ".local" / "bench")
+    parser.add_argument("--drop-database", action="store_true")
+    args = parser.parse_args(argv)
+    groups = set(args.groups.split(","))
+    files = prepare(args.users, args.audience, args.data / f"{args.users}x{args.audience}")
+    work = Path(tempfile.mkdtemp(prefix="cs-bench-", dir=args.data))
+    size = f"{args.users:,} users x {args.audience:,} source rows"
+    try:
+        reference = None
+        if "engine" in groups:
+            rows = engine_group(files, work)
+            reference = rows[1][1].result
+            check_same(rows[2:], reference)
+            print(table(f"engine: {size}, both as Parquet", rows), "\n", flush=True)
+        if "database" in groups:
+            rows = database_group(files, work, args.pg, args.users)
+            check_same(rows, reference or rows[0][1].result)
+            print(table(f"database: {size}, users in PostgreSQL", rows), "\n", flush=True)
+        if "dags" in groups:
+            rows = dags_group(work)
+            title = "dags: parse dags/connector_segments.py (DagBag), best of 3"
+            print(table(title, rows[:2]), "\n", flush=True)
+            print(table(title, rows[2:]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.drop_database:
+            _drop(args.pg, f"cs_bench_{args.users}")
+    return 0
+
+
+def _drop(admin_url: str, database: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    admin.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

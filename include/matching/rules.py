@@ -1,0 +1,292 @@
+"""The matching rules, written once for both paths, in two stages.
+
+1. **Lookup**, where the user table is: DuckDB over its Parquet export (worker path), or
+   PostgreSQL/SQLite over the real indexed table (database path). Input `cs_ids(user_key,
+   priority, kind, value, raw)` (see `audience.py`). Output, audience-sized:
+   - `cs_candidates(kind, value, n, user_id)`: for each identifier value the audience holds,
+     how many Netmera users hold it (`n`: 1, or 2 for several; a null user id counts as a
+     user) and the user id when one. Only audience values are looked up: the work follows
+     the audience, never the table;
+   - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
+     the table says so).
+2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
+   identifier by priority (ties: lowest value) that finds exactly one user, otherwise one
+   reason, the first that applies of ambiguous → not_found → invalid_identifier →
+   no_identifier; the members (distinct users, each credited to the best-priority kind that
+   reached it); the counts.
+
+The lookup SQL differs per engine only in how it hashes (`Dialect`); the decisions are one SQL
+text, so both paths give identical members, reasons and counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from include.config import IdentifierKind
+from include.matching.user_table import KIND_COLUMN
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
+HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
+PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
+READ_ALL_BELOW = 2_000  # distinct deferred values: fewer are read at once, settled or not
+LOOKUP_TABLES = ("cs_resolved", "cs_reach", "cs_candidates", "cs_ids")
+
+Run = Callable[[str], Sequence[Sequence[Any]]]  # executes one statement, returns its rows
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one engine writes the lower-case hex SHA-256 of a stored value, and reads a
+    push-permission column as a condition."""
+
+    sha256_hex: str  # format string over a column expression
+    is_true: str = "{}"
+
+
+DUCKDB = Dialect(sha256_hex="sha256({})")
+SQLITE = Dialect(sha256_hex="cs_sha256({})")  # a Python function registered by database.py
+POSTGRES = Dialect(
+    sha256_hex="encode(sha256(convert_to({}, 'UTF8')), 'hex')", is_true="CAST({} AS BOOLEAN)"
+)
+# The same, through the IMMUTABLE wrapper a deployment may create to index it (indexes.py).
+POSTGRES_SHA256_FUNCTION = "cs_sha256_hex"
+POSTGRES_INDEXED_HASH = Dialect(
+    sha256_hex=POSTGRES_SHA256_FUNCTION + "({})", is_true="CAST({} AS BOOLEAN)"
+)
+
+
+@dataclass(frozen=True)
+class UserSide:
+    """Where the user table is read: a FROM item and its logical columns as SQL expressions
+    over alias `u`. `indexed`: the kinds (and "user_id") an index serves, looked up value by
+    value through it (PostgreSQL) instead of by one hash join over the whole table."""
+
+    relation: str
+    columns: dict[str, str]
+    has_push: bool = True
+    indexed: frozenset[str] = frozenset()
+    rows: int = 0  # the table's size, as the database estimates it
+
+    def probes(self, key: str, values: int) -> bool:
+        """Look `values` up through the index of `key` rather than hash-join the table? An
+        index probe costs about what hashing PROBE_RATIO table rows does."""
+        return key in self.indexed and values * PROBE_RATIO < self.rows
+
+
+@dataclass(frozen=True)
+class Counts:
+    connector_users: int
+    matched_source_users: int
+    netmera_users: int
+    reachable: int | None
+    reasons: dict[str, int] = field(default_factory=dict)
+    matched_by: dict[str, int] = field(default_factory=dict)
+
+
+def _how_many(user_id: str) -> str:
+    """1 if the rows found are one user, 2 if several: all the rules need, and cheaper than
+    count(DISTINCT). A null user id is a user too: validation must see it, not lose it."""
+    return (
+        f"CASE WHEN count({user_id}) = 0 THEN 1 WHEN count({user_id}) < count(*) THEN 2"
+        f" WHEN min({user_id}) = max({user_id}) THEN 1 ELSE 2 END"
+    )
+
+
+def _candidates_sql(
+    kind: IdentifierKind, users: UserSide, dialect: Dialect, probe: bool = False
+) -> str:
+    """Candidates of one kind: the values of its cs_ids rows, looked up (`probe`: through the
+    index, value by value)."""
+    user_id = users.columns["user_id"]
+    column = users.columns[KIND_COLUMN[kind]]
+    stored = dialect.sha256_hex.format(column) if kind in HASHED else column
+    counts = f"{_how_many(user_id)} AS n, min({user_id}) AS user_id"
+    if probe:
+        # PostgreSQL: one index probe per audience value (the array is built once); asked, the
+        # planner would hash the whole table, too slow when the audience is a sliver of it.
+        return (
+            f"SELECT '{kind.value}' AS kind, {stored} AS value, {counts}"
+            f" FROM {users.relation} u WHERE {stored} = ANY(ARRAY(SELECT value FROM cs_ids"
+            f" WHERE kind = '{kind.value}' AND value IS NOT NULL)) GROUP BY {stored}"
+        )
+    # A value the audience holds twice joins twice: `_how_many` and min() do not mind.
+    return (
+        f"SELECT '{kind.value}' AS kind, s.value, {counts}"
+        f" FROM cs_ids s JOIN {users.relation} u ON {stored} = s.value"
+        f" WHERE s.kind = '{kind.value}' AND s.value IS NOT NULL"
+        f" AND {column} IS NOT NULL GROUP BY s.value"
+    )
+
+
+class Session(Protocol):
+    """An engine holding `cs_ids` (DuckDB on the worker, or the Netmera database)."""
+
+    def run(self, sql: str) -> Sequence[Sequence[Any]]: ...
+
+    def fetch(self, sql: str) -> pa.Table: ...  # a text column, audience-sized
+
+    def load(self, table: str, data: pa.Table) -> None: ...  # a new temporary table
+
+    def analyze(self, table: str) -> None: ...  # statistics, where the engine wants them
+
+
+Resolve = Callable[[IdentifierKind, "pa.Array"], "pa.Array"]  # deferred raw texts → values
+
+
+def lookup(
+    session: Session,
+    kinds: set[IdentifierKind],
+    users: UserSide,
+    dialect: Dialect,
+    resolve: Resolve,
+) -> dict[int, pa.Table]:
+    """Stage 1 over `cs_ids`; returns the deferred values it normalised, per priority.
+
+    One kind at a time, not one UNION ALL: DuckDB then stays within its memory limit. Deferred
+    values (`raw`) are normalised by `resolve`, priority by priority, only for source users
+    that no earlier identifier matched alone (a value can change no other user's result);
+    reading a few more than needed would be harmless, reading one less never happens."""
+    session.run(
+        f"CREATE TEMP TABLE cs_candidates AS {_candidates_sql(min(kinds), users, dialect)} LIMIT 0"
+    )
+    deferred = session.run(
+        "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
+    )
+    later = {IdentifierKind(kind) for _, kind in deferred}
+    sizes = {
+        kind: (int(values), int(rows))
+        for kind, values, rows in session.run(
+            "SELECT kind, count(value), count(*) FROM cs_ids WHERE kind IS NOT NULL GROUP BY kind"
+        )
+    }
+
+    def insert(kind: IdentifierKind) -> None:
+        probe = users.probes(kind.value, sizes[kind.value][1])
+        session.run(f"INSERT INTO cs_candidates {_candidates_sql(kind, users, dialect, probe)}")
+
+    for kind in sorted(kinds - later):
+        if sizes.get(kind.value, (0, 0))[0]:
+            insert(kind)
+    # Users matched by a kind looked up so far are settled; a kind with deferred values is
+    # looked up once they are read, so the user table is still read once per kind.
+    resolved = {}
+    for priority, kind in deferred:
+        pairs = _resolve(session, int(priority), IdentifierKind(kind), resolve)
+        if pairs is not None:
+            resolved[int(priority)] = pairs
+    for kind in sorted(later):
+        insert(kind)
+    session.analyze("cs_candidates")
+    if users.has_push:
+        user_id = users.columns["user_id"]
+        push = dialect.is_true.format(users.columns["push_permitted"])
+        found = "SELECT user_id FROM cs_candidates WHERE n = 1"
+        ((alone,),) = session.run(f"SELECT count(*) FROM ({found}) f")
+        wanted = f"= ANY(ARRAY({found}))" if users.probes("user_id", alone) else f"IN ({found})"
+        session.run(
+            f"CREATE TEMP TABLE cs_reach AS SELECT DISTINCT {user_id} AS user_id"
+            f" FROM {users.relation} u WHERE {push} AND {user_id} {wanted}"
+        )
+    return resolved
+
+
+def _resolve(
+    session: Session, priority: int, kind: IdentifierKind, resolve: Resolve
+) -> pa.Table | None:
+    """Normalise the deferred values at `priority` of the users still open, in place; return
+    the (raw, value) pairs."""
+    import pyarrow as pa
+
+    deferred = f"FROM cs_ids WHERE priority = {priority} AND raw IS NOT NULL"
+    raws = session.fetch(f"SELECT DISTINCT raw {deferred}").column(0).combine_chunks()
+    if len(raws) > READ_ALL_BELOW:  # many: read only those of users still open
+        raws = (
+            session.fetch(
+                f"WITH open_rows AS (SELECT user_key, raw {deferred}),"
+                f" settled AS (SELECT DISTINCT s.user_key FROM cs_ids s"
+                f" JOIN cs_candidates c ON c.kind = s.kind AND c.value = s.value"
+                f" WHERE c.n = 1 AND s.priority < {priority}"
+                f" AND s.user_key IN (SELECT user_key FROM open_rows))"
+                f" SELECT DISTINCT raw FROM open_rows"
+                f" WHERE user_key NOT IN (SELECT user_key FROM settled)"
+            )
+            .column(0)
+            .combine_chunks()
+        )
+    if not len(raws):
+        return None
+    resolved = pa.table({"raw": raws, "value": resolve(kind, raws)})
+    apply_resolved(session, priority, resolved)
+    return resolved
+
+
+def apply_resolved(session: Session, priority: int, resolved: pa.Table) -> None:
+    """Set the values of the deferred rows at `priority` from (raw, value) pairs."""
+    session.load("cs_resolved", resolved)
+    session.run(
+        f"UPDATE cs_ids SET value = r.value FROM cs_resolved r"
+        f" WHERE cs_ids.priority = {priority} AND cs_ids.raw = r.raw"
+    )
+    session.run("DROP TABLE cs_resolved")
+
+
+_DECIDE = """
+CREATE TEMP TABLE cs_source_users AS
+WITH hits AS (
+    SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id
+    FROM cs_ids s LEFT JOIN cs_candidates c ON c.kind = s.kind AND c.value = s.value
+), per_user AS (
+    SELECT user_key,
+           -- the first identifier by priority, then by lowest value, that finds one user
+           min({'p': priority, 'v': value, 'k': kind, 'u': user_id}) FILTER (WHERE n = 1)
+               AS first,
+           bool_or(n > 1) AS ambiguous,
+           bool_or(value IS NOT NULL) AS any_valid,
+           bool_or(priority IS NOT NULL) AS any_present
+    FROM hits GROUP BY user_key
+)
+SELECT user_key, first.u AS user_id, first.k AS matched_by, first.p AS priority,
+       first IS NOT NULL AS matched,
+       CASE WHEN first IS NOT NULL THEN NULL
+            WHEN ambiguous THEN 'ambiguous'
+            WHEN any_valid THEN 'not_found'
+            WHEN any_present THEN 'invalid_identifier'
+            ELSE 'no_identifier' END AS reason
+FROM per_user;
+
+-- Several source users may land on one Netmera user: one member, credited to the
+-- best-priority identifier that reached it (one priority is one kind).
+CREATE TEMP TABLE cs_members AS
+SELECT user_id, arg_min(matched_by, priority) AS matched_by
+FROM cs_source_users WHERE matched GROUP BY user_id;
+"""
+
+
+def decide(run: Run, has_push: bool) -> Counts:
+    """Stage 2, in DuckDB, over `cs_ids`, `cs_candidates` and (with push) `cs_reach`."""
+    run(_DECIDE)
+    ((total, matched),) = run(
+        "SELECT count(*), count(*) FILTER (WHERE matched) FROM cs_source_users"
+    )
+    reasons = dict(run("SELECT reason, count(*) FROM cs_source_users GROUP BY reason"))
+    matched_by = dict(run("SELECT matched_by, count(*) FROM cs_source_users GROUP BY 1"))
+    ((members,),) = run("SELECT count(*) FROM cs_members")
+    reachable = None
+    if has_push:
+        ((reachable,),) = run(
+            "SELECT count(*) FROM cs_members WHERE user_id IN (SELECT user_id FROM cs_reach)"
+        )
+    return Counts(
+        connector_users=total,
+        matched_source_users=matched,
+        netmera_users=members,
+        reachable=reachable,
+        reasons={r: reasons.get(r, 0) for r in REASONS},
+        matched_by={k: n for k, n in matched_by.items() if k is not None},
+    )
