@@ -23,6 +23,7 @@ from typing import Any
 
 from include.config import SegmentConfigError, load_segments
 from include.connectors.base import SourceError
+from include.store.repository import RUN_RESULTS
 
 LIST_COLUMNS = [
     ("name", "Segment Name"),
@@ -33,29 +34,8 @@ LIST_COLUMNS = [
     ("last_update_date", "Last Update Date"),
     ("status", "Status"),
 ]
-RUN_FIELDS = [
-    "airflow_run_id",
-    "status",
-    "dry_run",
-    "approve",
-    "started_at",
-    "finished_at",
-    "version",
-    "base_version",
-    "connector_users",
-    "netmera_users",
-    "matched_source_users",
-    "refused_rows",
-    "reachable",
-    "reasons",
-    "matched_by",
-    "added",
-    "removed",
-    "failed_step",
-    "error",
-    "hold_reason",
-    "validation",
-]
+# A run as `details` shows it: who/when, then everything the run records (see the store).
+RUN_FIELDS = ["airflow_run_id", "status", "dry_run", "approve", "started_at", *RUN_RESULTS]
 
 
 def _store():

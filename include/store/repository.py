@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 READY, CALCULATING, FAILED, HELD = "Ready", "Calculating", "Failed", "Held"
 # Everything a run records after it starts; reset when a cleared run starts again.
-_RUN_RESULTS = (
+RUN_RESULTS = (
     "finished_at",
     "failed_step",
     "error",
@@ -148,7 +148,7 @@ class SegmentStore:
                 "approve": approve,
                 "status": "calculating",
                 "started_at": now,
-                **dict.fromkeys(_RUN_RESULTS),
+                **dict.fromkeys(RUN_RESULTS),
             }
             existing = conn.execute(
                 sa.select(runs.c.id).where(
