@@ -72,7 +72,7 @@ def load_users(admin_url: str, database: str, users: Path) -> str:
         with engine.connect() as conn:
             if (
                 sa.inspect(conn).has_table("bench_loaded")
-                and conn.exec_driver_sql("SELECT stamp FROM bench_loaded").scalar() == stamp
+                and str(conn.exec_driver_sql("SELECT * FROM bench_loaded").scalar()) == stamp
             ):
                 return url.render_as_string(hide_password=False)
             conn.exec_driver_sql("DROP TABLE IF EXISTS netmera_users, bench_loaded")

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 DEFAULT_SEGMENTS_DIR = Path(__file__).parent / "segments"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SEGMENTS_DIR_ENV = "CONNECTOR_SEGMENTS_DIR"
 
 # Airflow's schedule presets; anything else must look like a 5-field cron expression.
@@ -218,7 +219,8 @@ def _describe(exc: ValidationError, path: Path) -> str:
 def load_segment(path: Path) -> SegmentConfig:
     """Parse and validate one YAML file; raise SegmentConfigError naming the file and field."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader when present: hundreds of files are parsed on every DAG-file parse.
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as exc:
         raise SegmentConfigError(f"{path}: cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):
