@@ -170,3 +170,9 @@ def test_documented_example_segments_are_valid(capsys):
     code, out, err = cli(capsys, "validate", "--dir", str(examples))
     assert code == 0, err
     assert "3 valid, 0 invalid" in out
+
+
+def test_list_with_nothing_configured_prints_an_empty_table(workspace, capsys):
+    code, out, _ = cli(capsys, "list")
+    assert code == 0 and out.startswith("Segment Name")
+    assert cli_json(capsys, "list") == []
