@@ -144,6 +144,36 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
     assert [a.uri for a in outlets] == ["connector_segment://good_one"]
 
 
+def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypatch):
+    # The DAG gets its Params after its tasks are built (dags/connector_segments.py): what a
+    # task sees at run time, merged by Airflow's own `process_params`, must still be every
+    # Param with its default, overridden by a valid conf, and an invalid conf refused.
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import process_params
+    from airflow.sdk.exceptions import ParamValidationError
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path))
+    write_yaml(tmp_path, "good_one", GOOD)
+    write_yaml(tmp_path, "good_two", {**GOOD, "id": "good_two"})
+    bag = DagBag(dag_folder=str(DAGS))
+
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            seen = process_params(dag, task, {"send_key": "k1"}, suppress_exception=False)
+            assert seen == {
+                "dry_run": False,
+                "approve": False,
+                "refresh": True,
+                "send_message": False,
+                "message_title": None,
+                "message_text": None,
+                "send_key": "k1",
+            }
+            for bad in ({"send_message": "yes"}, {"send_key": 7}):
+                with pytest.raises(ParamValidationError, match=next(iter(bad))):
+                    process_params(dag, task, bad, suppress_exception=False)
+
+
 def test_each_dag_runs_its_own_segment_not_the_last_one_parsed(workspace, capsys):
     # Two segments with different audiences: running the first must refresh the first
     # (a config read from a loop variable at run time would be the last one's).

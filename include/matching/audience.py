@@ -5,10 +5,10 @@ failed normalisation; a source user with no identifier at all gets one row with 
 so that it is still counted. Batches are normalised on all cores (Arrow kernels release the GIL)
 and written in order, a few batches in flight: memory stays bounded whatever the audience size.
 
-Deferred: a phone that only phonenumbers can read (the vectorised reading of phones.py leaves
-it undecided, ~20 µs a value) and is not the segment's first identifier keeps its trimmed text
-in `raw` and no value yet. It can only change the result of a source user that no earlier
-identifier matched, so the lookup (`rules.lookup`) reads it for those users only.
+Deferred: a phone that is not the segment's first identifier keeps its trimmed text in `raw`
+and no value yet. Phones are the costly kind to normalise, and a phone can only change the
+result of a source user that no earlier identifier matched, so the lookup (`rules.lookup`)
+normalises them for those users only (all of them when there are few).
 """
 
 from __future__ import annotations
