@@ -4,7 +4,8 @@
   with the user table, one join per kind, writing the distinct (source user, Netmera user)
   pairs: what any matcher must at least do, with none of the rules;
 - `ours`: the matcher core (`match_staged`, the worker path's core): normalisation, priority,
-  ambiguity, reasons, reachable, members file;
+  ambiguity, reasons, members file; and the reachable count when the users file has the push
+  permission column (bench/matching.py times it with and without);
 - `pandas_merge`: bench/pandas_baseline.py on DataFrames read from the same files.
 """
 

@@ -316,8 +316,8 @@ def test_refresh_match_step_gives_the_same_run_record_on_either_path(
         refresh.start(config, run_key, dry_run=False, approve=False)
         refresh.extract(config, run_key)
         result = refresh.match(config, run_key)
-        # Only the database path brings lookups back from the database (candidates.parquet).
-        looked_up = (run_dir(config.id, run_key) / "candidates.parquet").exists()
+        # Only the database path brings lookups back from the database (hits.parquet).
+        looked_up = (run_dir(config.id, run_key) / "hits.parquet").exists()
         assert looked_up == (path == "database")
         members = members_of(result.pop("members_path"))
         recorded[path] = (result, members)

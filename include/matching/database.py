@@ -3,7 +3,7 @@ leaves it.
 
 The normalised identifiers are bulk-loaded into a temporary table (PostgreSQL `COPY`, SQLite
 batched inserts); stage 1 of `rules.py` runs against the real, indexed user table; its
-audience-sized results (`cs_candidates`, `cs_reach`) stream out to Parquet and stage 2 decides
+audience-sized results (`cs_hits`, `cs_reach`) stream out to Parquet and stage 2 decides
 in DuckDB on the worker, as on the worker path. All in one transaction that is rolled back: the
 user table is only read and nothing persists in Netmera's database, whatever happens (a killed
 worker ends its session, which drops temporary tables too). Worker memory follows the
@@ -158,16 +158,25 @@ def copy_batch(conn: sa.Connection, table: str, batch: pa.RecordBatch) -> None:
 
 
 def _export_found(conn: sa.Connection, workdir: Path, has_push: bool) -> dict[str, Path]:
-    """cs_candidates (and cs_reach) → Parquet; user ids as text, as the worker path has them."""
+    """cs_hits (and cs_reach) → Parquet; user ids as text, as the worker path has them."""
     import pyarrow as pa
 
     text = pa.string()
     found = {
-        "cs_candidates": export_query(
+        "cs_hits": export_query(
             conn,
-            "SELECT kind, value, n, CAST(user_id AS TEXT) FROM cs_candidates",
-            pa.schema([("kind", text), ("value", text), ("n", pa.int32()), ("user_id", text)]),
-            workdir / "candidates.parquet",
+            "SELECT user_key, priority, kind, value, n, CAST(user_id AS TEXT) FROM cs_hits",
+            pa.schema(
+                [
+                    ("user_key", text),
+                    ("priority", pa.int16()),
+                    ("kind", text),
+                    ("value", text),
+                    ("n", pa.int32()),
+                    ("user_id", text),
+                ]
+            ),
+            workdir / "hits.parquet",
         )
     }
     if has_push:

@@ -134,6 +134,7 @@ def decide_found(
     """Stage 2 in DuckDB over a lookup made elsewhere: `found` maps its tables to their
     Parquet files, `resolved` holds the deferred values it normalised."""
     with _duckdb(workdir, identifiers, DATABASE_PATH_MEMORY) as session:
+        session.run(rules.CREATE_RESOLVED)
         for priority, pairs in resolved.items():
             rules.apply_resolved(session, priority, pairs)
         for table, path in found.items():

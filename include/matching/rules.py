@@ -3,10 +3,11 @@
 1. **Lookup**, where the user table is: DuckDB over its Parquet export (worker path), or
    PostgreSQL/SQLite over the real indexed table (database path). Input `cs_ids(user_key,
    priority, kind, value, raw)` (see `audience.py`). Output, audience-sized:
-   - `cs_candidates(kind, value, n, user_id)`: for each identifier value the audience holds,
-     how many Netmera users hold it (`n`: 1, or 2 for several; a null user id counts as a
-     user) and the user id when one. Only audience values are looked up: the work follows
-     the audience, never the table;
+   - `cs_hits(user_key, priority, kind, value, n, user_id)`: for each `cs_ids` row whose
+     value some Netmera user holds, how many hold it (`n`: 1, or 2 for several; a null user
+     id counts as a user) and the user id when one. Only audience values are looked up: the
+     work follows the audience, never the table. Per row rather than per value: which source
+     users are already matched is then a filter, not a join (see `_resolve`);
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
@@ -35,7 +36,14 @@ REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
 HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
 PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
 READ_ALL_BELOW = 2_000  # distinct deferred values: fewer are read at once, settled or not
-LOOKUP_TABLES = ("cs_resolved", "cs_reach", "cs_candidates", "cs_ids")
+LOOKUP_TABLES = ("cs_resolved_in", "cs_resolved", "cs_reach", "cs_hits", "cs_ids")
+CREATE_RESOLVED = "CREATE TEMP TABLE cs_resolved (priority SMALLINT, raw TEXT, value TEXT)"
+# The identifier rows, deferred values as normalised so far (`cs_resolved`, small): a join, not
+# an UPDATE of cs_ids (DuckDB: ~0.25 s at 1M source rows, most of a small kind's lookup).
+ROWS = (
+    "(SELECT s.user_key, s.priority, s.kind, coalesce(s.value, r.value) AS value FROM cs_ids s"
+    " LEFT JOIN cs_resolved r ON r.priority = s.priority AND r.raw = s.raw)"
+)
 
 Run = Callable[[str], Sequence[Sequence[Any]]]  # executes one statement, returns its rows
 
@@ -98,29 +106,39 @@ def _how_many(user_id: str) -> str:
     )
 
 
-def _candidates_sql(
-    kind: IdentifierKind, users: UserSide, dialect: Dialect, probe: bool = False
+def _hits_sql(
+    kind: IdentifierKind,
+    users: UserSide,
+    dialect: Dialect,
+    probe: bool = False,
+    deferred: bool = False,
 ) -> str:
-    """Candidates of one kind: the values of its cs_ids rows, looked up (`probe`: through the
-    index, value by value)."""
+    """Hits of one kind: its cs_ids rows whose value some user holds, with how many and who
+    (`probe`: each value looked up through the index; `deferred`: the kind has deferred rows,
+    their values are in cs_resolved)."""
     user_id = users.columns["user_id"]
     column = users.columns[KIND_COLUMN[kind]]
     stored = dialect.sha256_hex.format(column) if kind in HASHED else column
     counts = f"{_how_many(user_id)} AS n, min({user_id}) AS user_id"
+    rows = f"{ROWS} s" if deferred else "cs_ids s"
+    mine = f"s.kind = '{kind.value}' AND s.value IS NOT NULL"
     if probe:
         # PostgreSQL: one index probe per audience value (the array is built once); asked, the
         # planner would hash the whole table, too slow when the audience is a sliver of it.
-        return (
-            f"SELECT '{kind.value}' AS kind, {stored} AS value, {counts}"
-            f" FROM {users.relation} u WHERE {stored} = ANY(ARRAY(SELECT value FROM cs_ids"
-            f" WHERE kind = '{kind.value}' AND value IS NOT NULL)) GROUP BY {stored}"
+        found = (
+            f"SELECT {stored} AS value, {counts} FROM {users.relation} u"
+            f" WHERE {stored} = ANY(ARRAY(SELECT s.value FROM {rows} WHERE {mine}))"
+            f" GROUP BY {stored}"
         )
-    # A value the audience holds twice joins twice: `_how_many` and min() do not mind.
+        return (
+            f"SELECT s.user_key, s.priority, s.kind, s.value, c.n, c.user_id"
+            f" FROM {rows} JOIN ({found}) c ON c.value = s.value WHERE {mine}"
+        )
+    # A row twice (a duplicated source row) joins twice: `_how_many` and min() do not mind.
     return (
-        f"SELECT '{kind.value}' AS kind, s.value, {counts}"
-        f" FROM cs_ids s JOIN {users.relation} u ON {stored} = s.value"
-        f" WHERE s.kind = '{kind.value}' AND s.value IS NOT NULL"
-        f" AND {column} IS NOT NULL GROUP BY s.value"
+        f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value, {counts}"
+        f" FROM {rows} JOIN {users.relation} u ON {stored} = s.value"
+        f" WHERE {mine} AND {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
     )
 
 
@@ -152,9 +170,8 @@ def lookup(
     values (`raw`) are normalised by `resolve`, priority by priority, only for source users
     that no earlier identifier matched alone (a value can change no other user's result);
     reading a few more than needed would be harmless, reading one less never happens."""
-    session.run(
-        f"CREATE TEMP TABLE cs_candidates AS {_candidates_sql(min(kinds), users, dialect)} LIMIT 0"
-    )
+    session.run(f"CREATE TEMP TABLE cs_hits AS {_hits_sql(min(kinds), users, dialect)} LIMIT 0")
+    session.run(CREATE_RESOLVED)
     deferred = session.run(
         "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
     )
@@ -168,7 +185,8 @@ def lookup(
 
     def insert(kind: IdentifierKind) -> None:
         probe = users.probes(kind.value, sizes[kind.value][1])
-        session.run(f"INSERT INTO cs_candidates {_candidates_sql(kind, users, dialect, probe)}")
+        hits = _hits_sql(kind, users, dialect, probe, deferred=kind in later)
+        session.run(f"INSERT INTO cs_hits {hits}")
 
     for kind in sorted(kinds - later):
         if sizes.get(kind.value, (0, 0))[0]:
@@ -182,11 +200,11 @@ def lookup(
             resolved[int(priority)] = pairs
     for kind in sorted(later):
         insert(kind)
-    session.analyze("cs_candidates")
+    session.analyze("cs_hits")
     if users.has_push:
         user_id = users.columns["user_id"]
         push = dialect.is_true.format(users.columns["push_permitted"])
-        found = "SELECT user_id FROM cs_candidates WHERE n = 1"
+        found = "SELECT user_id FROM cs_hits WHERE n = 1"
         ((alone,),) = session.run(f"SELECT count(*) FROM ({found}) f")
         wanted = f"= ANY(ARRAY({found}))" if users.probes("user_id", alone) else f"IN ({found})"
         session.run(
@@ -199,22 +217,18 @@ def lookup(
 def _resolve(
     session: Session, priority: int, kind: IdentifierKind, resolve: Resolve
 ) -> pa.Table | None:
-    """Normalise the deferred values at `priority` of the users still open, in place; return
-    the (raw, value) pairs."""
+    """Normalise the deferred values at `priority` of the users still open into cs_resolved;
+    return the (raw, value) pairs."""
     import pyarrow as pa
 
     deferred = f"FROM cs_ids WHERE priority = {priority} AND raw IS NOT NULL"
     raws = session.fetch(f"SELECT DISTINCT raw {deferred}").column(0).combine_chunks()
     if len(raws) > READ_ALL_BELOW:  # many: read only those of users still open
+        settled = f"SELECT user_key FROM cs_hits WHERE n = 1 AND priority < {priority}"
         raws = (
             session.fetch(
-                f"WITH open_rows AS (SELECT user_key, raw {deferred}),"
-                f" settled AS (SELECT DISTINCT s.user_key FROM cs_ids s"
-                f" JOIN cs_candidates c ON c.kind = s.kind AND c.value = s.value"
-                f" WHERE c.n = 1 AND s.priority < {priority}"
-                f" AND s.user_key IN (SELECT user_key FROM open_rows))"
-                f" SELECT DISTINCT raw FROM open_rows"
-                f" WHERE user_key NOT IN (SELECT user_key FROM settled)"
+                f"SELECT DISTINCT raw {deferred} AND user_key NOT IN"
+                f" ({settled} AND user_key IS NOT NULL)"
             )
             .column(0)
             .combine_chunks()
@@ -227,49 +241,51 @@ def _resolve(
 
 
 def apply_resolved(session: Session, priority: int, resolved: pa.Table) -> None:
-    """Set the values of the deferred rows at `priority` from (raw, value) pairs."""
-    session.load("cs_resolved", resolved)
-    session.run(
-        f"UPDATE cs_ids SET value = r.value FROM cs_resolved r"
-        f" WHERE cs_ids.priority = {priority} AND cs_ids.raw = r.raw"
-    )
-    session.run("DROP TABLE cs_resolved")
+    """Add (raw, value) pairs of the deferred rows at `priority` to cs_resolved."""
+    session.load("cs_resolved_in", resolved)
+    session.run(f"INSERT INTO cs_resolved SELECT {priority}, raw, value FROM cs_resolved_in")
+    session.run("DROP TABLE cs_resolved_in")
 
 
 _DECIDE = """
 CREATE TEMP TABLE cs_source_users AS
 WITH hits AS (
-    SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id
-    FROM cs_ids s LEFT JOIN cs_candidates c ON c.kind = s.kind AND c.value = s.value
+    -- every identifier row, and again each that found users: the aggregates do not mind
+    SELECT user_key, priority, kind, value, 0 AS n, NULL AS user_id FROM CS_ROWS s
+    UNION ALL
+    SELECT user_key, priority, kind, value, n, user_id FROM cs_hits
 ), per_user AS (
     SELECT user_key,
            -- the first identifier by priority, then by lowest value, that finds one user
-           min({'p': priority, 'v': value, 'k': kind, 'u': user_id}) FILTER (WHERE n = 1)
-               AS first,
-           bool_or(n > 1) AS ambiguous,
-           bool_or(value IS NOT NULL) AS any_valid,
-           bool_or(priority IS NOT NULL) AS any_present
+           -- (arg_min_null: that user's id even when null, a user too)
+           min(priority) FILTER (WHERE n = 1) AS priority,
+           arg_min_null(user_id, (priority, value)) FILTER (WHERE n = 1) AS user_id,
+           max(n) > 1 AS ambiguous,
+           count(value) > 0 AS any_valid,
+           count(priority) > 0 AS any_present
     FROM hits GROUP BY user_key
 )
-SELECT user_key, first.u AS user_id, first.k AS matched_by, first.p AS priority,
-       first IS NOT NULL AS matched,
-       CASE WHEN first IS NOT NULL THEN NULL
+SELECT p.user_key, p.user_id, k.kind AS matched_by, p.priority, p.priority IS NOT NULL AS matched,
+       CASE WHEN p.priority IS NOT NULL THEN NULL
             WHEN ambiguous THEN 'ambiguous'
             WHEN any_valid THEN 'not_found'
             WHEN any_present THEN 'invalid_identifier'
             ELSE 'no_identifier' END AS reason
-FROM per_user;
+FROM per_user p  -- one priority is one kind
+LEFT JOIN (SELECT DISTINCT priority, kind FROM cs_ids WHERE priority IS NOT NULL) k
+    ON k.priority = p.priority;
 
 -- Several source users may land on one Netmera user: one member, credited to the
--- best-priority identifier that reached it (one priority is one kind).
+-- best-priority identifier that reached it.
 CREATE TEMP TABLE cs_members AS
 SELECT user_id, arg_min(matched_by, priority) AS matched_by
 FROM cs_source_users WHERE matched GROUP BY user_id;
-"""
+""".replace("CS_ROWS", ROWS)
 
 
 def decide(run: Run, has_push: bool) -> Counts:
-    """Stage 2, in DuckDB, over `cs_ids`, `cs_candidates` and (with push) `cs_reach`."""
+    """Stage 2, in DuckDB, over `cs_ids`, `cs_resolved`, `cs_hits` and (with push)
+    `cs_reach`."""
     run(_DECIDE)
     ((total, matched),) = run(
         "SELECT count(*), count(*) FILTER (WHERE matched) FROM cs_source_users"
