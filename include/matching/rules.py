@@ -3,11 +3,12 @@
 1. **Lookup**, where the user table is: DuckDB over its Parquet export (worker path), or
    PostgreSQL/SQLite over the real indexed table (database path). Input `cs_ids(user_key,
    priority, kind, value, raw)` (see `audience.py`). Output, audience-sized:
-   - `cs_hits(user_key, priority, kind, value, n, user_id)`: for each `cs_ids` row whose
-     value some Netmera user holds, how many hold it (`n`: 1, or 2 for several; a null user
-     id counts as a user) and the user id when one. Only audience values are looked up: the
+   - `cs_hits(user_key, priority, kind, value, n, user_id)`: for each `cs_ids` row with a
+     value, how many Netmera users hold it (`n`: 0, 1, or 2 for several; a null user id
+     counts as a user) and the user id when one. Only audience values are looked up: the
      work follows the audience, never the table. Per row rather than per value: which source
-     users are already matched is then a filter, not a join (see `_resolve`);
+     users are already matched is then a filter, not a join (see `_resolve`), and the
+     decision needs no join either;
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
@@ -35,13 +36,14 @@ if TYPE_CHECKING:
 REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
 HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
 PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
-READ_ALL_BELOW = 2_000  # distinct deferred values: fewer are read at once, settled or not
 LOOKUP_TABLES = ("cs_resolved_in", "cs_resolved", "cs_reach", "cs_hits", "cs_ids")
 CREATE_RESOLVED = "CREATE TEMP TABLE cs_resolved (priority SMALLINT, raw TEXT, value TEXT)"
 # The identifier rows, deferred values as normalised so far (`cs_resolved`, small): a join, not
 # an UPDATE of cs_ids (DuckDB: ~0.25 s at 1M source rows, most of a small kind's lookup).
+# `unread`: a deferred value never normalised (its source user was matched before it counted).
 ROWS = (
-    "(SELECT s.user_key, s.priority, s.kind, coalesce(s.value, r.value) AS value FROM cs_ids s"
+    "(SELECT s.user_key, s.priority, s.kind, coalesce(s.value, r.value) AS value,"
+    " s.raw IS NOT NULL AND r.raw IS NULL AS unread FROM cs_ids s"
     " LEFT JOIN cs_resolved r ON r.priority = s.priority AND r.raw = s.raw)"
 )
 
@@ -97,11 +99,13 @@ class Counts:
     matched_by: dict[str, int] = field(default_factory=dict)
 
 
-def _how_many(user_id: str) -> str:
-    """1 if the rows found are one user, 2 if several: all the rules need, and cheaper than
+def _how_many(user_id: str, found: str = "*") -> str:
+    """0 if no row was found (`found`: a column null on the rows a LEFT JOIN adds), 1 if the
+    rows found are one user, 2 if several: all the rules need, and cheaper than
     count(DISTINCT). A null user id is a user too: validation must see it, not lose it."""
     return (
-        f"CASE WHEN count({user_id}) = 0 THEN 1 WHEN count({user_id}) < count(*) THEN 2"
+        f"CASE WHEN count({found}) = 0 THEN 0"
+        f" WHEN count({user_id}) = 0 THEN 1 WHEN count({user_id}) < count({found}) THEN 2"
         f" WHEN min({user_id}) = max({user_id}) THEN 1 ELSE 2 END"
     )
 
@@ -113,32 +117,33 @@ def _hits_sql(
     probe: bool = False,
     deferred: bool = False,
 ) -> str:
-    """Hits of one kind: its cs_ids rows whose value some user holds, with how many and who
-    (`probe`: each value looked up through the index; `deferred`: the kind has deferred rows,
-    their values are in cs_resolved)."""
+    """Hits of one kind: each of its cs_ids rows with a value, with how many users hold it
+    (n = 0: none) and who (`probe`: each value looked up through the index; `deferred`: the
+    kind has deferred rows, their values are in cs_resolved)."""
     user_id = users.columns["user_id"]
     column = users.columns[KIND_COLUMN[kind]]
     stored = dialect.sha256_hex.format(column) if kind in HASHED else column
-    counts = f"{_how_many(user_id)} AS n, min({user_id}) AS user_id"
     rows = f"{ROWS} s" if deferred else "cs_ids s"
     mine = f"s.kind = '{kind.value}' AND s.value IS NOT NULL"
     if probe:
         # PostgreSQL: one index probe per audience value (the array is built once); asked, the
         # planner would hash the whole table, too slow when the audience is a sliver of it.
+        counts = f"{_how_many(user_id)} AS n, min({user_id}) AS user_id"
         found = (
             f"SELECT {stored} AS value, {counts} FROM {users.relation} u"
             f" WHERE {stored} = ANY(ARRAY(SELECT s.value FROM {rows} WHERE {mine}))"
             f" GROUP BY {stored}"
         )
         return (
-            f"SELECT s.user_key, s.priority, s.kind, s.value, c.n, c.user_id"
-            f" FROM {rows} JOIN ({found}) c ON c.value = s.value WHERE {mine}"
+            f"SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id"
+            f" FROM {rows} LEFT JOIN ({found}) c ON c.value = s.value WHERE {mine}"
         )
     # A row twice (a duplicated source row) joins twice: `_how_many` and min() do not mind.
+    counts = f"{_how_many(user_id, column)} AS n, min({user_id}) AS user_id"
     return (
         f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value, {counts}"
-        f" FROM {rows} JOIN {users.relation} u ON {stored} = s.value"
-        f" WHERE {mine} AND {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
+        f" FROM {rows} LEFT JOIN {users.relation} u ON {stored} = s.value AND {column} IS NOT NULL"
+        f" WHERE {mine} GROUP BY s.user_key, s.priority, s.value"
     )
 
 
@@ -221,18 +226,19 @@ def _resolve(
     return the (raw, value) pairs."""
     import pyarrow as pa
 
-    deferred = f"FROM cs_ids WHERE priority = {priority} AND raw IS NOT NULL"
-    raws = session.fetch(f"SELECT DISTINCT raw {deferred}").column(0).combine_chunks()
-    if len(raws) > READ_ALL_BELOW:  # many: read only those of users still open
-        settled = f"SELECT user_key FROM cs_hits WHERE n = 1 AND priority < {priority}"
-        raws = (
-            session.fetch(
-                f"SELECT DISTINCT raw {deferred} AND user_key NOT IN"
-                f" ({settled} AND user_key IS NOT NULL)"
-            )
-            .column(0)
-            .combine_chunks()
+    # NOT EXISTS, not NOT IN: an anti-join PostgreSQL can hash whatever the work_mem.
+    settled = (
+        f"SELECT 1 FROM cs_hits h WHERE h.user_key = d.user_key AND h.n = 1"
+        f" AND h.priority < {priority}"
+    )
+    raws = (
+        session.fetch(
+            f"SELECT DISTINCT d.raw FROM cs_ids d WHERE d.priority = {priority}"
+            f" AND d.raw IS NOT NULL AND NOT EXISTS ({settled})"
         )
+        .column(0)
+        .combine_chunks()
+    )
     if not len(raws):
         return None
     resolved = pa.table({"raw": raws, "value": resolve(kind, raws)})
@@ -250,10 +256,11 @@ def apply_resolved(session: Session, priority: int, resolved: pa.Table) -> None:
 _DECIDE = """
 CREATE TEMP TABLE cs_source_users AS
 WITH hits AS (
-    -- every identifier row, and again each that found users: the aggregates do not mind
-    SELECT user_key, priority, kind, value, 0 AS n, NULL AS user_id FROM CS_ROWS s
-    UNION ALL
+    -- every identifier row: those with a value were all looked up
     SELECT user_key, priority, kind, value, n, user_id FROM cs_hits
+    UNION ALL
+    SELECT user_key, priority, kind, value, 0, NULL FROM CS_ROWS s
+    WHERE value IS NULL AND NOT unread
 ), per_user AS (
     SELECT user_key,
            -- the first identifier by priority, then by lowest value, that finds one user
