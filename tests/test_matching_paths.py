@@ -90,6 +90,7 @@ def netmera_rows() -> list[tuple]:
     rows.append((None, "e-orphan", None, None, "i-orphan", True))
     rows.append(("U61", "e7", None, None, "i-61", True))  # e7 is U07's too: ambiguous
     rows.append(("U62", "e62", "Legacy@X.io", "05320000062", "i-62", True))  # stored as typed
+    rows.append(("U63", "NA", None, None, "null", True))  # texts CSV readers take for null
     return rows
 
 
@@ -132,6 +133,10 @@ def audience_rows(seed: int = 4) -> list[dict]:
                 "dev": rng.choice([f"i{i}-0", f"i{i}-1", "i-orphan"]) if pick() < 0.3 else None,
             }
         )
+    # Values CSV readers take for null by default: matched, or invalid, never lost.
+    rows.append({"uid": "s-na", "ext": "NA", "phone": "n/a"})
+    rows.append({"uid": "s-null", "phone": "n/a", "dev": "null"})
+    rows.append({"uid": "s-phone-na", "phone": "N/A"})
     return rows
 
 

@@ -87,6 +87,7 @@ def _copy_out(conn: sa.Connection, sql: str, schema: pa.Schema) -> Iterator[pa.R
     options = pcsv.ConvertOptions(
         column_types=schema,
         strings_can_be_null=True,  # COPY writes NULL unquoted and empty, ''
+        null_values=[""],  # ... only that: "NA", "n/a", "null" are values like any other
         quoted_strings_can_be_null=False,  # ... and an empty string as ""
         true_values=["t"],
         false_values=["f"],
