@@ -8,7 +8,9 @@
      counts as a user) and the user id when one. Only audience values are looked up: the
      work follows the audience, never the table. Per row rather than per value: which source
      users are already matched is then a filter, not a join (see `_resolve`), and the
-     decision needs no join either;
+     decision needs no join either. (SQLite runs a LEFT JOIN row by row, hashing the whole
+     table for each row of a hashed kind: there the rows found come from an inner join and
+     the others are added after it, see `Dialect.outer_join`);
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
@@ -52,15 +54,17 @@ Run = Callable[[str], Sequence[Sequence[Any]]]  # executes one statement, return
 
 @dataclass(frozen=True)
 class Dialect:
-    """How one engine writes the lower-case hex SHA-256 of a stored value, and reads a
-    push-permission column as a condition."""
+    """How one engine writes the lower-case hex SHA-256 of a stored value, reads a
+    push-permission column as a condition, and whether it hash-joins a LEFT JOIN."""
 
     sha256_hex: str  # format string over a column expression
     is_true: str = "{}"
+    outer_join: bool = True
 
 
 DUCKDB = Dialect(sha256_hex="sha256({})")
-SQLITE = Dialect(sha256_hex="cs_sha256({})")  # a Python function registered by database.py
+# cs_sha256: a Python function registered by database.py
+SQLITE = Dialect(sha256_hex="cs_sha256({})", outer_join=False)
 POSTGRES = Dialect(
     sha256_hex="encode(sha256(convert_to({}, 'UTF8')), 'hex')", is_true="CAST({} AS BOOLEAN)"
 )
@@ -139,11 +143,28 @@ def _hits_sql(
             f" FROM {rows} LEFT JOIN ({found}) c ON c.value = s.value WHERE {mine}"
         )
     # A row twice (a duplicated source row) joins twice: `_how_many` and min() do not mind.
+    if not dialect.outer_join:  # the rows found; `_not_found_sql` adds the others
+        return (
+            f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value,"
+            f" {_how_many(user_id)} AS n, min({user_id}) AS user_id"
+            f" FROM {rows} JOIN {users.relation} u ON {stored} = s.value"
+            f" WHERE {mine} AND {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
+        )
     counts = f"{_how_many(user_id, column)} AS n, min({user_id}) AS user_id"
     return (
         f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value, {counts}"
         f" FROM {rows} LEFT JOIN {users.relation} u ON {stored} = s.value AND {column} IS NOT NULL"
         f" WHERE {mine} GROUP BY s.user_key, s.priority, s.value"
+    )
+
+
+def _not_found_sql(kind: IdentifierKind, deferred: bool) -> str:
+    """The rows of one kind with a value no user holds, after an inner-join lookup."""
+    rows = f"{ROWS} s" if deferred else "cs_ids s"
+    return (
+        f"SELECT s.user_key, s.priority, s.kind, s.value, 0, NULL FROM {rows}"
+        f" WHERE s.kind = '{kind.value}' AND s.value IS NOT NULL AND NOT EXISTS"
+        f" (SELECT 1 FROM cs_hits h WHERE h.kind = s.kind AND h.value = s.value)"
     )
 
 
@@ -192,6 +213,8 @@ def lookup(
         probe = users.probes(kind.value, sizes[kind.value][1])
         hits = _hits_sql(kind, users, dialect, probe, deferred=kind in later)
         session.run(f"INSERT INTO cs_hits {hits}")
+        if not dialect.outer_join:
+            session.run(f"INSERT INTO cs_hits {_not_found_sql(kind, kind in later)}")
 
     for kind in sorted(kinds - later):
         if sizes.get(kind.value, (0, 0))[0]:
