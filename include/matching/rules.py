@@ -120,27 +120,27 @@ def _hits_sql(
     dialect: Dialect,
     probe: bool = False,
     deferred: bool = False,
+    open_only: bool = True,
 ) -> str:
-    """Hits of one kind: each of its cs_ids rows with a value, with how many users hold it
-    (n = 0: none) and who (`probe`: each value looked up through the index; `deferred`: the
-    kind has deferred rows, their values are in cs_resolved)."""
+    """Hits of one kind: each of its open rows (`_open_rows`) with how many users hold its
+    value (n = 0: none) and who (`probe`: each value looked up through the index; `deferred`:
+    the kind has deferred rows, their values are in cs_resolved)."""
     user_id = users.columns["user_id"]
     column = users.columns[KIND_COLUMN[kind]]
     stored = dialect.sha256_hex.format(column) if kind in HASHED else column
-    rows = f"{ROWS} s" if deferred else "cs_ids s"
-    mine = f"s.kind = '{kind.value}' AND s.value IS NOT NULL"
+    rows = _open_rows(kind, deferred, open_only)
     if probe:
         # PostgreSQL: one index probe per audience value (the array is built once); asked, the
         # planner would hash the whole table, too slow when the audience is a sliver of it.
         counts = f"{_how_many(user_id)} AS n, min({user_id}) AS user_id"
         found = (
             f"SELECT {stored} AS value, {counts} FROM {users.relation} u"
-            f" WHERE {stored} = ANY(ARRAY(SELECT s.value FROM {rows} WHERE {mine}))"
+            f" WHERE {stored} = ANY(ARRAY(SELECT s.value FROM {rows}))"
             f" GROUP BY {stored}"
         )
         return (
             f"SELECT s.user_key, s.priority, s.kind, s.value, coalesce(c.n, 0) AS n, c.user_id"
-            f" FROM {rows} LEFT JOIN ({found}) c ON c.value = s.value WHERE {mine}"
+            f" FROM {rows} LEFT JOIN ({found}) c ON c.value = s.value"
         )
     # A row twice (a duplicated source row) joins twice: `_how_many` and min() do not mind.
     if not dialect.outer_join:  # the rows found; `_not_found_sql` adds the others
@@ -148,23 +148,37 @@ def _hits_sql(
             f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value,"
             f" {_how_many(user_id)} AS n, min({user_id}) AS user_id"
             f" FROM {rows} JOIN {users.relation} u ON {stored} = s.value"
-            f" WHERE {mine} AND {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
+            f" WHERE {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
         )
     counts = f"{_how_many(user_id, column)} AS n, min({user_id}) AS user_id"
     return (
         f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value, {counts}"
         f" FROM {rows} LEFT JOIN {users.relation} u ON {stored} = s.value AND {column} IS NOT NULL"
-        f" WHERE {mine} GROUP BY s.user_key, s.priority, s.value"
+        f" GROUP BY s.user_key, s.priority, s.value"
+    )
+
+
+def _open_rows(kind: IdentifierKind, deferred: bool, open_only: bool = True) -> str:
+    """A FROM item `s`: the kind's rows with a value, of source users no identifier of an
+    earlier priority has matched alone (as far as looked up): for any other, this identifier
+    can change nothing. Looking up only those makes every later kind's lookup, and the
+    decision, smaller."""
+    rows = f"{ROWS} s" if deferred else "cs_ids s"
+    settled = (
+        " AND NOT EXISTS (SELECT 1 FROM cs_hits h WHERE h.user_key = s.user_key AND h.n = 1"
+        " AND h.priority < s.priority)"
+    )
+    return (
+        f"(SELECT s.user_key, s.priority, s.kind, s.value FROM {rows}"
+        f" WHERE s.kind = '{kind.value}' AND s.value IS NOT NULL{settled if open_only else ''}) s"
     )
 
 
 def _not_found_sql(kind: IdentifierKind, deferred: bool) -> str:
-    """The rows of one kind with a value no user holds, after an inner-join lookup."""
-    rows = f"{ROWS} s" if deferred else "cs_ids s"
+    """The open rows of one kind whose value no user holds, after an inner-join lookup."""
     return (
-        f"SELECT s.user_key, s.priority, s.kind, s.value, 0, NULL FROM {rows}"
-        f" WHERE s.kind = '{kind.value}' AND s.value IS NOT NULL AND NOT EXISTS"
-        f" (SELECT 1 FROM cs_hits h WHERE h.kind = s.kind AND h.value = s.value)"
+        f"SELECT s.user_key, s.priority, s.kind, s.value, 0, NULL FROM {_open_rows(kind, deferred)}"
+        f" WHERE NOT EXISTS (SELECT 1 FROM cs_hits h WHERE h.kind = s.kind AND h.value = s.value)"
     )
 
 
@@ -196,18 +210,19 @@ def lookup(
     values (`raw`) are normalised by `resolve`, priority by priority, only for source users
     that no earlier identifier matched alone (a value can change no other user's result);
     reading a few more than needed would be harmless, reading one less never happens."""
-    session.run(f"CREATE TEMP TABLE cs_hits AS {_hits_sql(min(kinds), users, dialect)} LIMIT 0")
+    template = _hits_sql(min(kinds), users, dialect, open_only=False)
+    session.run(f"CREATE TEMP TABLE cs_hits AS {template} LIMIT 0")
     session.run(CREATE_RESOLVED)
     deferred = session.run(
         "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
     )
     later = {IdentifierKind(kind) for _, kind in deferred}
-    sizes = {
-        kind: (int(values), int(rows))
-        for kind, values, rows in session.run(
-            "SELECT kind, count(value), count(*) FROM cs_ids WHERE kind IS NOT NULL GROUP BY kind"
-        )
-    }
+    sizes, first = {}, {}
+    for kind, values, rows, priority in session.run(
+        "SELECT kind, count(value), count(*), min(priority) FROM cs_ids"
+        " WHERE kind IS NOT NULL GROUP BY kind"
+    ):
+        sizes[kind], first[IdentifierKind(kind)] = (int(values), int(rows)), int(priority)
 
     def insert(kind: IdentifierKind) -> None:
         probe = users.probes(kind.value, sizes[kind.value][1])
@@ -216,7 +231,8 @@ def lookup(
         if not dialect.outer_join:
             session.run(f"INSERT INTO cs_hits {_not_found_sql(kind, kind in later)}")
 
-    for kind in sorted(kinds - later):
+    # In priority order: the users an earlier kind matches are left out of the later lookups.
+    for kind in sorted(kinds - later, key=lambda k: first.get(k, 0)):
         if sizes.get(kind.value, (0, 0))[0]:
             insert(kind)
     # Users matched by a kind looked up so far are settled; a kind with deferred values is
@@ -226,7 +242,7 @@ def lookup(
         pairs = _resolve(session, int(priority), IdentifierKind(kind), resolve)
         if pairs is not None:
             resolved[int(priority)] = pairs
-    for kind in sorted(later):
+    for kind in sorted(later, key=lambda k: first[k]):
         insert(kind)
     session.analyze("cs_hits")
     if users.has_push:
@@ -280,6 +296,7 @@ _DECIDE = """
 CREATE TEMP TABLE cs_source_users AS
 WITH hits AS (
     -- every identifier row: those with a value were all looked up
+    -- (the rows with a value not looked up are those of users matched earlier: no matter)
     SELECT user_key, priority, kind, value, n, user_id FROM cs_hits
     UNION ALL
     SELECT user_key, priority, kind, value, 0, NULL FROM CS_ROWS s
