@@ -4,13 +4,14 @@
    PostgreSQL/SQLite over the real indexed table (database path). Input `cs_ids(user_key,
    priority, kind, value, raw)` (see `audience.py`). Output, audience-sized:
    - `cs_hits(user_key, priority, kind, value, n, user_id)`: for each `cs_ids` row with a
-     value, how many Netmera users hold it (`n`: 0, 1, or 2 for several; a null user id
-     counts as a user) and the user id when one. Only audience values are looked up: the
-     work follows the audience, never the table. Per row rather than per value: which source
-     users are already matched is then a filter, not a join (see `_resolve`), and the
-     decision needs no join either. (SQLite runs a LEFT JOIN row by row, hashing the whole
-     table for each row of a hashed kind: there the rows found come from an inner join and
-     the others are added after it, see `Dialect.outer_join`);
+     value, of a source user no earlier identifier matched, how many Netmera users hold it
+     (`n`: 0, 1, or 2 for several; a null user id counts as a user) and the user id when
+     one. Only audience values are looked up: the work follows the audience, never the
+     table. Per row rather than per value: which source users are already matched is then a
+     filter, not a join (see `_resolve`), and the decision needs no join either. (SQLite
+     runs a LEFT JOIN row by row, hashing the whole table for each row of a hashed kind:
+     there the rows found come from an inner join and the others are added after it, see
+     `Dialect.outer_join`);
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
@@ -19,8 +20,8 @@
    no_identifier; the members (distinct users, each credited to the best-priority kind that
    reached it); the counts.
 
-The lookup SQL differs per engine only in how it hashes (`Dialect`); the decisions are one SQL
-text, so both paths give identical members, reasons and counts.
+The lookup SQL differs per engine only in how it hashes and joins (`Dialect`); the decisions
+are one SQL text, so both paths give identical members, reasons and counts.
 """
 
 from __future__ import annotations
