@@ -9,6 +9,7 @@ A YAML that fails validation is skipped here and reported as an import error of
 
 from __future__ import annotations
 
+import copy
 import os
 from datetime import datetime, timedelta
 
@@ -210,8 +211,9 @@ def build_dag(config: SegmentConfig) -> DAG:
     # The trigger form is set once the tasks are built: Airflow deep-copies a DAG's Params into
     # every task it creates (four copies a task: a third of parsing 500 segments), while a task
     # reads the DAG's Params at run time anyway (`process_params`: the DAG's, the task's, then
-    # the run's conf). tests/test_config_and_dags.py checks what a task sees.
-    built.params = PARAMS
+    # the run's conf). tests/test_config_and_dags.py checks what a task sees. Each DAG gets
+    # its own Param objects (sharing the schemas): a run's conf is written into them.
+    built.params = {name: copy.copy(param) for name, param in PARAMS.items()}
     return built
 
 

@@ -172,6 +172,12 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
             for bad in ({"send_message": "yes"}, {"send_key": 7}):
                 with pytest.raises(ParamValidationError, match=next(iter(bad))):
                     process_params(dag, task, bad, suppress_exception=False)
+    # A run's conf is written into its DAG's Params: another DAG's defaults must not move.
+    one, two = (bag.dags[f"connector_segment_{name}"] for name in ("good_one", "good_two"))
+    process_params(one, one.get_task("start"), {"send_message": True}, suppress_exception=False)
+    assert not process_params(two, two.get_task("start"), {}, suppress_exception=False)[
+        "send_message"
+    ]
 
 
 def test_each_dag_runs_its_own_segment_not_the_last_one_parsed(workspace, capsys):
