@@ -144,17 +144,12 @@ def _hits_sql(
             f" FROM {rows} LEFT JOIN ({found}) c ON c.value = s.value"
         )
     # A row twice (a duplicated source row) joins twice: `_how_many` and min() do not mind.
-    if not dialect.outer_join:  # the rows found; `_not_found_sql` adds the others
-        return (
-            f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value,"
-            f" {_how_many(user_id)} AS n, min({user_id}) AS user_id"
-            f" FROM {rows} JOIN {users.relation} u ON {stored} = s.value"
-            f" WHERE {column} IS NOT NULL GROUP BY s.user_key, s.priority, s.value"
-        )
+    # Without `outer_join` only the rows found come back; `_not_found_sql` adds the others.
     counts = f"{_how_many(user_id, column)} AS n, min({user_id}) AS user_id"
+    join = "LEFT JOIN" if dialect.outer_join else "JOIN"
     return (
         f"SELECT s.user_key, s.priority, '{kind.value}' AS kind, s.value, {counts}"
-        f" FROM {rows} LEFT JOIN {users.relation} u ON {stored} = s.value AND {column} IS NOT NULL"
+        f" FROM {rows} {join} {users.relation} u ON {stored} = s.value AND {column} IS NOT NULL"
         f" GROUP BY s.user_key, s.priority, s.value"
     )
 
