@@ -10,6 +10,7 @@ A YAML that fails validation is skipped here and reported as an import error of
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing
 from include.config import SegmentConfig, load_segments
 from include.pools import pool_for
 
+log = logging.getLogger(__name__)
 RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
 RETRY_DELAY_ENV = "CONNECTOR_SEGMENTS_RETRY_DELAY"  # seconds before the first retry
 
@@ -116,6 +118,7 @@ def build_dag(config: SegmentConfig) -> DAG:
 
     @dag(
         dag_id=config.dag_id,
+        dag_display_name=config.name,
         description=config.description[:200] or config.name,
         doc_md=doc,
         schedule=config.schedule,
@@ -222,7 +225,15 @@ def _build_all() -> dict[str, DAG]:
     `connector_segments_config_check.py`: an import error on *this* file would make Airflow
     mark every segment DAG stale."""
     wanted = get_parsing_context().dag_id  # set when a worker runs one task: build only that DAG
-    return {c.dag_id: build_dag(c) for c in load_segments().segments if wanted in (None, c.dag_id)}
+    built = {}
+    for config in load_segments().segments:
+        if wanted not in (None, config.dag_id):
+            continue
+        try:
+            built[config.dag_id] = build_dag(config)
+        except Exception:  # a config the validation let through: lose this DAG, not all
+            log.exception("segment %s: its DAG cannot be built; every other DAG is", config.id)
+    return built
 
 
 globals().update(_build_all())

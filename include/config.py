@@ -1,8 +1,9 @@
 """Segment configuration: one YAML file per connector segment, validated with pydantic.
 
 This module is imported by the DAG file at parse time, so it must stay cheap: pydantic and
-PyYAML only. Every error names the file and the field so that a broken YAML is fixable from the
-message alone (in `python -m include.cli validate` and in Airflow's import errors).
+PyYAML only (files are read by `segment_file`, which bounds what one file can cost). Every
+error names the file and the field so that a broken YAML is fixable from the message alone (in
+`python -m include.cli validate` and in Airflow's import errors).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,8 +24,10 @@ from pydantic import (
     model_validator,
 )
 
+from include.segment_file import UnreadableSegmentFile, read_segment_yaml
+
 DEFAULT_SEGMENTS_DIR = Path(__file__).parent / "segments"
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SUFFIXES = (".yaml", ".yml")
 SEGMENTS_DIR_ENV = "CONNECTOR_SEGMENTS_DIR"
 
 # Airflow's schedule presets; anything else must look like a 5-field cron expression.
@@ -42,6 +44,7 @@ _PRESETS = {
     "@midnight",
 }
 _CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
+TAG_MAX_LEN = 100  # Airflow refuses a longer tag when the DAG is built: every DAG of the file
 
 
 class IdentifierKind(StrEnum):
@@ -137,11 +140,13 @@ class Campaign(_Strict):
 
 class SegmentConfig(_Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=200)
-    name: str = Field(min_length=1)
-    description: str = ""
+    name: str = Field(min_length=1, max_length=200)  # also the DAG's display name
+    description: str = Field(default="", max_length=10_000)
     schedule: str | None = None
-    owner: str = "data-platform"
-    tags: tuple[str, ...] = ()
+    owner: str = Field(default="data-platform", min_length=1, max_length=100)
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=TAG_MAX_LEN)], ...] = Field(
+        default=(), max_length=20
+    )
     source: Source
     user_key: str = Field(min_length=1)
     identifiers: tuple[Identifier, ...] = Field(min_length=1)
@@ -162,6 +167,14 @@ class SegmentConfig(_Strict):
             raise ValueError(
                 f"{value!r} is neither a 5-field cron expression nor one of {sorted(_PRESETS)}"
             )
+        # Read as Airflow's cron timetables read it (croniter): a value they refuse would be
+        # an import error on the file that builds every segment's DAG.
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+        try:
+            croniter(value)
+        except (CroniterBadCronError, CroniterBadDateError) as exc:
+            raise ValueError(f"{value!r} is not a valid cron expression: {exc}") from None
         return value
 
     @field_validator("identifiers")
@@ -219,10 +232,9 @@ def _describe(exc: ValidationError, path: Path) -> str:
 def load_segment(path: Path) -> SegmentConfig:
     """Parse and validate one YAML file; raise SegmentConfigError naming the file and field."""
     try:
-        # libyaml's loader when present: hundreds of files are parsed on every DAG-file parse.
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
-    except (OSError, yaml.YAMLError) as exc:
-        raise SegmentConfigError(f"{path}: cannot read YAML: {exc}") from exc
+        raw = read_segment_yaml(path)
+    except UnreadableSegmentFile as exc:
+        raise SegmentConfigError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise SegmentConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
@@ -242,9 +254,9 @@ def load_segments(directory: Path | None = None) -> LoadResult:
     directory = directory or segments_dir()
     segments: list[SegmentConfig] = []
     errors: list[SegmentConfigError] = []
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    for paths in _files_by_id(directory).values():
         try:
-            segments.append(load_segment(path))
+            segments.append(load_segment(_only_file(paths)))
         except SegmentConfigError as exc:
             errors.append(exc)
     return LoadResult(segments=segments, errors=errors)
@@ -252,8 +264,26 @@ def load_segments(directory: Path | None = None) -> LoadResult:
 
 def find_segment(segment_id: str, directory: Path | None = None) -> SegmentConfig:
     directory = directory or segments_dir()
-    for suffix in (".yaml", ".yml"):
-        path = directory / f"{segment_id}{suffix}"
-        if path.exists():
-            return load_segment(path)
-    raise SegmentConfigError(f"segment {segment_id!r}: no {segment_id}.yaml in {directory}")
+    paths = [directory / f"{segment_id}{suffix}" for suffix in SUFFIXES]
+    paths = [path for path in paths if path.exists() or path.is_symlink()]
+    if not paths:
+        raise SegmentConfigError(f"segment {segment_id!r}: no {segment_id}.yaml in {directory}")
+    return load_segment(_only_file(paths))
+
+
+def _files_by_id(directory: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for suffix in SUFFIXES for p in directory.glob(f"*{suffix}")):
+        found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def _only_file(paths: list[Path]) -> Path:
+    """`x.yaml` and `x.yml` both present: neither is used (which one would the DAG be?)."""
+    if len(paths) > 1:
+        raise SegmentConfigError(
+            f"{paths[0]}: field 'id': segment {paths[0].stem!r} is defined twice ("
+            + " and ".join(p.name for p in paths)
+            + "); neither is loaded until one is removed"
+        )
+    return paths[0]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from typing import Any
 
+from include import staging
 from include.config import SegmentConfig
 from include.connections import NETMERA_CONN_ID, get_connection, netmera_engine
-from include.staging import AUDIENCE_FILE, run_dir, staging_root
+from include.staging import AUDIENCE_FILE, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def _store():
 
 def start(config: SegmentConfig, run_key: str, *, dry_run: bool, approve: bool) -> None:
     _store().start_run(config, run_key, dry_run=dry_run, approve=approve)
+    staging.remove_other_runs(config.id, run_key)
     log.info(
         "segment %s: run %s started (dry_run=%s, approve=%s)", config.id, run_key, dry_run, approve
     )
@@ -135,6 +136,7 @@ def validate(
         )
     if decision.outcome == HOLD and not approve and not dry_run:
         store.hold_run(config.id, run_key, hold_reason)
+        staging.remove_run(config.id, run_key)  # an approval extracts again
         log.warning(
             "segment %s: HELD, not published: %s. Trigger with approve=true to publish.",
             config.id,
@@ -172,7 +174,7 @@ def publish(
         outcome["removed"],
     )
     # Staged files hold personal data: drop them once the run has done its job.
-    shutil.rmtree(staging_root() / config.id, ignore_errors=True)
+    staging.remove_run(config.id, run_key)
     return outcome
 
 
@@ -180,12 +182,14 @@ def record_failure(segment_id: str, run_key: str, step: str, error: BaseExceptio
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     text = redact_personal_data(text)[:4000]
     _store().fail_run(segment_id, run_key, step, text)
+    staging.remove_run(segment_id, run_key)  # retries are over: nothing will resume from it
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
 
 
 def abandon_run(segment_id: str, run_key: str) -> None:
     """Called when the Airflow run failed: a record still "calculating" becomes Failed."""
     _store().abandon_run(segment_id, run_key, "the Airflow run failed before a step reported")
+    staging.remove_run(segment_id, run_key)
 
 
 _EMAIL = re.compile(r"[^\s@'\"(),;:<>]+@[^\s@'\"(),;:<>]+\.[A-Za-z]{2,}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,30 @@ def staging_root() -> Path:
     return Path(os.environ.get(STAGING_DIR_ENV) or _DEFAULT_ROOT)
 
 
+def _run_path(segment_id: str, run_key: str) -> Path:
+    """The run key (an Airflow run id) made safe for a path."""
+    return staging_root() / segment_id / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
+
+
 def run_dir(segment_id: str, run_key: str) -> Path:
-    """The run's folder; the run key (an Airflow run id) is made safe for a path."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
-    path = staging_root() / segment_id / safe
+    """The run's folder, created if needed."""
+    path = _run_path(segment_id, run_key)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_run(segment_id: str, run_key: str) -> None:
+    """Drop a run's staged files (they hold personal data) once the run is over."""
+    shutil.rmtree(_run_path(segment_id, run_key), ignore_errors=True)
+
+
+def remove_other_runs(segment_id: str, run_key: str) -> None:
+    """Drop what earlier runs of the segment left (a killed worker cleans up nothing)."""
+    keep = _run_path(segment_id, run_key)
+    folder = keep.parent
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def stage_audience(
@@ -56,14 +75,18 @@ def stage_audience(
     schema = pa.schema([(name, pa.string()) for name in fields])
     partial = destination.with_suffix(".partial")
     kept = refused = 0
-    with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-        for batch in batches:
-            key = pc.utf8_trim_whitespace(batch.column(user_key))
-            has_key = pc.fill_null(pc.not_equal(key, ""), False)
-            keep = batch.filter(has_key)
-            refused += batch.num_rows - keep.num_rows
-            kept += keep.num_rows
-            if keep.num_rows:
-                writer.write_batch(keep)
+    try:
+        with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+            for batch in batches:
+                key = pc.utf8_trim_whitespace(batch.column(user_key))
+                has_key = pc.fill_null(pc.not_equal(key, ""), False)
+                keep = batch.filter(has_key)
+                refused += batch.num_rows - keep.num_rows
+                kept += keep.num_rows
+                if keep.num_rows:
+                    writer.write_batch(keep)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # personal data, and never mistaken for complete
+        raise
     partial.replace(destination)
     return StagedAudience(path=str(destination), rows=kept, refused_no_user_key=refused)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 
 from include.connectors.base import SourceError
@@ -34,15 +36,15 @@ def read_csv_batches(
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    with open_csv_bytes() as handle:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")), [])
+    header = _read_header(open_csv_bytes, segment, where)
     columns = {field: resolve(field, header) for field in segment.source_fields}
     missing = [field for field, column in columns.items() if column is None]
     if missing:
+        # The header is not quoted: in a file without a header row it is a person's data.
         raise SourceError(
-            f"segment {segment.id!r}: field(s) {missing} (from user_key/identifiers) are not in "
-            f"the {where}; it has {header}"
+            f"segment {segment.id!r}: field(s) {missing} (from user_key/identifiers) are not "
+            f"in the header row of the {where} ({len(header)} columns; names match exactly)"
+            f"{_near_misses(missing, header)}; does the file start with a header row?"
         )
     wanted = list(dict.fromkeys(columns.values()))
     options = pacsv.ConvertOptions(
@@ -51,7 +53,7 @@ def read_csv_batches(
         strings_can_be_null=True,
         quoted_strings_can_be_null=False,
     )
-    with open_csv_bytes() as handle:
+    with open_csv_bytes() as handle, _read_errors(segment, where):
         try:
             reader = pacsv.open_csv(
                 handle,
@@ -67,6 +69,47 @@ def read_csv_batches(
             raise SourceError(
                 f"segment {segment.id!r}: malformed CSV in the {where}: {_redact(exc)}"
             ) from None
+
+
+def _read_header(open_csv_bytes: Opener, segment: SegmentConfig, where: str) -> list[str]:
+    with open_csv_bytes() as handle, _read_errors(segment, where):
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+        text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+        try:
+            return next(csv.reader(text), [])
+        except UnicodeDecodeError:
+            raise SourceError(
+                f"segment {segment.id!r}: field 'source': the header row of the {where} is not "
+                "UTF-8 text; "
+                "save it as UTF-8"
+            ) from None
+        except csv.Error as exc:  # e.g. a NUL byte: not a text file
+            raise SourceError(
+                f"segment {segment.id!r}: field 'source': the {where} is not a CSV file: {exc}"
+            ) from None
+
+
+@contextmanager
+def _read_errors(segment: SegmentConfig, where: str) -> Iterator[None]:
+    """A truncated or corrupt download (gzip, network) is named, never a bare EOFError."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error) as exc:
+        raise SourceError(
+            f"segment {segment.id!r}: field 'source': cannot read the {where} to its end "
+            f"(truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _near_misses(missing: list[str], header: list[str]) -> str:
+    """Columns equal to a missing field but for case or a leading `$`: a field name, not data."""
+    canonical = {column.strip().lower().lstrip("$"): column for column in header}
+    hints = [
+        f"{field!r} -> {canonical[key]!r}"
+        for field in missing
+        if (key := field.lower().lstrip("$")) in canonical
+    ]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _redact(exc: Exception) -> str:

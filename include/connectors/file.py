@@ -54,10 +54,16 @@ def read_file(segment: SegmentConfig, batch_rows: int) -> Iterator[pa.RecordBatc
         yield from read_csv_batches(open_bytes, segment, f"file {location}")
         return
     with open_bytes() as handle:
-        parquet = pq.ParquetFile(handle)
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowInvalid, OSError, EOFError) as exc:
+            raise SourceError(
+                f"segment {segment.id!r}: field 'source.path': {location} is not a Parquet file "
+                f"({exc}); if it is CSV, set 'source.format: csv'"
+            ) from None
         columns = require_fields(parquet.schema_arrow.names, segment, "file")
         try:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                 yield as_string_batch(batch, segment)
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, OSError, EOFError) as exc:
             raise SourceError(f"segment {segment.id!r}: malformed file {location}: {exc}") from None
