@@ -134,7 +134,7 @@ class _SegmentLoader(_BaseLoader):
                 continue
             if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
                 why = "anchors and aliases (&name, *name) are not supported"
-                raise _refused(open_nodes, why, event)
+                raise _refused(open_nodes, why, event, upcoming=True)
             node = self._node(event)
             if open_nodes:
                 open_nodes[-1].add(node, event)
@@ -194,12 +194,24 @@ class _Open:
 
 
 def _refused(
-    open_nodes: list[_Open], why: str, event, key: str | None = None, child: bool = False
+    open_nodes: list[_Open],
+    why: str,
+    event,
+    key: str | None = None,
+    child: bool = False,
+    upcoming: bool = False,
 ) -> UnreadableSegmentFile:
-    """The error, naming the field being composed (or its `key`, or its last `child`)."""
+    """The error, naming the field being composed, or its `key`, its last `child`, or the
+    `upcoming` one (not added yet)."""
     path = open_nodes[-1].path if open_nodes else ()
     if key is not None:
         path = (*path, key)
+    elif upcoming and open_nodes:
+        parent = open_nodes[-1]
+        if isinstance(parent.node, SequenceNode):
+            path = (*path, str(len(parent.node.value)))
+        elif parent.key is not None:
+            path = (*path, parent.key.value)
     elif child and open_nodes:
         parent = open_nodes[-1]
         if parent.key is None:  # a value or a list item (a bad key names its mapping only)
