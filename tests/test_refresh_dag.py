@@ -160,6 +160,8 @@ def test_shrink_past_max_shrink_is_held_until_approved(published, workspace, cap
     assert held["status"] == "Held"
     assert "max_shrink" in held["status_reason"]
     assert held["runs"][0]["status"] == "held"
+    # The held audience is personal data, and the approval extracts again: nothing is kept.
+    assert not [p for p in (workspace / "staging").rglob("*") if p.is_file()]
 
     assert run_segment(SEGMENT, approve=True) == "success"
     approved = snapshot(capsys)
