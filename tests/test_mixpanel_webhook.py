@@ -272,6 +272,7 @@ def test_rejected_calls_change_nothing(workspace, sender, webhook_url, logs, cap
 
     def call(body: Any = page, target: str = url, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("auth", (LOGIN, PASSWORD))
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         response = requests.post(target, data=data, timeout=30, **kwargs)
         sender.responses.append(response)
@@ -290,6 +291,16 @@ def test_rejected_calls_change_nothing(workspace, sender, webhook_url, logs, cap
         assert response.headers["WWW-Authenticate"].startswith("Basic")
     for header in ["Bearer abc", "Basic %%%", "Basic " + base64.b64encode(b"no-colon").decode()]:
         expect(call(auth=None, headers={"Authorization": header}), 401)
+
+    # Unknown segment, invalid id, a segment that is not pushed by Mixpanel: before
+    # authentication nothing tells them from wrong credentials (tests/test_hostile_webhook.py).
+    for target in ["nobody", "Bad-Id", "from_file", "..%2Fsegments"]:
+        response = call(target=f"{webhook_url}/{target}")
+        expect(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+    # Not declared JSON: a cross-site form could send it.
+    expect(call(headers={"Content-Type": "text/plain"}), 415)
 
     # Shape: every rule, with the offending values (personal data) kept out of the reply.
     def with_params(**changes: Any) -> dict:
@@ -314,15 +325,17 @@ def test_rejected_calls_change_nothing(workspace, sender, webhook_url, logs, cap
     ]:
         expect(call(body), 400, action)
 
-    # Unknown segment, invalid id, a segment that is not pushed by Mixpanel.
-    for target in ["nobody", "Bad-Id", "from_file", "..%2Fsegments"]:
-        expect(call(target=f"{webhook_url}/{target}"), 404)
-
     # Oversize: by Content-Length, and while reading a chunked body that declares none.
     huge = json.dumps(with_params(padding="x" * MAX_BODY)).encode()
     expect(call(huge), 413)
     chunks = (huge[i : i + 65536] for i in range(0, len(huge), 65536))
-    response = requests.post(url, data=chunks, auth=(LOGIN, PASSWORD), timeout=30)
+    response = requests.post(
+        url,
+        data=chunks,
+        auth=(LOGIN, PASSWORD),
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     sender.responses.append(response)
     expect(response, 413)
 
@@ -333,18 +346,22 @@ def test_rejected_calls_change_nothing(workspace, sender, webhook_url, logs, cap
     assert_no_secrets(logs, sender)
 
 
-def test_missing_or_incomplete_connection_is_a_clear_500_without_secrets(sender, monkeypatch, logs):
+def test_missing_or_incomplete_connection_is_a_401_and_the_log_says_why(sender, monkeypatch, logs):
+    """A caller learns nothing of the configuration; on-call reads the cause in the log."""
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({"conn_type": "http", "password": PASSWORD})
     )
     response = sender.post(sender.session("members", members([1])).page(1))
-    assert response.status_code == 500
-    assert "needs both a login and a password" in response.json()["error"]["message"]
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "wrong or missing credentials"
+    assert f"Connection {CONN_ID!r} needs both a login and a password" in logs.text
     monkeypatch.delenv(f"AIRFLOW_CONN_{CONN_ID.upper()}")
     response = sender.post(sender.session("members", members([1])).page(1))
-    assert response.status_code == 500
-    message = response.json()["error"]["message"]
-    assert CONN_ID in message and "not defined" in message
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "wrong or missing credentials"
+    assert f"Connection {CONN_ID!r} (source.conn_id) is not defined" in logs.text
+    assert CONN_ID not in "".join(r.text for r in sender.responses)
+    assert staged()["sessions"] == []
     assert_no_secrets(logs, sender)
 
 

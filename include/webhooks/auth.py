@@ -9,12 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import secrets
 
 from include.connectors.base import ConnectionInfo
 
+# Compared against when a call names no usable segment, so that it costs what a real check does.
+DUMMY_CREDENTIALS = (secrets.token_urlsafe(16), secrets.token_urlsafe(24))
+
 
 class MissingCredentials(RuntimeError):
-    """The Connection holding the expected credentials is absent or incomplete (a server fault)."""
+    """The Connection holding the expected credentials is absent or incomplete (a server fault,
+    logged; the caller is told only that it is not authenticated)."""
 
 
 def expected_credentials(conn_id: str, segment_id: str) -> tuple[str, str]:

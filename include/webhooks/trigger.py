@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 
 from include.config import SegmentConfig
+from include.webhooks.logsafe import first_line
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,10 @@ TRIGGERING_USER = "mixpanel-webhook"
 
 
 def trigger_refresh(segment: SegmentConfig, why: str) -> str | None:
-    """Queue a run of the segment's DAG unless one is queued; return its run id. Never raises."""
+    """Queue a run of the segment's DAG unless one is queued; return its run id. Never raises.
+
+    `why` goes into the run's note (rendered as Markdown) and the logs: the caller builds it
+    from validated values only (the action, page numbers, `CohortSyncCall.session_label`)."""
     try:
         return _trigger(segment.dag_id, why)
     except Exception as exc:  # DAG not parsed yet, metadata DB down, ...: the page is stored
@@ -30,7 +34,7 @@ def trigger_refresh(segment: SegmentConfig, why: str) -> str | None:
             why,
             segment.dag_id,
             type(exc).__name__,
-            (str(exc).splitlines() or [""])[0][:300],  # the cause, not the SQL that followed it
+            first_line(exc),  # the cause, not the SQL that followed it
         )
         return None
 

@@ -2,8 +2,9 @@
 
 Builds spec-shaped calls (reference/external-apis.md, "Mixpanel — cohort sync to a custom
 webhook"): `members` / `add_members` / `remove_members`, pages of at most 1000 members sharing
-one `mixpanel_session_id`, `page_count` from 1 to `total_pages`, optional Basic auth. Like
-Mixpanel it retries a page on 429/5xx (5 times) and can deliver pages again or out of order.
+one `mixpanel_session_id`, `page_count` from 1 to `total_pages`, optional Basic auth, the body
+declared `Content-Type: application/json`. Like Mixpanel it retries a page on 429/5xx (5 times)
+and can deliver pages again or out of order.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class MixpanelWebhookSender:
         """One delivery, retried on 429/5xx like Mixpanel; returns the last response."""
         kwargs.setdefault("auth", self.auth)
         kwargs.setdefault("timeout", self.timeout)
+        # Mixpanel declares its JSON; `json=` does so too, raw bytes need the header.
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         body = {"data": call} if isinstance(call, bytes) else {"json": call}
         for attempt in range(RETRIES + 1):
             response = requests.post(self.url, **body, **kwargs)
