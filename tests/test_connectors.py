@@ -4,6 +4,7 @@ and a missing field is an error naming the segment and the field."""
 from __future__ import annotations
 
 import gzip
+import math
 import sqlite3
 from pathlib import Path
 
@@ -136,3 +137,137 @@ def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
     text = "uid,email,code\n" + "".join(f"{u},{e},{c}\n" for u, e, c in ROWS)
     (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel writes it
     assert rows_of(segment({"type": "file", "path": str(tmp_path / "a.csv")})) == expected()
+
+
+# -- exact text from numbers, and read-only SQL (end to end in tests/test_hostile_sources.py) ----
+
+
+def test_parquet_numbers_become_exact_digits_across_batches(tmp_path):
+    import decimal
+
+    table = pa.table(
+        {
+            "uid": pa.array([1.0, 2.0, 3.0, 4.0], pa.float64()),
+            "email": pa.array([None, "a@b.co", None, None]).dictionary_encode(),
+            "code": pa.array(
+                [decimal.Decimal("905321234567.00"), None, decimal.Decimal("-7.00"), None],
+                pa.decimal128(20, 2),
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=1)
+    got = rows_of(segment({"type": "file", "path": str(tmp_path / "a.parquet")}))
+    assert got == [
+        ["1", None, "905321234567"],
+        ["2", "a@b.co", None],
+        ["3", None, "-7"],
+        ["4", None, None],
+    ]
+
+
+def test_parquet_nan_is_missing_and_a_fraction_is_refused_with_its_row(tmp_path):
+    table = pa.table(
+        {"uid": ["u1", "u2", "u3"], "email": ["a@b.co"] * 3, "code": [7.0, math.nan, 7.5]}
+    )
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=1)
+    with pytest.raises(SourceError) as raised:
+        rows_of(segment({"type": "file", "path": str(tmp_path / "a.parquet")}), batch_rows=1)
+    message = str(raised.value)
+    assert message.startswith("segment 'src': field 'code' of file ")
+    assert "holds non-integer numbers (e.g. row 3); identifiers must be text or whole numbers" in (
+        message
+    )
+    assert "7.5" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (1.25, "holds non-integer numbers"),
+        (float("inf"), "holds infinite numbers"),
+        (2.0**60, "beyond 2**53"),
+        (b"\xff", "not UTF-8 text"),
+    ],
+)
+def test_sql_values_that_are_not_exact_identifiers_are_refused(tmp_path, value, problem):
+    db = tmp_path / "w.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (uid, email, code)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [("u1", None, 1), ("u2", None, value)])
+    config = segment({"type": "sql", "conn_id": "dwh", "query": "SELECT * FROM t ORDER BY uid"})
+    with pytest.raises(SourceError, match=r"field 'code' of the query on connection 'dwh'") as e:
+        rows_of(config, lambda c: ConnectionInfo(conn_id=c, conn_type="sqlite", host=str(db)))
+    assert problem in str(e.value) and "(e.g. row 2)" in str(e.value)
+
+
+def test_sql_mixed_sqlite_values_become_exact_text_and_unused_columns_are_not_read(tmp_path):
+    db = tmp_path / "w.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (uid, email, code, note)")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?, ?, ?)",
+            [
+                (1, b"a@b.co", 905321234567.0, 1.5),
+                ("u2", None, "00123", True),
+                (3.0, None, 7, None),
+            ],
+        )
+    config = segment({"type": "sql", "conn_id": "dwh", "query": "SELECT * FROM t"})
+    got = rows_of(config, lambda c: ConnectionInfo(conn_id=c, conn_type="sqlite", host=str(db)))
+    assert got == [["1", "a@b.co", "905321234567"], ["u2", None, "00123"], ["3", None, "7"]]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT replace(code, ' ', '') AS code, uid, email, start FROM t",
+        "-- the audience\nSELECT uid, email, code /* all */ FROM t;\n",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "SELECT n FROM r",
+        "(SELECT uid FROM t) UNION (SELECT uid FROM u)",
+        "VALUES (1, 2)",
+        "SELECT uid FROM t WHERE uid ~ '^s[0-9]$' AND email LIKE '%@x.co' AND a::text = 'it''s'",
+    ],
+)
+def test_reading_queries_pass_the_pre_check(query):
+    from include.connectors.read_only import read_only_problem
+
+    assert read_only_problem(query) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("DELETE FROM t RETURNING *", "it starts with DELETE"),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "it contains DELETE"),
+        ("SELECT 1; DROP TABLE t", "more than one statement"),
+        ("SELECT '\\' ) q; DELETE FROM t; SELECT '\\'", "more than one statement"),
+        ("SELECT * FROM t WHERE a = ';'", "more than one statement"),
+        ("SELECT * INTO t2 FROM t", "it contains INTO"),
+        ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "it contains INTO"),
+        ("SELECT * FROM t FOR UPDATE", "it contains UPDATE"),
+        ("SELECT nextval('s')", "it calls nextval()"),
+        ("SELECT pg_catalog.\"setval\"('s', 1)", "it calls setval()"),
+        ("SELECT set_config('default_transaction_read_only', 'off', false)", "set_config()"),
+        ("SELECT pg_try_advisory_lock(1)", "pg_try_advisory_lock()"),
+        ("ATTACH DATABASE 'x.db' AS x", "it starts with ATTACH"),
+        ("VACUUM INTO 'x.db'", "it starts with VACUUM"),
+        ("PRAGMA query_only = OFF", "it starts with PRAGMA"),
+        ("CREATE TEMP TABLE x AS SELECT 1", "it starts with CREATE"),
+        ("EXPLAIN ANALYZE DELETE FROM t", "it starts with EXPLAIN"),
+        ("SELECT 'unclosed", "cannot be parsed"),
+    ],
+)
+def test_writing_queries_are_refused_before_they_run_with_the_reason(tmp_path, query, reason):
+    db = tmp_path / "w.db"
+    sqlite3.connect(db).close()
+    before = db.read_bytes()
+    config = segment({"type": "sql", "conn_id": "dwh", "query": query})
+    with pytest.raises(SourceError) as raised:
+        rows_of(config, lambda c: ConnectionInfo(conn_id=c, conn_type="sqlite", host=str(db)))
+    message = str(raised.value)
+    assert message.startswith(
+        "segment 'src': field 'source.query' on connection 'dwh' was refused before it ran: "
+    )
+    assert reason in message and "may only read" in message
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.db"]

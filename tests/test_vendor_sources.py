@@ -153,6 +153,33 @@ def test_mixpanel_cohort_through_429_500_and_timeout_publishes_every_page(
     assert SECRET not in task_log
 
 
+def test_mixpanel_numeric_phones_match_exactly(workspace, monkeypatch, capsys, mixpanel):
+    # A phone property stored as a JSON number (905321234567.0 from a float column upstream)
+    # is the number's digits, not "905321234567.0" (which read as a 13-digit phone).
+    phones = [905321234500 + i for i in range(4)]
+    members = [
+        {"$distinct_id": f"d{i}", "$properties": {"$phone": float(p) if i % 2 else p}}
+        for i, p in enumerate(phones)
+    ]
+    mixpanel.add_cohort(502, "PN_phones", members)
+    write_users(
+        workspace / "netmera.db",
+        [(f"nm-{i}", None, None, f"+{p}", None, True) for i, p in enumerate(phones)],
+    )
+    write_segment(
+        workspace,
+        "mp_phones",
+        {"type": "mixpanel", "cohort_id": 502},
+        "$distinct_id",
+        {"$phone": "msisdn"},
+    )
+    connect_mixpanel(monkeypatch, mixpanel)
+
+    assert run_segment("mp_phones") == "success"
+    _, members_out, _ = cli(capsys, "members", "mp_phones")
+    assert members_out.split() == [f"nm-{i}" for i in range(4)]
+
+
 def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixpanel):
     mixpanel_segment(workspace, mixpanel)
     connect_mixpanel(monkeypatch, mixpanel, queries_per_hour=7_200)  # one query every 0.5 s

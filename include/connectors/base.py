@@ -46,8 +46,19 @@ def read_source(
 
     `workdir` belongs to this run: a connector may keep checkpoints there, so that a retried
     task resumes instead of starting over. A connector that cannot read its source completely
-    raises SourceError; it never ends early as if the audience were complete.
+    raises SourceError; it never ends early as if the audience were complete. Values that are
+    not text become text exactly, or the read fails naming the field (see `exact_text`).
     """
+    from include.connectors.exact_text import exact_text_batches
+
+    return exact_text_batches(
+        _connector_batches(segment, get_connection, workdir, batch_rows), segment
+    )
+
+
+def _connector_batches(
+    segment: SegmentConfig, get_connection: ConnectionGetter, workdir: Path, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
     source = segment.source
     if source.type == "file":
         from include.connectors.file import read_file
@@ -83,13 +94,13 @@ def require_fields(names: list[str], segment: SegmentConfig, where: str) -> list
     return segment.source_fields
 
 
-def as_string_batch(batch: pa.RecordBatch, segment: SegmentConfig) -> pa.RecordBatch:
-    """Select the segment's fields, in order, as strings; a missing field is a named error."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def select_fields(batch: pa.RecordBatch, segment: SegmentConfig) -> pa.RecordBatch:
+    """Select the segment's fields, in order; a missing field is a named error.
 
-    arrays = []
-    for name in require_fields(batch.schema.names, segment, "source"):
-        column = batch.column(name)
-        arrays.append(column if column.type == pa.string() else pc.cast(column, pa.string()))
-    return pa.RecordBatch.from_arrays(arrays, names=segment.source_fields)
+    Columns keep their type here: `read_source` turns every non-text column into exact text
+    (`exact_text`), knowing the row numbers across batches for its error messages.
+    """
+    import pyarrow as pa
+
+    names = require_fields(batch.schema.names, segment, "source")
+    return pa.RecordBatch.from_arrays([batch.column(name) for name in names], names=names)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.connectors.base import SourceError, as_string_batch, require_fields
+from include.connectors.base import SourceError, require_fields, select_fields
 from include.connectors.csv_reader import read_csv_batches
 
 if TYPE_CHECKING:
@@ -64,6 +64,6 @@ def read_file(segment: SegmentConfig, batch_rows: int) -> Iterator[pa.RecordBatc
         columns = require_fields(parquet.schema_arrow.names, segment, "file")
         try:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-                yield as_string_batch(batch, segment)
+                yield select_fields(batch, segment)
         except (pa.ArrowInvalid, OSError, EOFError) as exc:
             raise SourceError(f"segment {segment.id!r}: malformed file {location}: {exc}") from None

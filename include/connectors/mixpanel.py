@@ -168,18 +168,21 @@ def _engage(client: VendorClient, params: dict, form: dict, segment: SegmentConf
 def _batch(results: list[dict], segment: SegmentConfig) -> pa.RecordBatch:
     import pyarrow as pa
 
-    def text(value: Any) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
-        return json.dumps(value) if isinstance(value, list | dict) else str(value)
+    from include.connectors.exact_text import exact_text_values
 
+    def value(raw: Any) -> Any:
+        # A list or object property is kept as its JSON (an identifier it never is); numbers
+        # become exact text below (a JSON 905321234567.0 is a phone, not "905321234567.0").
+        return json.dumps(raw) if isinstance(raw, list | dict) else raw
+
+    where = f"Mixpanel cohort {segment.source.cohort_id}"
     columns = {}
     for name in segment.source_fields:
         if name == DISTINCT_ID:
-            values = [text(r.get(DISTINCT_ID)) for r in results]
+            values = [value(r.get(DISTINCT_ID)) for r in results]
         else:
-            values = [text((r.get("$properties") or {}).get(name)) for r in results]
-        columns[name] = pa.array(values, pa.string())
+            values = [value((r.get("$properties") or {}).get(name)) for r in results]
+        columns[name] = pa.array(exact_text_values(values, name, segment, where), pa.string())
     return pa.RecordBatch.from_pydict(columns)
 
 

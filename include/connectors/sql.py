@@ -1,12 +1,21 @@
-"""`sql` source: a query run through an Airflow Connection, streamed with a server-side cursor."""
+"""`sql` source: a query run through an Airflow Connection, streamed with a server-side cursor,
+on a connection that can only read (`read_only.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from include.connectors.base import ConnectionInfo, SourceError, as_string_batch, require_fields
-from include.db import engine_for
+from include.connectors.base import ConnectionInfo, SourceError, require_fields, select_fields
+from include.connectors.exact_text import exact_text_values
+from include.connectors.read_only import (
+    READS,
+    NotReadOnly,
+    read_only_connection,
+    read_only_problem,
+    refused_as_a_write,
+    source_engine_for,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -20,29 +29,47 @@ def read_sql(
     import pyarrow as pa
     import sqlalchemy as sa
 
-    engine = engine_for(connection)
+    query = segment.source.query
+    field = f"segment {segment.id!r}: field 'source.query' on connection {connection.conn_id!r}"
+    problem = read_only_problem(query)
+    if problem:
+        raise SourceError(f"{field} was refused before it ran: {problem}; {READS}")
+    where = f"the query on connection {connection.conn_id!r}"
+    engine = source_engine_for(connection)
     try:
-        with engine.connect() as conn:
+        with read_only_connection(engine) as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
-                sa.text(segment.source.query)
+                sa.text(query)
             )
             names = list(result.keys())
             require_fields(names, segment, f"result of the query on {connection.conn_id!r}")
+            # Only the segment's fields are converted: an odd unrelated column never fails.
+            wanted = {name: names.index(name) for name in segment.source_fields}
+            done = 0
             for rows in result.partitions(batch_rows):
-                columns = list(zip(*rows, strict=True))
-                batch = pa.RecordBatch.from_pydict(
-                    {
-                        name: pa.array(
-                            [None if v is None else str(v) for v in col], type=pa.string()
-                        )
-                        for name, col in zip(names, columns, strict=True)
-                    }
-                )
-                yield as_string_batch(batch, segment)
+                columns = {
+                    name: pa.array(
+                        exact_text_values(
+                            [row[i] for row in rows], name, segment, where, first_row=done
+                        ),
+                        type=pa.string(),
+                    )
+                    for name, i in wanted.items()
+                }
+                done += len(rows)
+                yield select_fields(pa.RecordBatch.from_pydict(columns), segment)
+    except NotReadOnly as exc:  # the driver-level guard, or a connection not read-only
+        raise SourceError(f"{field} was refused: {exc}; {READS}") from exc
     except sa.exc.SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        reason = f"{type(orig).__name__}: {str(orig).strip()}"
+        if refused_as_a_write(exc):
+            raise SourceError(
+                f"{field} was refused by the database, which runs it read-only ({reason}); {READS}"
+            ) from exc
         raise SourceError(
             f"segment {segment.id!r}: query on connection {connection.conn_id!r} failed: "
-            f"{type(exc).__name__}: {exc.orig if getattr(exc, 'orig', None) else exc}"
+            f"{type(exc).__name__}: {orig}"
         ) from exc
     finally:
         engine.dispose()
