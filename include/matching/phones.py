@@ -7,9 +7,11 @@ country calling code, national prefix, possible lengths, the number patterns of 
 the calling code) as Arrow regex kernels over the whole array, which is ~50x faster. Whatever
 would take a branch that is not reproduced here (carrier codes and prefix transform rules, a
 national number that starts with the default country code, a "+" followed by no known calling
-code, fewer than three digits, any other character) is left *undecided* and goes to `to_e164`,
-value by value: undecided is always safe, a wrong decision never is. tests/test_matching_paths.py
-compares both on random numbers of many regions in many spellings.
+code, fewer than three digits, any other character: letters, other scripts' digits, `tel:`,
+extensions) is left *undecided* and goes to `to_e164`, value by value: undecided is always
+safe, a wrong decision never is. A value longer than 250 characters is invalid, unread, on
+both. tests/test_matching_paths.py compares both on random numbers of many regions in many
+spellings.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 PLAIN = r"^\+?[0-9 ().\-]+$"
-_MAX_INPUT = 250  # phonenumbers refuses longer input
+_MAX_INPUT = 250  # normalize.MAX_PHONE_INPUT: to_e164 refuses longer input
 _MAX_NSN = 17
 # Every type _number_type_helper tries; matching any one makes a number valid, so the order is
 # free: the common ones first, then only numbers none matched yet are tried against the rest.
@@ -415,13 +417,15 @@ def e164_array(values: pa.Array, region: str | None) -> tuple[pa.Array, np.ndarr
     import pyarrow.compute as pc
 
     out = _Decisions(len(values))
-    plain = _np(pc.match_substring_regex(values, PLAIN)) & (_lengths(values) <= _MAX_INPUT)
+    rows = np.arange(len(values))
+    short = _lengths(values) <= _MAX_INPUT
+    out.invalid(rows[~short])  # to_e164 refuses them unread, whatever they hold
+    plain = _np(pc.match_substring_regex(values, PLAIN)) & short
     digits = values  # plain values: dropping the separators leaves the digits
     for separator in " ().-+":
         digits = pc.replace_substring(digits, separator, "")
     enough = _lengths(digits) >= 3
     plus = _np(pc.starts_with(values, "+"))
-    rows = np.arange(len(values))
     out.invalid(rows[plain & plus & ~enough])  # not a viable number for phonenumbers
     international = plain & plus & enough
     _international(out, rows[international], digits.filter(pa.array(international)), retry=True)
