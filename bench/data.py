@@ -245,10 +245,15 @@ def write(folder: Path, users: int, audience: int) -> tuple[Path, Path]:
     if not users_path.exists():
         pq.write_table(users_table(users), users_path.with_suffix(".tmp"), row_group_size=500_000)
         users_path.with_suffix(".tmp").replace(users_path)
-    if not audience_path.exists():
-        pq.write_table(audience_table(users, audience), audience_path.with_suffix(".tmp"))
-        audience_path.with_suffix(".tmp").replace(audience_path)
-    return users_path, audience_path
+    return users_path, write_audience(audience_path, users, audience)
+
+
+def write_audience(path: Path, users: int, audience: int) -> Path:
+    """An audience of `audience` source rows against `users` Netmera users at `path` (kept)."""
+    if not path.exists():
+        pq.write_table(audience_table(users, audience), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return path
 
 
 SEGMENT = SegmentConfig.model_validate(

@@ -3,6 +3,7 @@
     python -m bench.matching                                   # 10,000,000 users x 1,000,000
     python -m bench.matching --users 200000 --audience 20000   # a quick run
     python -m bench.matching --groups engine,dags              # skip PostgreSQL
+    python -m bench.matching --groups sqlite                   # SQLite, 1,000,000 x 200,000
 
 Groups (each figure measured in a child process of its own: wall time, peak RSS; best of
 `--repeat` runs, the pandas baselines once):
@@ -12,11 +13,17 @@ Groups (each figure measured in a child process of its own: wall time, peak RSS;
   over the user table) vs pandas `merge`;
 - database: the users in PostgreSQL, indexed as `doctor` recommends: the database path (a) vs
   the worker path (b) vs pandas `read_sql` + `merge`;
-- dags: parsing dags/connector_segments.py with 500 segment files vs one.
+- dags: parsing dags/connector_segments.py with 500 segment files vs one;
+- sqlite: the embedded default at a small tenant's size (`--sqlite-users`, `--sqlite-audience`:
+  1,000,000 x 200,000, every identifier kind), users in SQLite with the indexes `doctor`
+  recommends and without any on the identifier columns: the worker path vs the database path
+  (killed past `--sqlite-limit` seconds, printed "> N") vs `auto` (its choice timed too); and
+  an audience of a tenth of that on the indexed table, where auto takes the database path.
 Ratios are to the first row of each group: the floor (engine), the path `auto` takes
-(database), the one-segment parse (dags). Every approach of a group must report the same
-counts as our matcher, or the run fails. Generated data is kept under .local/bench/ (and the
-PostgreSQL users in database `cs_bench_<users>`; `--drop-database` removes it afterwards).
+(database), the one-segment parse (dags), the worker path (sqlite). Every approach of a group
+must report the same counts as our matcher, or the run fails. Generated data is kept under
+.local/bench/ (the PostgreSQL users in database `cs_bench_<users>`, `--drop-database` removes
+it afterwards; the SQLite users in .local/bench/<users>x<audience>/netmera_*.sqlite).
 """
 
 from __future__ import annotations
@@ -132,14 +139,67 @@ def _auto_choice(url: str, audience: Path) -> str:
     import pyarrow.parquet as pq
     import sqlalchemy as sa
 
+    from bench.data import SEGMENT
     from include.matching.paths import choose_path
     from include.matching.user_table import UserTable
 
     engine = sa.create_engine(url)
     rows = pq.ParquetFile(audience).metadata.num_rows
-    path = choose_path(engine, {}, UserTable(), rows)
+    path = choose_path(engine, {}, UserTable(), rows, {i.kind for i in SEGMENT.identifiers})
     engine.dispose()
     return path
+
+
+def sqlite_group(
+    folder: Path, users: int, audience: int, work: Path, repeat: int, limit: float
+) -> list[tuple[str, list[tuple[str, Measurement]]]]:
+    """(title, rows) per table: the worker path first (the ratios' base), the database path,
+    auto (labelled with the path it took); on the first table also the database path as it
+    was before issue #9's fix. The database path is cut at `limit` seconds. Runs interleave
+    (each approach once per round, best of `repeat` rounds): this machine's load drifts."""
+    from bench import data
+    from bench.sqlite import load_users
+
+    users_path, audience_path = data.write(folder, users, audience)
+    small = audience // 10
+    small_path = data.write_audience(folder / f"audience_{small}.parquet", users, small)
+    databases = load_users(folder, users_path)
+    size = f"{users:,} users x {{:,}} source rows, users in SQLite"
+    cases = [
+        (size.format(audience) + ", indexed as doctor recommends", "indexed", audience_path),
+        (size.format(audience) + ", no index on identifiers", "bare", audience_path),
+        (size.format(small) + ", indexed as doctor recommends", "indexed", small_path),
+    ]
+    groups, reference = [], {}
+    for number, (title, db, source) in enumerate(cases):
+        approaches = [("worker path", "worker", False), ("database path", "database", False)]
+        if number == 0:
+            approaches.append(("database path before #9's fix", "database", True))
+        approaches.append(("auto", "auto", False))
+        found: dict[str, Measurement] = {}
+        for round_ in range(repeat):
+            for index, (label, path, before_9) in enumerate(approaches):
+                if label in found and found[label].cut:
+                    continue  # it would be cut again
+                m = measure(
+                    "sqlite.run",
+                    timeout=limit if path == "database" else None,
+                    db=str(databases[db]),
+                    audience=str(source),
+                    workdir=_folder(work, f"sqlite_{number}_{index}_{round_}"),
+                    path=path,
+                    before_9=before_9,
+                )
+                if label not in found or m.seconds < found[label].seconds:
+                    found[label] = m
+        rows = []
+        for label, m in found.items():
+            took = m.result.pop("path", None)
+            rows.append((f"auto (took the {took} path)" if label == "auto" else label, m))
+        # Every path on either table gives the same counts for the same audience.
+        check_same(rows, reference.setdefault(source, rows[0][1].result))
+        groups.append((f"sqlite: {title}", rows))
+    return groups
 
 
 def dags_group(work: Path, repeat: int) -> list[tuple[str, Measurement]]:
@@ -159,9 +219,10 @@ def dags_group(work: Path, repeat: int) -> list[tuple[str, Measurement]]:
 
 
 def check_same(rows: list[tuple[str, Measurement]], reference: dict) -> None:
-    """Each approach must report exactly our matcher's counts and reasons."""
+    """Each approach must report exactly our matcher's counts and reasons (one cut at its time
+    limit reports none)."""
     for label, m in rows:
-        if m.result != reference:
+        if not m.cut and m.result != reference:
             raise SystemExit(f"{label} disagrees with our matcher:\n{m.result}\n{reference}")
 
 
@@ -169,6 +230,10 @@ def table(title: str, rows: list[tuple[str, Measurement]]) -> str:
     base = rows[0][1].seconds
     lines = [title, f"{'approach':40} {'wall s':>9} {'x first':>8} {'peak RSS MiB':>13}"]
     for label, m in rows:
+        if m.cut:  # killed at its time limit: at least that long, no RSS
+            seconds, ratio = f"> {m.seconds:g}", f"> {m.seconds / base:.1f}"
+            lines.append(f"{label:40} {seconds:>9} {ratio:>8} {'-':>13}")
+            continue
         lines.append(
             f"{label:40} {m.seconds:9.2f} {m.seconds / base:8.2f} {m.peak_rss / MIB:13,.0f}"
         )
@@ -192,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / ".local" / "bench")
     parser.add_argument("--drop-database", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="runs per approach (best kept)")
+    parser.add_argument("--sqlite-users", type=int, default=1_000_000)
+    parser.add_argument("--sqlite-audience", type=int, default=200_000)
+    parser.add_argument(
+        "--sqlite-limit", type=float, default=300, help="sqlite: cut the database path (s)"
+    )
     args = parser.parse_args(argv)
     groups = set(args.groups.split(","))
-    files = prepare(args.users, args.audience, args.data / f"{args.users}x{args.audience}")
+    files: dict[str, Path] = {}
+    if groups & {"engine", "database"}:
+        files = prepare(args.users, args.audience, args.data / f"{args.users}x{args.audience}")
+    args.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cs-bench-", dir=args.data))
     size = f"{args.users:,} users x {args.audience:,} source rows"
     try:
@@ -213,7 +286,18 @@ def main(argv: list[str] | None = None) -> int:
             rows = dags_group(work, args.repeat)
             title = f"dags: parse dags/connector_segments.py (DagBag), best of {args.repeat}"
             print(table(title, rows[:2]), "\n", flush=True)
-            print(table(title, rows[2:]), flush=True)
+            print(table(title, rows[2:]), "\n", flush=True)
+        if "sqlite" in groups:
+            sqlite_size = (args.sqlite_users, args.sqlite_audience)
+            results = sqlite_group(
+                args.data / "{}x{}".format(*sqlite_size),
+                *sqlite_size,
+                work,
+                args.repeat,
+                args.sqlite_limit,
+            )
+            for title, rows in results:
+                print(table(title, rows), "\n", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.drop_database:

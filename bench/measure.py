@@ -3,7 +3,8 @@ own: `python -m bench.measure TASK JSON_KWARGS` prints one JSON line.
 
 The child imports the task's module (and with it the libraries the task uses) before the clock
 starts: the figures are the work, not Python's start-up. Peak RSS is the child's high-water mark
-(VmHWM); the database server's memory is not in it.
+(VmHWM); the database server's memory is not in it. With a `timeout` a child still running then
+is killed and its measurement is marked `cut` (at least that long; no result, no RSS).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+STARTED = "bench.measure: clock started"  # the child's first line on stdout
 TASKS = {
     "engine.floor": ("bench.engine", "floor"),
     "engine.ours": ("bench.engine", "ours"),
@@ -27,6 +30,7 @@ TASKS = {
     "database.path_b": ("bench.database", "path_b"),
     "database.pandas": ("bench.database", "pandas_read_sql"),
     "dags.parse": ("bench.dags", "parse"),
+    "sqlite.run": ("bench.sqlite", "run"),
 }
 
 
@@ -36,27 +40,43 @@ class Measurement:
     seconds: float
     peak_rss: int  # bytes
     result: dict[str, Any]
+    cut: bool = False  # killed at the timeout: `seconds` is that limit, a lower bound
 
 
-def measure(task: str, env: dict[str, str] | None = None, **kwargs: Any) -> Measurement:
-    """Run `task` with `kwargs` in a child process; raise with its stderr if it fails."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.measure", task, json.dumps(kwargs)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise RuntimeError(f"{task} failed:\n{done.stderr[-4000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def measure(
+    task: str, env: dict[str, str] | None = None, timeout: float | None = None, **kwargs: Any
+) -> Measurement:
+    """Run `task` with `kwargs` in a child process; raise with its stderr if it fails. Past
+    `timeout` seconds of the task's work (counted from when the child starts its clock) the
+    child is killed and the measurement says so (`cut`)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.measure", task, json.dumps(kwargs)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        while (line := child.stdout.readline()) and line.strip() != STARTED:
+            pass  # the task's imports: not timed, not limited
+        try:
+            out, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return Measurement(task, float(timeout or 0), 0, {}, cut=True)
+        if child.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"{task} failed:\n{errors.read()[-4000:]}")
+    report = json.loads(out.strip().splitlines()[-1])
     return Measurement(task, report["seconds"], report["peak_rss"], report["result"])
 
 
 def _child(task: str, kwargs: dict[str, Any]) -> None:
     module, name = TASKS[task]
     work = getattr(importlib.import_module(module), name)
+    print(STARTED, flush=True)
     started = time.perf_counter()
     result = work(**kwargs)
     seconds = time.perf_counter() - started

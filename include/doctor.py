@@ -1,12 +1,14 @@
 """`python -m include.cli doctor`: is this deployment ready to match at scale?
 
 Checks, in order, each `ok`, `missing` (exit 1) or `warn`, with what to do about it:
-- connection: `netmera_db` is defined and answers; which matching path it will take;
+- connection: `netmera_db` is defined and answers; which matching path it will take (with
+  `auto`, for which audiences);
 - migrations: the store's version table (`cs_alembic_version`) is at the head of
   include/store/migrations (they run on first use; the doctor itself never writes);
 - user table: it exists and has every column the connection's extras map;
 - indexes: what the database path needs for the identifier kinds the configured segments use
-  (include/matching/indexes.py), with the statement that creates each missing one.
+  (include/matching/indexes.py), with the statement that creates each missing one; on SQLite
+  `auto` takes the worker path until they all exist.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def diagnose() -> list[Check]:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         table = UserTable.from_extras(info.extra)
-        path = choose_path(engine, info.extra, table, 0)
+        kinds, used_by = _segment_kinds(table)
+        path = choose_path(engine, info.extra, table, 0, kinds)
     except Exception as exc:  # any failure here is the finding itself
         return [
             Check(
@@ -65,30 +68,49 @@ def diagnose() -> list[Check]:
             Check(
                 "connection",
                 OK,
-                f"{NETMERA_DB_CONN_ID}: {where}; {_path_note(engine, info, table, path)}",
+                f"{NETMERA_DB_CONN_ID}: {where}; {_path_note(engine, info, table, path, kinds)}",
             )
         ]
         checks.append(_migrations(engine))
         columns = _user_table(engine, table)
         checks.append(columns)
         if columns.status == OK:
-            checks.extend(_indexes(engine, table, path))
+            checks.extend(_indexes(engine, info.extra, table, kinds, used_by))
         return checks
     finally:
         engine.dispose()
 
 
-def _path_note(engine: sa.Engine, info: Any, table: UserTable, path: str) -> str:
+def _path_note(
+    engine: sa.Engine, info: Any, table: UserTable, path: str, kinds: set[IdentifierKind]
+) -> str:
+    from include.matching import indexes
     from include.matching.database import table_rows
-    from include.matching.paths import PATH_EXTRA
+    from include.matching.paths import PATH_EXTRA, SQLITE_RATIO
     from include.matching.rules import PROBE_RATIO
 
     note = f"match path: {path}"
-    if (info.extra.get(PATH_EXTRA) or "auto") == "auto" and engine.dialect.name == "postgresql":
+    if (info.extra.get(PATH_EXTRA) or "auto") != "auto":
+        return note
+    if engine.dialect.name == "postgresql":
         rows = table_rows(engine, table)
         if rows:
             note += f" (auto: worker for audiences of more than {rows // PROBE_RATIO:,} rows)"
+    elif engine.dialect.name == "sqlite" and _has_table(engine, table):
+        if indexes.missing(engine, table, kinds):
+            note += " (auto: database path once the indexes below exist)"
+        elif rows := table_rows(engine, table):
+            limit = -(-rows // SQLITE_RATIO)  # auto: worker from 1/SQLITE_RATIO of the rows
+            note += f" (auto: worker for audiences of {limit:,} rows or more)"
+        else:
+            note += " (auto: the user table is empty)"
     return note
+
+
+def _has_table(engine: sa.Engine, table: UserTable) -> bool:
+    import sqlalchemy as sa
+
+    return sa.inspect(engine).has_table(table.table, schema=table.schema)
 
 
 def _migrations(engine: sa.Engine) -> Check:
@@ -145,13 +167,21 @@ def _user_table(engine: sa.Engine, table: UserTable) -> Check:
     return Check("user table", OK, f"{name}: every mapped column present")
 
 
-def _indexes(engine: sa.Engine, table: UserTable, path: str) -> list[Check]:
+def _indexes(
+    engine: sa.Engine,
+    extra: dict[str, Any],
+    table: UserTable,
+    kinds: set[IdentifierKind],
+    used_by: str,
+) -> list[Check]:
     from include.matching import indexes
+    from include.matching.database import supported
+    from include.matching.paths import PATH_EXTRA
     from include.matching.rules import HASHED
 
-    kinds, used_by = _segment_kinds(table)
-    if path == "worker":
+    if (extra.get(PATH_EXTRA) or "auto") == "worker" or not supported(engine):
         return [Check("indexes", OK, "worker path: the table is read in full, no index used")]
+    # With `auto` too: on SQLite it takes the worker path until they all exist.
     lacking = {need.key for need in indexes.missing(engine, table, kinds)}
     checks = []
     for need in indexes.needed(table, kinds, engine.dialect.name):

@@ -73,8 +73,11 @@ def match(config: SegmentConfig, run_key: str) -> dict[str, Any]:
     engine, info = netmera_engine()
     folder, users = run_dir(config.id, run_key), UserTable.from_extras(info.extra)
     staged = folder / AUDIENCE_FILE
-    # extra "match_path": database | worker | auto (by the audience's size against the table)
-    path = choose_path(engine, info.extra, users, pq.ParquetFile(staged).metadata.num_rows)
+    # extra "match_path": database | worker | auto (by the audience's size against the table,
+    # and on SQLite by the indexes this segment's kinds need)
+    rows = pq.ParquetFile(staged).metadata.num_rows
+    kinds = {i.kind for i in config.identifiers}
+    path = choose_path(engine, info.extra, users, rows, kinds)
     log.info("segment %s: matching on the %s path", config.id, path)
     result = match_segment(config, staged, engine, users, folder, path)
     _store().record_run(

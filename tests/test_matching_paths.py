@@ -266,15 +266,136 @@ def test_database_path_follows_the_matching_rules(rows, devices) -> None:
 # -- the path is chosen per deployment ----------------------------------------------------------
 
 
-def test_auto_takes_the_database_path_and_the_connection_extra_overrides_it(
+def create_sqlite_indexes(engine: sa.Engine, kinds: set[IdentifierKind]) -> None:
+    """The indexes `doctor` recommends on SQLite for `kinds`, by its own statements."""
+    from include.matching import indexes
+
+    with engine.begin() as conn:
+        for need in indexes.needed(UserTable(), kinds, "sqlite"):
+            for statement in need.create_sql(UserTable(), engine.dialect):
+                conn.exec_driver_sql(statement)
+
+
+def test_auto_on_sqlite_takes_the_database_path_only_indexed_and_for_a_small_audience(
     sqlite_users: sa.Engine,
 ) -> None:
+    """Issue #9: without the indexes the database path needs, SQLite builds one over the whole
+    table per kind on every run, and with them a large audience costs more looked up than the
+    whole table streamed to the worker: auto takes the worker path for both."""
+    table, rows = UserTable(), len(netmera_rows())
+    kinds = {i.kind for i in SEGMENT.identifiers}
+    small, large = rows // 20, rows // 5  # 1/20 and 1/5 of the table's rows
+    # No index on any identifier column: the worker path, whatever the audience.
+    assert choose_path(sqlite_users, {}, table, small, kinds) == "worker"
+    assert choose_path(sqlite_users, {}, table, 1) == "worker"
+    create_sqlite_indexes(sqlite_users, kinds - {IdentifierKind.EMAIL})
+    # One kind of the segment lacks its index: still the worker path; a segment that does
+    # not match on it takes the database path.
+    assert choose_path(sqlite_users, {}, table, small, kinds) == "worker"
+    assert choose_path(sqlite_users, {}, table, small, kinds - {IdentifierKind.EMAIL}) == (
+        "database"
+    )
+    create_sqlite_indexes(sqlite_users, kinds)
+    # Every index: the database path for a small audience, the worker path for a large one.
+    assert choose_path(sqlite_users, {}, table, small, kinds) == "database"
+    assert choose_path(sqlite_users, {"match_path": "auto"}, table, small) == "database"
+    assert choose_path(sqlite_users, {}, table, large, kinds) == "worker"
+    assert choose_path(sqlite_users, {}, table, 10**6, kinds) == "worker"
+
+
+def test_the_connection_extra_overrides_auto(sqlite_users: sa.Engine) -> None:
     table = UserTable()
-    assert choose_path(sqlite_users, {}, table, 10**6) == "database"
-    assert choose_path(sqlite_users, {"match_path": "auto"}, table, 10) == "database"
+    assert choose_path(sqlite_users, {"match_path": "database"}, table, 10**6) == "database"
     assert choose_path(sqlite_users, {"match_path": "worker"}, table, 10) == "worker"
     with pytest.raises(ValueError, match="match_path"):
         choose_path(sqlite_users, {"match_path": "in-memory"}, table, 10)
+
+
+def test_refresh_with_auto_on_sqlite_takes_the_path_its_indexes_allow(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh's match step with `match_path` unset: the worker path on a table without
+    indexes, the database path once `doctor`'s indexes exist (the audience being a small part
+    of the table); the same run record either way."""
+    from include import refresh
+
+    engine = sa.create_engine(f"sqlite:///{workspace / 'netmera.db'}")
+    filler = [(f"F{i}", f"f{i}", f"f{i}@y.io", None, f"fi{i}", False) for i in range(3_000)]
+    load_users(engine, netmera_rows() + filler)
+    csv = workspace / "audience.csv"
+    pa.csv.write_csv(
+        pa.Table.from_pylist(
+            audience_rows(), pa.schema([(f, pa.string()) for f in ("uid", *FIELDS)])
+        ),
+        csv,
+    )
+    config = SEGMENT.model_copy(
+        update={"source": SEGMENT.source.model_copy(update={"path": str(csv)})}
+    )
+    recorded = {}
+    for indexed in (False, True):
+        if indexed:
+            create_sqlite_indexes(engine, {i.kind for i in SEGMENT.identifiers})
+        run_key = f"manual__{indexed}"
+        refresh.start(config, run_key, dry_run=False, approve=False)
+        refresh.extract(config, run_key)
+        result = refresh.match(config, run_key)
+        # Only the database path brings lookups back from the database (hits.parquet).
+        assert (run_dir(config.id, run_key) / "hits.parquet").exists() == indexed
+        recorded[indexed] = (result, members_of(result.pop("members_path")))
+    engine.dispose()
+    assert recorded[False] == recorded[True]
+
+
+def test_sqlite_database_path_work_grows_linearly_with_the_audience(tmp_path: Path) -> None:
+    """Issue #9: each lookup asked, per audience row, whether that row's source user or value
+    was already in cs_hits, and SQLite (no hash join) answered by scanning all of cs_hits:
+    work quadratic in the audience (200,000 source rows: not done in 15 minutes). Counted in
+    SQLite VM steps (deterministic, unlike time): twice the audience must cost about twice
+    the steps, not four times."""
+    from sqlalchemy import event
+
+    def steps(size: int) -> int:
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        engine = sa.create_engine(f"sqlite:///{folder / 'netmera.db'}")
+        load_users(
+            engine,
+            [(f"U{i}", f"e{i}", f"m{i}@x.io", phone(i), f"i{i}", i % 2 == 0) for i in range(size)],
+        )
+        create_sqlite_indexes(engine, {i.kind for i in SEGMENT.identifiers})
+        # Source users matched by each kind in turn, and some by none: every lookup and every
+        # "not found" pass sees audience-sized tables.
+        rows = [
+            {
+                "uid": f"s{i}",
+                "ext": f"e{i}" if i % 4 == 0 else f"x{i}",
+                "mail": f"m{i}@x.io" if i % 4 == 1 else f"x{i}@z.io",
+                "phone": phone(i) if i % 4 == 2 else None,
+                "mail_hash": sha(f"m{i}@x.io") if i % 4 == 3 else None,
+            }
+            for i in range(size)
+        ]
+        counted = [0]
+
+        @event.listens_for(engine, "connect")
+        def count_steps(dbapi_connection, _record) -> None:
+            def step() -> int:
+                counted[0] += 1
+                return 0  # carry on
+
+            dbapi_connection.set_progress_handler(step, 1_000)
+
+        engine.pool.dispose()  # the connection load_users opened has no handler
+        result = match_segment(
+            SEGMENT, stage(folder, rows), engine, UserTable(), folder, "database"
+        )
+        engine.dispose()
+        assert result.matched_source_users == size // 4 * 4
+        return counted[0]
+
+    small, large = steps(2_000), steps(4_000)
+    assert large < 3 * small, (small, large)
 
 
 @pytest.mark.postgres
@@ -594,7 +715,8 @@ def test_doctor_names_what_is_missing_and_is_satisfied_once_it_is_done(
     code, checks = doctor(capsys)
     assert code == 1
     assert checks["connection"]["status"] == "ok"
-    assert "match path: database" in checks["connection"]["detail"]
+    # SQLite without the database path's indexes: auto takes the worker path until they exist.
+    assert "match path: worker (auto: database path once" in checks["connection"]["detail"]
     assert checks["migrations"]["status"] == "missing"
     assert "cs_alembic_version" in checks["migrations"]["detail"]
     missing = [c for c in checks.values() if c["check"].startswith("index ")]
@@ -616,6 +738,12 @@ def test_doctor_names_what_is_missing_and_is_satisfied_once_it_is_done(
     code, checks = doctor(capsys)
     assert code == 0, checks
     assert {c["status"] for c in checks.values()} <= {"ok", "warn"}  # warn: hashed kinds
+    # The database path for audiences under 1/10 of the table's rows, now that they exist.
+    limit = -(-len(netmera_rows()) // 10)
+    assert (
+        f"match path: database (auto: worker for audiences of {limit} rows or more)"
+        in (checks["connection"]["detail"])
+    )
     code, out, _ = cli(capsys, "doctor")
     assert code == 0 and "0 missing" in out
 

@@ -194,14 +194,23 @@ def _sha256(value: Any) -> str | None:
 
 
 def table_rows(bind: sa.Engine | sa.Connection, table: UserTable) -> int:
-    """PostgreSQL's estimate of the table's rows (0 when unknown: never analyzed)."""
-    name = ".".join(f'"{part}"' for part in (table.schema, table.table) if part)
-    sql = "SELECT greatest(coalesce(max(reltuples), 0), 0)::bigint FROM pg_class"
-    sql += " WHERE oid = to_regclass(%(t)s)"
+    """The table's rows: PostgreSQL's estimate (0 when unknown: never analyzed); SQLite's
+    `count(*)` (it keeps no estimate; ~40 ms at a million rows, through the smallest index)."""
+    if bind.dialect.name == "postgresql":
+        name = ".".join(f'"{part}"' for part in (table.schema, table.table) if part)
+        sql = "SELECT greatest(coalesce(max(reltuples), 0), 0)::bigint FROM pg_class"
+        sql += " WHERE oid = to_regclass(%(t)s)"
+        params: dict[str, Any] = {"t": name}
+    else:
+        quote = bind.dialect.identifier_preparer.quote
+        relation = quote(table.table)
+        if table.schema:
+            relation = f"{quote(table.schema)}.{relation}"
+        sql, params = f"SELECT count(*) FROM {relation}", {}
     if hasattr(bind, "exec_driver_sql"):
-        return int(bind.exec_driver_sql(sql, {"t": name}).scalar())
+        return int(bind.exec_driver_sql(sql, params).scalar())
     with bind.connect() as conn:
-        return int(conn.exec_driver_sql(sql, {"t": name}).scalar())
+        return int(conn.exec_driver_sql(sql, params).scalar())
 
 
 def user_side(

@@ -10,39 +10,63 @@
 
 Both decide with the same SQL (`rules.py`) on the same identifiers, so members, reasons and
 counts are identical. The `netmera_db` connection's extra `match_path` picks one:
-`"database"`, `"worker"` or `"auto"` (default). Auto takes the database path on SQLite, and on
-PostgreSQL unless the audience has more rows than 1/PROBE_RATIO of the user table's: then
-every lookup would hash-join the whole table in PostgreSQL (one core per session), and
-streaming the table to DuckDB once is faster. Anything else (e.g. MySQL) takes the worker path.
+`"database"`, `"worker"` or `"auto"` (default). Auto weighs what each path costs on that
+database (docs/matching-at-scale.md, "Two paths"; the benchmark's sqlite and database groups):
+- PostgreSQL: the database path unless the audience has more rows than 1/PROBE_RATIO of the
+  user table's (PostgreSQL's estimate): then every lookup would hash-join the whole table in
+  PostgreSQL (one core per session), and streaming the table to DuckDB once is faster;
+- SQLite: the database path only when every index it needs for the segment's kinds exists
+  (`indexes.missing`, what `doctor` lists) and the audience has fewer rows than
+  1/SQLITE_RATIO of the table's (`count(*)`). SQLite has no hash join: without an index each
+  kind's lookup builds one over the whole table (scan and sort) on every run, 2-3x the worker
+  path's time at a million users; with them the database path costs ~50 µs per source row
+  against ~5 µs per table row for the worker path's whole run (export through the driver,
+  DuckDB's join), so they are even at ~1/SQLITE_RATIO and the worker path is faster past it;
+- anything else (e.g. MySQL): the worker path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.matching.audience import normalize_audience
 from include.matching.database import match_in_database, supported, table_rows
+from include.matching.indexes import missing
 from include.matching.matcher import MatchResult, match_staged
 from include.matching.rules import PROBE_RATIO
-from include.matching.user_table import export_users
+from include.matching.user_table import KIND_COLUMN, export_users
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from include.config import SegmentConfig
+    from include.config import IdentifierKind, SegmentConfig
     from include.matching.user_table import UserTable
 
 PATH_EXTRA = "match_path"
 PATHS = ("auto", "database", "worker")
 IDENTIFIERS_FILE = "identifiers.parquet"
 USERS_FILE = "netmera_users.parquet"
+# SQLite, indexed user table: the database path costs ~50 µs per source row (beyond ~2 s for a
+# hashed kind's pass over the table), the worker path ~5 µs per table (device) row. Measured at
+# 1,000,000 users (1,149,575 rows): even at 100,000 source rows (1.09x the worker path's time),
+# 1.9x at 200,000, 0.46x at 20,000. Below 1/SQLITE_RATIO of the table's rows the database path
+# is never the slower by more than noise (bench: `--groups sqlite`).
+SQLITE_RATIO = 10
 
 
 def choose_path(
-    engine: sa.Engine, extra: dict[str, Any], table: UserTable, audience_rows: int
+    engine: sa.Engine,
+    extra: dict[str, Any],
+    table: UserTable,
+    audience_rows: int,
+    kinds: Iterable[IdentifierKind] | None = None,
 ) -> str:
-    """ "database" or "worker" for this deployment and this audience (see module doc)."""
+    """ "database" or "worker" for this deployment and this audience (see module doc).
+
+    `kinds`: the identifier kinds the segment matches on, whose indexes SQLite's database path
+    needs; by default every kind the table maps (as `doctor` checks with no segment)."""
     wanted = extra.get(PATH_EXTRA) or "auto"
     if wanted not in PATHS:
         raise ValueError(
@@ -64,6 +88,20 @@ def choose_path(
         # once per kind on one core; streaming it to DuckDB once is faster (the benchmark).
         if rows and audience_rows * PROBE_RATIO > rows:
             return "worker"
+        return "database"
+    # SQLite: no hash join. A lookup without its index builds one over the whole table on
+    # every run; with them all, it costs per source row what the worker path's whole run
+    # costs per SQLITE_RATIO table rows.
+    import sqlalchemy as sa
+
+    if not sa.inspect(engine).has_table(table.table, schema=table.schema):
+        return "worker"  # nothing to look up in; either path then fails, naming the table
+    if kinds is None:
+        kinds = {k for k, column in KIND_COLUMN.items() if table.columns.get(column)}
+    if missing(engine, table, set(kinds)):
+        return "worker"
+    if audience_rows * SQLITE_RATIO >= table_rows(engine, table):
+        return "worker"
     return "database"
 
 

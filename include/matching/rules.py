@@ -11,7 +11,8 @@
      filter, not a join (see `_resolve`), and the decision needs no join either. (SQLite
      runs a LEFT JOIN row by row, hashing the whole table for each row of a hashed kind:
      there the rows found come from an inner join and the others are added after it, see
-     `Dialect.outer_join`);
+     `Dialect.outer_join`; and it answers a correlated NOT EXISTS over `cs_hits` by a scan of
+     it per row unless `cs_hits` is indexed, see `Dialect.index_hits`);
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
 HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
 PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
+HITS_INDEXES = {"cs_hits_user_key": "user_key, priority", "cs_hits_value": "value, kind"}
 LOOKUP_TABLES = ("cs_resolved_in", "cs_resolved", "cs_reach", "cs_hits", "cs_ids")
 CREATE_RESOLVED = "CREATE TEMP TABLE cs_resolved (priority SMALLINT, raw TEXT, value TEXT)"
 # The identifier rows, deferred values as normalised so far (`cs_resolved`, small): a join, not
@@ -56,16 +58,21 @@ Run = Callable[[str], Sequence[Sequence[Any]]]  # executes one statement, return
 @dataclass(frozen=True)
 class Dialect:
     """How one engine writes the lower-case hex SHA-256 of a stored value, reads a
-    push-permission column as a condition, and whether it hash-joins a LEFT JOIN."""
+    push-permission column as a condition, whether it hash-joins a LEFT JOIN, and whether
+    `cs_hits` needs indexes (an engine without hash joins runs each NOT EXISTS over it as a
+    scan of the whole table per audience row: quadratic in the audience)."""
 
     sha256_hex: str  # format string over a column expression
     is_true: str = "{}"
     outer_join: bool = True
+    index_hits: bool = False
 
 
 DUCKDB = Dialect(sha256_hex="sha256({})")
 # cs_sha256: a Python function registered by database.py
-SQLITE = Dialect(sha256_hex="cs_sha256({})", outer_join=False)
+# SQLite has no hash join: a LEFT JOIN or a correlated NOT EXISTS is a nested loop, served by
+# an index on its inner table or else a scan of it per outer row (see `lookup`).
+SQLITE = Dialect(sha256_hex="cs_sha256({})", outer_join=False, index_hits=True)
 POSTGRES = Dialect(
     sha256_hex="encode(sha256(convert_to({}, 'UTF8')), 'hex')", is_true="CAST({} AS BOOLEAN)"
 )
@@ -208,6 +215,13 @@ def lookup(
     reading a few more than needed would be harmless, reading one less never happens."""
     template = _hits_sql(min(kinds), users, dialect, open_only=False)
     session.run(f"CREATE TEMP TABLE cs_hits AS {template} LIMIT 0")
+    if dialect.index_hits:
+        # Every later lookup asks cs_hits, per audience row, whether its source user is
+        # settled (user_key) and, after an inner join, whether its value was found (value).
+        # Without these SQLite scans all of cs_hits for each row: at 200,000 source rows
+        # ~10^10 row visits per kind (issue #9: not done after 15 minutes); with them, a probe.
+        for name, columns in HITS_INDEXES.items():
+            session.run(f"CREATE INDEX {name} ON cs_hits ({columns})")
     session.run(CREATE_RESOLVED)
     deferred = session.run(
         "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
