@@ -39,10 +39,9 @@ RUN_FIELDS = ["airflow_run_id", "status", "dry_run", "approve", "started_at", *R
 
 
 def _store():
-    from include.connections import netmera_engine
-    from include.store import SegmentStore
+    from include.connections import netmera_database
 
-    return SegmentStore(netmera_engine()[0])
+    return netmera_database().store
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -258,11 +257,10 @@ def _send_report(send: dict[str, Any], client) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from include.connections import NETMERA_CONN_ID, get_connection, netmera_engine
+    from include.connections import NETMERA_CONN_ID, get_connection, netmera_database
     from include.netmera.client import NetmeraClient
-    from include.store.sends import SendLedger
 
-    sends = SendLedger(netmera_engine()[0]).for_segment(args.id, args.limit)
+    sends = netmera_database().sends.for_segment(args.id, args.limit)
     try:
         client = NetmeraClient(get_connection(NETMERA_CONN_ID)) if sends else None
     except (LookupError, ValueError) as exc:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from include.connectors.base import ConnectionInfo
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
+    from include.netmera_db import NetmeraDatabase
 
 NETMERA_DB_CONN_ID = "netmera_db"  # Netmera's user table and the segment store
 NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
@@ -36,9 +36,9 @@ def get_connection(conn_id: str) -> ConnectionInfo:
     )
 
 
-def netmera_engine() -> tuple[sa.Engine, ConnectionInfo]:
-    """The Netmera database: the user table to match against, and the segment store."""
-    from include.db import engine_for
+def netmera_database() -> NetmeraDatabase:
+    """The Netmera database: the user table to match against, and the segment store; one
+    engine per process however often it is asked for."""
+    from include.netmera_db import DATABASES
 
-    info = get_connection(NETMERA_DB_CONN_ID)
-    return engine_for(info), info
+    return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))

@@ -40,17 +40,14 @@ class Check:
 
 def diagnose() -> list[Check]:
     """Every check; a failed connection stops there (nothing else can be read)."""
-    from include.connections import NETMERA_DB_CONN_ID, get_connection
-    from include.db import engine_for
+    from include.connections import NETMERA_DB_CONN_ID, netmera_database
     from include.matching.paths import choose_path
-    from include.matching.user_table import UserTable
 
     try:
-        info = get_connection(NETMERA_DB_CONN_ID)
-        engine = engine_for(info)
+        db = netmera_database()
+        engine, info, table = db.engine, db.info, db.users
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-        table = UserTable.from_extras(info.extra)
         kinds, used_by = _segment_kinds(table)
         path = choose_path(engine, info.extra, table, 0, kinds)
     except Exception as exc:  # any failure here is the finding itself
@@ -62,23 +59,20 @@ def diagnose() -> list[Check]:
                 "define the Airflow Connection netmera_db (README: Connections)",
             )
         ]
-    try:
-        where = engine.url.render_as_string(hide_password=True)
-        checks = [
-            Check(
-                "connection",
-                OK,
-                f"{NETMERA_DB_CONN_ID}: {where}; {_path_note(engine, info, table, path, kinds)}",
-            )
-        ]
-        checks.append(_migrations(engine))
-        columns = _user_table(engine, table)
-        checks.append(columns)
-        if columns.status == OK:
-            checks.extend(_indexes(engine, info.extra, table, kinds, used_by))
-        return checks
-    finally:
-        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    checks = [
+        Check(
+            "connection",
+            OK,
+            f"{NETMERA_DB_CONN_ID}: {where}; {_path_note(engine, info, table, path, kinds)}",
+        )
+    ]
+    checks.append(_migrations(engine))
+    columns = _user_table(engine, table)
+    checks.append(columns)
+    if columns.status == OK:
+        checks.extend(_indexes(engine, info.extra, table, kinds, used_by))
+    return checks
 
 
 def _path_note(

@@ -16,7 +16,7 @@ from typing import Any
 
 from include import staging
 from include.config import SegmentConfig
-from include.connections import NETMERA_CONN_ID, get_connection, netmera_engine
+from include.connections import NETMERA_CONN_ID, get_connection, netmera_database
 from include.staging import AUDIENCE_FILE, run_dir
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,7 @@ class DataValidationError(RuntimeError):
 
 
 def _store():
-    from include.store import SegmentStore
-
-    return SegmentStore(netmera_engine()[0])
+    return netmera_database().store
 
 
 def start(config: SegmentConfig, run_key: str, *, dry_run: bool, approve: bool) -> None:
@@ -68,10 +66,9 @@ def match(config: SegmentConfig, run_key: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from include.matching.paths import choose_path, match_segment
-    from include.matching.user_table import UserTable
 
-    engine, info = netmera_engine()
-    folder, users = run_dir(config.id, run_key), UserTable.from_extras(info.extra)
+    db = netmera_database()
+    engine, info, users, folder = db.engine, db.info, db.users, run_dir(config.id, run_key)
     staged = folder / AUDIENCE_FILE
     # extra "match_path": database | worker | auto (by the audience's size against the table,
     # and on SQLite by the indexes this segment's kinds need)
@@ -220,7 +217,6 @@ def send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) ->
 
 
 def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
-    from include.matching.user_table import UserTable
     from include.netmera.client import NetmeraClient
     from include.netmera.send import SendRefused, audience, send
 
@@ -248,8 +244,8 @@ def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -
             )
     if version is None:
         raise SendRefused(f"segment {config.id!r} has no published membership to message")
-    engine, info = netmera_engine()
-    users = UserTable.from_extras(info.extra)
+    db = netmera_database()
+    engine, users = db.engine, db.users
     if params.get("dry_run"):
         target = audience(engine, users, config.id, version)
         preview = {

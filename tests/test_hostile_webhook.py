@@ -434,15 +434,13 @@ def assert_clean_logs(logs: LogRecorder) -> None:
 
 
 def member_rows() -> list[tuple[int, str, dict]]:
-    from include.connections import netmera_engine
+    from include.connections import netmera_database
     from include.store.webhook_tables import webhook_members as m
 
-    engine, _ = netmera_engine()
-    with engine.connect() as conn:
+    with netmera_database().engine.connect() as conn:
         rows = conn.execute(
             sa.select(m.c.position, m.c.distinct_id, m.c.properties).order_by(m.c.position)
         ).all()
-    engine.dispose()
     return [tuple(row) for row in rows]
 
 

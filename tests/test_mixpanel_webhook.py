@@ -135,16 +135,14 @@ def published(capsys) -> dict[str, Any]:
 
 def staged() -> dict[str, Any]:
     """Everything staged for the segment: sessions, pages and member rows."""
-    from include.connections import netmera_engine
+    from include.connections import netmera_database
     from include.store.webhook_tables import webhook_members, webhook_pages
-    from include.webhooks.state import WebhookState
 
-    engine, _ = netmera_engine()
-    state = WebhookState(engine)
-    with engine.connect() as conn:
+    db = netmera_database()
+    state = db.webhooks
+    with db.engine.connect() as conn:
         pages = conn.execute(sa.select(webhook_pages).order_by(*webhook_pages.primary_key)).all()
         rows = conn.execute(sa.select(sa.func.count()).select_from(webhook_members)).scalar()
-    engine.dispose()
     return {"sessions": state.sessions(SEGMENT), "pages": pages, "member_rows": rows}
 
 
@@ -218,10 +216,10 @@ def test_connector_streams_the_current_audience_as_strings_and_drops_superseded_
     }
     assert rows[7]["phone_number"] is None
     # Every exported property is kept in the staged state, not only the identifier fields.
-    from include.connections import netmera_engine
+    from include.connections import netmera_database
     from include.store.webhook_tables import webhook_members
 
-    engine, _ = netmera_engine()
+    engine = netmera_database().engine
     with engine.connect() as conn:
         kept = conn.execute(
             sa.select(webhook_members.c.properties).where(webhook_members.c.distinct_id == "mp-7")

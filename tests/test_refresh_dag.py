@@ -76,6 +76,28 @@ def unchanged(before: dict, after: dict) -> None:
         assert after[key] == before[key], key
 
 
+def test_a_refresh_builds_one_engine_per_database(workspace):
+    # Each engine has its own pool of server connections (PostgreSQL, under Celery): the steps
+    # of a refresh share one for the Netmera database instead of building one each.
+    import sqlalchemy as sa
+
+    engines: dict[str, set[int]] = {}
+
+    def connected(conn: sa.Connection) -> None:
+        engines.setdefault(str(conn.engine.url.database), set()).add(id(conn.engine))
+
+    write_users(workspace / "netmera.db", USERS)
+    write_segment(workspace)
+    write_audience(workspace, range(1, 11))
+    sa.event.listen(sa.engine.Engine, "engine_connect", connected)
+    try:
+        assert run_segment(SEGMENT) == "success"
+    finally:
+        sa.event.remove(sa.engine.Engine, "engine_connect", connected)
+    assert len(engines.pop(str(workspace / "netmera.db"))) == 1
+    assert all(len(ids) == 1 for ids in engines.values()), engines  # Airflow's own DB too
+
+
 def test_first_refresh_publishes_matched_users_with_counts_and_reasons(published):
     assert published["status"] == "Ready"
     assert published["current_version"] == 1
@@ -200,11 +222,9 @@ def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
     published, workspace, capsys
 ):
     from include.config import find_segment
-    from include.connections import netmera_engine
-    from include.store import SegmentStore
-
+    from include.connections import netmera_database
     # A run whose worker was killed: it started, and nothing ever reported its end.
-    SegmentStore(netmera_engine()[0]).start_run(
+    netmera_database().store.start_run(
         find_segment(SEGMENT), "manual__killed", dry_run=False, approve=False
     )
     assert run_segment(SEGMENT) == "success"

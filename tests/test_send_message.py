@@ -88,16 +88,12 @@ def batches_in_flight() -> int:
     """Send batches the ledger has marked in flight (a request out, its answer not recorded)."""
     import sqlalchemy as sa
 
-    from include.connections import netmera_engine
+    from include.connections import netmera_database
     from include.store.tables import send_batches
 
-    engine, _ = netmera_engine()
-    try:
-        with engine.connect() as conn:
-            query = sa.select(sa.func.count()).where(send_batches.c.status == "in_flight")
-            return conn.execute(query).scalar_one()
-    finally:
-        engine.dispose()
+    with netmera_database().engine.connect() as conn:
+        query = sa.select(sa.func.count()).where(send_batches.c.status == "in_flight")
+        return conn.execute(query).scalar_one()
 
 
 def assert_exactly_once(netmera: FakeNetmera) -> None:

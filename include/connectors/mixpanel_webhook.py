@@ -25,12 +25,10 @@ USER_KEY = "mixpanel_distinct_id"
 def read_mixpanel_webhook(segment: SegmentConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
     import sqlalchemy as sa
 
-    from include.connections import netmera_engine
-    from include.webhooks.state import WebhookState
+    from include.connections import netmera_database
 
-    engine, _ = netmera_engine()
     try:
-        state = WebhookState(engine)
+        state = netmera_database().webhooks
         if not state.has_complete_export(segment.id):
             raise SourceError(
                 f"segment {segment.id!r}: no complete Mixpanel `members` export has been "
@@ -44,8 +42,6 @@ def read_mixpanel_webhook(segment: SegmentConfig, batch_rows: int) -> Iterator[p
             f"segment {segment.id!r}: reading the staged webhook state failed: "
             f"{type(exc).__name__}: {exc.orig if getattr(exc, 'orig', None) else exc}"
         ) from exc
-    finally:
-        engine.dispose()
 
 
 def to_batch(rows: Sequence[sa.Row], fields: list[str]) -> pa.RecordBatch:

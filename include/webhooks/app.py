@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -234,30 +233,18 @@ def open_store(segment: SegmentConfig, call: CohortSyncCall) -> WebhookState:
         raise Failure(500, INTERNAL_ERROR, call.action) from None
 
 
-_states: dict[str, WebhookState] = {}
-_states_lock = threading.Lock()
-
-
 def state() -> WebhookState:
-    """The staged state in the `netmera_db` database; one engine per database per process."""
-    from include.connections import NETMERA_DB_CONN_ID, get_connection
-    from include.db import engine_for, sqlalchemy_url
-    from include.webhooks.state import WebhookState
+    """The staged state in the `netmera_db` database (one engine per database per process)."""
+    from include.connections import netmera_database
 
-    info = get_connection(NETMERA_DB_CONN_ID)
-    key = sqlalchemy_url(info).render_as_string(hide_password=False)
-    with _states_lock:
-        if key not in _states:
-            _states[key] = WebhookState(engine_for(info))
-        return _states[key]
+    return netmera_database().webhooks
 
 
 def dispose_states() -> None:
-    """Close the cached engines (tests, and a clean shutdown)."""
-    with _states_lock:
-        for cached in _states.values():
-            cached.engine.dispose()
-        _states.clear()
+    """Close the process's Netmera database engines (tests, and a clean shutdown)."""
+    from include.netmera_db import DATABASES
+
+    DATABASES.dispose()
 
 
 # -- routes ------------------------------------------------------------------------------------
