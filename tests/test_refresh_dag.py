@@ -223,6 +223,7 @@ def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
 ):
     from include.config import find_segment
     from include.connections import netmera_database
+
     # A run whose worker was killed: it started, and nothing ever reported its end.
     netmera_database().store.start_run(
         find_segment(SEGMENT), "manual__killed", dry_run=False, approve=False
