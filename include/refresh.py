@@ -11,7 +11,6 @@ Task logs get counts and reasons, never identifiers.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from include import staging
@@ -180,8 +179,7 @@ def publish(
 
 def record_failure(segment_id: str, run_key: str, step: str, error: BaseException | str) -> None:
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    text = redact_personal_data(text)[:4000]
-    _store().fail_run(segment_id, run_key, step, text)
+    text = _store().fail_run(segment_id, run_key, step, text)  # as recorded: redacted
     staging.remove_run(segment_id, run_key)  # retries are over: nothing will resume from it
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
 
@@ -192,102 +190,13 @@ def abandon_run(segment_id: str, run_key: str) -> None:
     staging.remove_run(segment_id, run_key)
 
 
-_EMAIL = re.compile(r"[^\s@'\"(),;:<>]+@[^\s@'\"(),;:<>]+\.[A-Za-z]{2,}")
-# International numbers and long digit runs; dates, IPs and ports stay readable for on-call.
-_PHONE = re.compile(r"\+\d[\d ()-]{7,}\d|\b\d{10,}\b")
-
-
-def redact_personal_data(text: str) -> str:
-    """Emails and phone-like digit runs out of an error text (drivers quote offending values)
-    before it reaches the run record, the UI and the logs."""
-    return _PHONE.sub("<number>", _EMAIL.sub("<email>", text))
-
-
 def send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
     """Send Message to the published membership (after this run's publish, or without a
-    refresh). Raises SendRefused when there is nothing to do, NetmeraError when Netmera refuses;
-    neither touches the membership or its status."""
-    from include.netmera.send import SendRefused
-
-    try:
-        return _send_message(config, run_key, params)
-    except SendRefused as exc:
-        log.warning("segment %s: nothing sent: %s", config.id, exc)
-        raise
-
-
-def _send_message(config: SegmentConfig, run_key: str, params: dict[str, Any]) -> dict[str, Any]:
+    refresh): `include/netmera/campaign.py`."""
+    from include.netmera.campaign import send_message as send_campaign
     from include.netmera.client import NetmeraClient
-    from include.netmera.send import SendRefused, audience, send
 
-    asked = params.get("send_message") or (
-        params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
-    )
-    if not asked:
-        raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
-    message = _message(config, params)
-    store = _store()
-    segment = store.segment(config.id)
-    version = segment["current_version"] if segment else None
-    if params.get("refresh", True) and not params.get("dry_run"):
-        # After a refresh, the version *this run* published, and only while it is current.
-        run = store.run(config.id, run_key)
-        if not run or run["status"] != "published":
-            raise SendRefused(
-                f"segment {config.id!r}: this refresh did not publish "
-                f"({run['status'] if run else 'no run'}); nothing sent"
-            )
-        if run["version"] != version:
-            raise SendRefused(
-                f"segment {config.id!r}: version {run['version']} of this run is "
-                f"no longer the published one ({version}); nothing sent"
-            )
-    if version is None:
-        raise SendRefused(f"segment {config.id!r} has no published membership to message")
-    db = netmera_database()
-    engine, users = db.engine, db.users
-    if params.get("dry_run"):
-        target = audience(engine, users, config.id, version)
-        preview = {
-            "dry_run": True,
-            "version": version,
-            "recipients": target.recipients,
-            "batches": [len(b) for b in target.batches],
-            "not_addressable": target.not_addressable,
-            "title": message.title,
-        }
-        log.info(
-            "segment %s: dry run: would send %r to %d users of version %d in %d batches "
-            "(%d members without an extId cannot be addressed); nothing sent",
-            config.id,
-            message.title,
-            target.recipients,
-            version,
-            len(target.batches),
-            target.not_addressable,
-        )
-        return preview
-    return send(
-        engine=engine,
-        client=NetmeraClient(get_connection(NETMERA_CONN_ID)),
-        users=users,
-        segment_id=config.id,
-        version=version,
-        message=message,
-        nonce=params.get("send_key") or None,
-        airflow_run_id=run_key,
-    )
+    def client() -> NetmeraClient:
+        return NetmeraClient(get_connection(NETMERA_CONN_ID))
 
-
-def _message(config: SegmentConfig, params: dict[str, Any]):
-    from include.netmera.send import DEFAULT_PLATFORMS, Message
-
-    campaign = config.campaign
-    title = params.get("message_title") or (campaign.title if campaign else None)
-    text = params.get("message_text") or (campaign.text if campaign else None)
-    if not title or not text:
-        raise ValueError(
-            f"segment {config.id!r}: no message to send: set 'campaign' (title, text) in the "
-            "YAML or the message_title and message_text trigger parameters"
-        )
-    return Message(title, text, campaign.platforms if campaign else DEFAULT_PLATFORMS)
+    return send_campaign(config, run_key, params, netmera_database(), client)

@@ -236,7 +236,7 @@ def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
 
 
 def test_recorded_errors_carry_no_emails_or_phone_numbers():
-    from include.refresh import redact_personal_data
+    from include.store.redaction import redact_personal_data
 
     text = "bad value 'Ann.Lee@Example.com' or +90 532 123 45 67 / 905321234567 at 10.0.0.1:5432"
     redacted = redact_personal_data(text)

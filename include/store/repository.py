@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include.store import migrate
+from include.store.redaction import MAX_ERROR, redact_personal_data
 from include.store.tables import members, runs, segments
 
 if TYPE_CHECKING:
@@ -169,8 +170,10 @@ class SegmentStore:
         with self.engine.begin() as conn:
             conn.execute(self._run_update(segment_id, airflow_run_id).values(**values))
 
-    def fail_run(self, segment_id: str, airflow_run_id: str, step: str, error: str) -> None:
-        """Failed: the run records the error; membership and counts stay as they were."""
+    def fail_run(self, segment_id: str, airflow_run_id: str, step: str, error: str) -> str:
+        """Failed: the run records the error, redacted of personal data (and returns it as
+        recorded); membership and counts stay as they were."""
+        error = redact_personal_data(error)[:MAX_ERROR]
         with self.engine.begin() as conn:
             dry_run = self._is_dry_run(conn, segment_id, airflow_run_id)
             conn.execute(
@@ -180,6 +183,7 @@ class SegmentStore:
             )
             if not dry_run:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
+        return error
 
     def abandon_run(self, segment_id: str, airflow_run_id: str, why: str) -> None:
         """A run that ended without its steps reporting (killed worker, state set from the UI):
