@@ -31,39 +31,29 @@ def send_message(
     """Send the campaign to the published membership. Raises SendRefused when there is
     nothing to do, NetmeraError when Netmera refuses; neither touches the membership or its
     status."""
-    try:
-        return _send_message(config, run_key, params, db, client)
-    except SendRefused as exc:
-        log.warning("segment %s: nothing sent: %s", config.id, exc)
-        raise
-
-
-def _send_message(
-    config: SegmentConfig,
-    run_key: str,
-    params: dict[str, Any],
-    db: NetmeraDatabase,
-    client: Callable[[], NetmeraClient],
-) -> dict[str, Any]:
     asked = params.get("send_message") or (
         params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
     )
-    if not asked:
-        raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
-    message = _message(config, params)
-    version = _target_version(config, run_key, params, db)
-    if params.get("dry_run"):
-        return _preview(config, message, version, db)
-    return send(
-        engine=db.engine,
-        client=client(),
-        users=db.users,
-        segment_id=config.id,
-        version=version,
-        message=message,
-        nonce=params.get("send_key") or None,
-        airflow_run_id=run_key,
-    )
+    try:
+        if not asked:
+            raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
+        message = _message(config, params)
+        version = _target_version(config, run_key, params, db)
+        if params.get("dry_run"):
+            return _preview(config, message, version, db)
+        return send(
+            engine=db.engine,
+            client=client(),
+            users=db.users,
+            segment_id=config.id,
+            version=version,
+            message=message,
+            nonce=params.get("send_key") or None,
+            airflow_run_id=run_key,
+        )
+    except SendRefused as exc:  # nothing to do, or already sent: say why, send nothing
+        log.warning("segment %s: nothing sent: %s", config.id, exc)
+        raise
 
 
 def _target_version(
