@@ -41,11 +41,17 @@ def csv_named_parquet(ws: Path) -> str:
     return "audience.parquet"
 
 
+def endless_zeros(ws: Path) -> str:
+    (ws / "zeros.csv").symlink_to("/dev/zero")  # no first line, ever: never read whole
+    return "zeros.csv"
+
+
 CASES = [
     (no_header, "does the file start with a header row"),
     (bad_utf8_header, "is not UTF-8 text"),
     (truncated_gzip, "truncated or corrupt"),
     (csv_named_parquet, "is not a Parquet file"),
+    (endless_zeros, "not a CSV"),
 ]
 
 

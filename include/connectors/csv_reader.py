@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from include.config import SegmentConfig
 
 Opener = Callable[[], IO[bytes]]  # a fresh binary stream of the (decompressed) CSV each call
+MAX_HEADER_BYTES = 1 << 20
 Resolver = Callable[[str, list[str]], "str | None"]  # segment field → CSV column, or None
 
 
@@ -72,21 +73,24 @@ def read_csv_batches(
 
 
 def _read_header(open_csv_bytes: Opener, segment: SegmentConfig, where: str) -> list[str]:
+    field = f"segment {segment.id!r}: field 'source'"
     with open_csv_bytes() as handle, _read_errors(segment, where):
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
-        try:
-            return next(csv.reader(text), [])
-        except UnicodeDecodeError:
-            raise SourceError(
-                f"segment {segment.id!r}: field 'source': the header row of the {where} is not "
-                "UTF-8 text; "
-                "save it as UTF-8"
-            ) from None
-        except csv.Error as exc:  # e.g. a NUL byte: not a text file
-            raise SourceError(
-                f"segment {segment.id!r}: field 'source': the {where} is not a CSV file: {exc}"
-            ) from None
+        head = handle.read(MAX_HEADER_BYTES + 1)  # bounded: `/dev/zero` has no first line
+    if len(head) > MAX_HEADER_BYTES and b"\n" not in head:
+        raise SourceError(
+            f"{field}: the first line of the {where} is longer than "
+            f"{MAX_HEADER_BYTES // 1024} KiB: not a CSV header row"
+        )
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    text = io.TextIOWrapper(io.BytesIO(head), encoding="utf-8-sig", newline="")
+    try:
+        return next(csv.reader(text), [])
+    except UnicodeDecodeError:
+        raise SourceError(
+            f"{field}: the header row of the {where} is not UTF-8 text; save it as UTF-8"
+        ) from None
+    except csv.Error as exc:  # e.g. a NUL byte: not a text file
+        raise SourceError(f"{field}: the {where} is not a CSV file: {exc}") from None
 
 
 @contextmanager
