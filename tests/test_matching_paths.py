@@ -150,6 +150,20 @@ def stage(folder: Path, rows: list[dict]) -> Path:
     )
 
 
+def file_segment(workspace: Path) -> SegmentConfig:
+    """SEGMENT reading the audience from a CSV file in `workspace`, as a refresh would."""
+    csv = workspace / "audience.csv"
+    pa.csv.write_csv(
+        pa.Table.from_pylist(
+            audience_rows(), pa.schema([(f, pa.string()) for f in ("uid", *FIELDS)])
+        ),
+        csv,
+    )
+    return SEGMENT.model_copy(
+        update={"source": SEGMENT.source.model_copy(update={"path": str(csv)})}
+    )
+
+
 def load_users(engine: sa.Engine, rows: list[tuple]) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(USERS_DDL)
@@ -322,16 +336,7 @@ def test_refresh_with_auto_on_sqlite_takes_the_path_its_indexes_allow(
     engine = sa.create_engine(f"sqlite:///{workspace / 'netmera.db'}")
     filler = [(f"F{i}", f"f{i}", f"f{i}@y.io", None, f"fi{i}", False) for i in range(3_000)]
     load_users(engine, netmera_rows() + filler)
-    csv = workspace / "audience.csv"
-    pa.csv.write_csv(
-        pa.Table.from_pylist(
-            audience_rows(), pa.schema([(f, pa.string()) for f in ("uid", *FIELDS)])
-        ),
-        csv,
-    )
-    config = SEGMENT.model_copy(
-        update={"source": SEGMENT.source.model_copy(update={"path": str(csv)})}
-    )
+    config = file_segment(workspace)
     recorded = {}
     for indexed in (False, True):
         if indexed:
@@ -419,16 +424,7 @@ def test_refresh_match_step_gives_the_same_run_record_on_either_path(
     engine = sa.create_engine(f"sqlite:///{workspace / 'netmera.db'}")
     load_users(engine, netmera_rows())
     engine.dispose()
-    csv = workspace / "audience.csv"
-    pa.csv.write_csv(
-        pa.Table.from_pylist(
-            audience_rows(), pa.schema([(f, pa.string()) for f in ("uid", *FIELDS)])
-        ),
-        csv,
-    )
-    config = SEGMENT.model_copy(
-        update={"source": SEGMENT.source.model_copy(update={"path": str(csv)})}
-    )
+    config = file_segment(workspace)
     recorded = {}
     for path in ("database", "worker"):
         extra = {"match_path": path}

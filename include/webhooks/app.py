@@ -95,12 +95,12 @@ def unauthorized() -> Failure:
 
 def mixpanel_segment(segment_id: str) -> SegmentConfig:
     """The segment's config if it exists and is pushed by Mixpanel; NotAuthenticated otherwise."""
-    from include.config import SegmentConfigError, find_segment, segments_dir
+    from include.config import SUFFIXES, SegmentConfigError, find_segment, segments_dir
 
     if not _SEGMENT_ID.fullmatch(segment_id):
         raise NotAuthenticated(ascii(segment_id[:200]), "not a valid segment id")
     folder = segments_dir()
-    if not any((folder / f"{segment_id}{suffix}").is_file() for suffix in (".yaml", ".yml")):
+    if not any((folder / f"{segment_id}{suffix}").is_file() for suffix in SUFFIXES):
         raise NotAuthenticated(segment_id, "no such segment")
     try:
         segment = find_segment(segment_id, folder)
