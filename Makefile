@@ -36,7 +36,7 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	mkdir -p $(LOCAL)
 	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
-	$(BIN)/python -m include.pools
+	$(BIN)/python -m include.orchestration.pools
 	$(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
 	$(BIN)/python -m include.cli validate
 	$(BIN)/python -m include.demo.refresh_all
@@ -50,7 +50,7 @@ test: $(STAMP)
 ui: $(STAMP)
 	mkdir -p $(LOCAL)
 	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
-	$(BIN)/python -m include.pools
+	$(BIN)/python -m include.orchestration.pools
 	test -f $(LOCAL)/netmera.db || $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
 	@echo "Airflow UI: http://localhost:8080  user: admin  password: printed below by 'standalone'"
 	@echo "            (also in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from include.config import SegmentConfig
+from include.config.segments import SegmentConfig
 
 AUDIENCE_FIELDS = ("uid", "ext", "email", "phone", "email_hash")
 MEMBER_SHARE = 0.95  # of the audience; the rest are outsiders

@@ -22,7 +22,7 @@ from bench.data import SEGMENT
 from bench.engine import counts
 from include.matching import indexes
 from include.matching.database import copy_batch
-from include.matching.paths import match_segment
+from include.matching.pipeline import match_audience
 from include.matching.user_table import UserTable
 
 USERS_DDL = """CREATE TABLE netmera_users (user_id TEXT, external_id TEXT, email TEXT,
@@ -40,7 +40,8 @@ def path_b(url: str, audience: str, workdir: str) -> dict[str, Any]:
 def _path(url: str, audience: str, workdir: str, path: str) -> dict[str, Any]:
     engine = sa.create_engine(url)
     try:
-        result = match_segment(SEGMENT, Path(audience), engine, UserTable(), Path(workdir), path)
+        extra = {"match_path": path}
+        result = match_audience(SEGMENT, Path(audience), engine, UserTable(), extra, Path(workdir))
     finally:
         engine.dispose()
     return counts(result)

@@ -3,9 +3,9 @@
 - `floor`: a plain DuckDB join of the already-normalised identifiers (prepared before timing)
   with the user table, one join per kind, writing the distinct (source user, Netmera user)
   pairs: what any matcher must at least do, with none of the rules;
-- `ours`: the matcher core (`match_staged`, the worker path's core): normalisation, priority,
-  ambiguity, reasons, members file; and the reachable count when the users file has the push
-  permission column (bench/matching.py times it with and without);
+- `ours`: the matcher core (`pipeline.match_identifiers` on the worker backend): normalisation,
+  priority, ambiguity, reasons, members file; and the reachable count when the users file has
+  the push permission column (bench/matching.py times it with and without);
 - `pandas_merge`: bench/pandas_baseline.py on DataFrames read from the same files.
 """
 
@@ -21,9 +21,12 @@ import pyarrow  # noqa: F401  (imported before timing, as by the other tasks)
 
 from bench import pandas_baseline
 from bench.data import SEGMENT
-from include.matching.matcher import MatchResult, match_staged
+from include.matching.audience import identifier_reader
+from include.matching.pipeline import match_identifiers
+from include.matching.result import MatchResult
 from include.matching.rules import HASHED
 from include.matching.user_table import KIND_COLUMN
+from include.matching.worker import Worker
 
 
 def counts(result: MatchResult) -> dict[str, Any]:
@@ -33,7 +36,8 @@ def counts(result: MatchResult) -> dict[str, Any]:
 
 
 def ours(users: str, audience: str, workdir: str) -> dict[str, Any]:
-    return counts(match_staged(SEGMENT, Path(audience), Path(users), Path(workdir)))
+    identifiers = identifier_reader(SEGMENT, Path(audience))
+    return counts(match_identifiers(SEGMENT, identifiers, Worker(Path(users)), Path(workdir)))
 
 
 def floor(users: str, identifiers: str, workdir: str) -> dict[str, Any]:

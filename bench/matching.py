@@ -48,12 +48,12 @@ def prepare(users: int, audience: int, folder: Path) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     from bench import data
-    from include.matching.matcher import normalize_audience
+    from include.matching.audience import identifier_reader, write_identifiers
 
     users_path, audience_path = data.write(folder, users, audience)
     identifiers = folder / "identifiers.parquet"
     if not identifiers.exists():
-        normalize_audience(data.SEGMENT, audience_path, identifiers, defer=False)
+        write_identifiers(identifier_reader(data.SEGMENT, audience_path, defer=False), identifiers)
     users_ids = folder / "users_identifiers.parquet"
     if not users_ids.exists():  # row group by row group: the same layout as users.parquet
         source = pq.ParquetFile(users_path)

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from include.config import IdentifierKind
+from include.config.segments import IdentifierKind
 from include.matching.normalize import _EMAIL, _SHA256, to_e164
 from include.matching.rules import HASHED, REASONS
 from include.matching.user_table import KIND_COLUMN
 
 if TYPE_CHECKING:
-    from include.config import SegmentConfig
+    from include.config.segments import SegmentConfig
 
 
 def normalise(kind: IdentifierKind, raw: pd.Series, region: str | None) -> pd.Series:

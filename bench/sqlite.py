@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from bench.data import SEGMENT
 from bench.engine import counts
 from include.matching import indexes
-from include.matching.paths import choose_path, match_segment
+from include.matching.paths import choose_path
+from include.matching.pipeline import match_audience
 from include.matching.user_table import UserTable
 
 USERS_DDL = """CREATE TABLE netmera_users (user_id TEXT, external_id TEXT, email TEXT,
@@ -36,16 +37,17 @@ def run(db: str, audience: str, workdir: str, path: str, before_9: bool = False)
     """`before_9`: the database path's lookups as they were before issue #9's fix (no indexes
     on cs_hits: SQLite scans all of it per audience row), to show what the fix changed."""
     if before_9:
-        from include.matching import database, rules
+        from include.matching import rules
 
-        database.DIALECTS["sqlite"] = replace(rules.SQLITE, index_hits=False)
+        rules.DIALECTS["sqlite"] = replace(rules.SQLITE, index_hits=False)
     engine = sa.create_engine(f"sqlite:///{db}")
     try:
         staged = Path(audience)
         if path == "auto":
             rows = pq.ParquetFile(staged).metadata.num_rows
             path = choose_path(engine, {}, UserTable(), rows, KINDS)
-        result = match_segment(SEGMENT, staged, engine, UserTable(), Path(workdir), path)
+        extra = {"match_path": path}
+        result = match_audience(SEGMENT, staged, engine, UserTable(), extra, Path(workdir))
     finally:
         engine.dispose()
     return {**counts(result), "path": path}

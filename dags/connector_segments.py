@@ -1,8 +1,9 @@
 """Connector segments: one DAG `connector_segment_<id>` per YAML file in the segments folder.
 
-Thin glue: the steps live in `include/refresh.py`; this file only reads the configs (pydantic +
-YAML, no heavy imports) and wires `start → extract → match → validate → publish →
-send_message` (the send is skipped unless asked; with `refresh: false` it is the only step).
+Thin glue: the steps live in `include/orchestration/refresh.py`; this file only reads the
+configs (pydantic + YAML, no heavy imports) and wires `start → extract → match → validate →
+publish → send_message` (the send is skipped unless asked; with `refresh: false` it is the only
+step).
 A YAML that fails validation is skipped here and reported as an import error of
 `connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
 """
@@ -10,14 +11,15 @@ A YAML that fails validation is skipped here and reported as an import error of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
-from include.config import SegmentConfig, load_segments
-from include.pools import pool_for
+from include.config.segments import SegmentConfig, load_segments
+from include.orchestration.pools import pool_for
 
 log = logging.getLogger(__name__)
 RETRIES_ENV = "CONNECTOR_SEGMENTS_RETRIES"
@@ -86,7 +88,7 @@ PARAMS = {
 def _on_failure(context) -> None:
     """Final failure of a step: status Failed with the error; the membership is untouched.
     A failed send is recorded in its ledger instead: the membership is still Ready."""
-    from include.refresh import record_failure
+    from include.orchestration.refresh import record_failure
 
     ti = context["ti"]
     if ti.task_id == "send_message":
@@ -98,7 +100,7 @@ def _on_failure(context) -> None:
 def _on_run_failure(context) -> None:
     """The run failed without a step reporting it (a killed worker, a state set from the UI):
     a run record left "calculating" becomes Failed, so the status never sticks."""
-    from include.refresh import abandon_run
+    from include.orchestration.refresh import abandon_run
 
     run = context["dag_run"]
     abandon_run(run.dag_id.removeprefix("connector_segment_"), run.run_id)
@@ -107,6 +109,12 @@ def _on_run_failure(context) -> None:
 def _run() -> tuple[str, dict]:
     context = get_current_context()
     return context["run_id"], context["params"]
+
+
+# Steps hand each other frozen dataclasses (include/orchestration/refresh.py); through XCom they
+# travel as their fields. Airflow would serialise the dataclass itself but deserialises only
+# the classes `[core] allowed_deserialization_classes` names (default `airflow.*`).
+_to_xcom = dataclasses.asdict
 
 
 def build_dag(config: SegmentConfig) -> DAG:
@@ -141,35 +149,41 @@ def build_dag(config: SegmentConfig) -> DAG:
         def start() -> None:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from include import refresh
+            from include.orchestration import refresh
 
-            run_key, params = _run()
+            run_id, params = _run()
             if not params["refresh"]:
                 raise AirflowSkipException("refresh: false, straight to Send Message")
-            refresh.start(config, run_key, dry_run=params["dry_run"], approve=params["approve"])
+            refresh.start(config, run_id, dry_run=params["dry_run"], approve=params["approve"])
 
         @task(pool=pool_for(config.source.type) or "default_pool")
         def extract() -> dict:
-            from include import refresh
+            from include.orchestration import refresh
 
-            return refresh.extract(config, _run()[0])
+            return _to_xcom(refresh.extract(config, _run()[0]))
 
         @task
         def match(staged: dict) -> dict:
-            from include import refresh
+            from include.orchestration import refresh
+            from include.staging import StagedAudience
 
-            return refresh.match(config, _run()[0])
+            return _to_xcom(refresh.match(config, _run()[0], StagedAudience(**staged)))
 
         @task
         def validate(matched: dict) -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-            from include import refresh
+            from include.matching.result import MatchResult
+            from include.orchestration import refresh
 
-            run_key, params = _run()
+            run_id, params = _run()
             try:
                 verdict = refresh.validate(
-                    config, run_key, matched, dry_run=params["dry_run"], approve=params["approve"]
+                    config,
+                    run_id,
+                    MatchResult(**matched),
+                    dry_run=params["dry_run"],
+                    approve=params["approve"],
                 )
             except refresh.DataValidationError as exc:
                 raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the data
@@ -181,25 +195,28 @@ def build_dag(config: SegmentConfig) -> DAG:
         def publish(matched: dict) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from include import refresh
+            from include.matching.result import MatchResult
+            from include.orchestration import refresh
 
-            run_key, params = _run()
-            outcome = refresh.publish(config, run_key, matched, dry_run=params["dry_run"])
+            run_id, params = _run()
+            outcome = refresh.publish(
+                config, run_id, MatchResult(**matched), dry_run=params["dry_run"]
+            )
             if params["dry_run"]:
                 raise AirflowSkipException(f"Dry run: nothing published ({outcome})")
-            return outcome
+            return _to_xcom(outcome)
 
         @task(trigger_rule="none_failed")
         def send_message() -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-            from include import refresh
-            from include.netmera.client import NetmeraError
-            from include.netmera.send import SendRefused
+            from include.campaign.send import SendRefused
+            from include.clients.netmera import NetmeraError
+            from include.orchestration import refresh
 
-            run_key, params = _run()
+            run_id, params = _run()
             try:
-                return refresh.send_message(config, run_key, params)
+                return refresh.send_message(config, run_id, params)
             except SendRefused as exc:
                 raise AirflowSkipException(str(exc)) from None
             except (NetmeraError, ValueError) as exc:

@@ -8,7 +8,7 @@ The message names each bad file and field, as `python -m include.cli validate` d
 
 from __future__ import annotations
 
-from include.config import SegmentConfigError, load_segments
+from include.config.segments import SegmentConfigError, load_segments
 
 _errors = load_segments().errors
 if _errors:

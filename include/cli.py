@@ -21,8 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from include.config import SegmentConfigError, load_segments
-from include.connectors.base import SourceError
+from include.clients.http import VendorError
+from include.config.segments import SegmentConfigError, load_segments
 from include.store.repository import RUN_RESULTS
 
 LIST_COLUMNS = [
@@ -39,7 +39,7 @@ RUN_FIELDS = ["airflow_run_id", "status", "dry_run", "approve", "started_at", *R
 
 
 def _store():
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
 
     return netmera_database().store
 
@@ -257,8 +257,8 @@ def _send_report(send: dict[str, Any], client) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from include.connections import NETMERA_CONN_ID, get_connection, netmera_database
-    from include.netmera.client import NetmeraClient
+    from include.clients.netmera import NetmeraClient
+    from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
 
     sends = netmera_database().sends.for_segment(args.id, args.limit)
     try:
@@ -293,11 +293,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from include.config import segments_dir
-    from include.connections import get_connection
-    from include.discovery import mixpanel_cohorts, segment_id_for, write_skeletons
+    from include.clients.mixpanel import MixpanelClient
+    from include.config.discovery import mixpanel_cohorts, segment_id_for, write_skeletons
+    from include.config.segments import segments_dir
+    from include.orchestration.connections import get_connection
 
-    cohorts = mixpanel_cohorts(get_connection(args.conn_id), args.prefix)
+    cohorts = mixpanel_cohorts(MixpanelClient(get_connection(args.conn_id)), args.prefix)
     if args.json:
         print(
             json.dumps(
@@ -326,7 +327,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from include.doctor import as_json, diagnose, render
+    from include.orchestration.doctor import as_json, diagnose, render
 
     checks = diagnose()
     report = as_json(checks)
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (SegmentConfigError, SourceError, LookupError, ValueError) as exc:
+    except (SegmentConfigError, VendorError, LookupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -34,26 +34,26 @@ def staging_root() -> Path:
     return Path(os.environ.get(STAGING_DIR_ENV) or _DEFAULT_ROOT)
 
 
-def _run_path(segment_id: str, run_key: str) -> Path:
-    """The run key (an Airflow run id) made safe for a path."""
-    return staging_root() / segment_id / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
+def _run_path(segment_id: str, run_id: str) -> Path:
+    """The run id (Airflow's) made safe for a path."""
+    return staging_root() / segment_id / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
 
-def run_dir(segment_id: str, run_key: str) -> Path:
+def run_dir(segment_id: str, run_id: str) -> Path:
     """The run's folder, created if needed."""
-    path = _run_path(segment_id, run_key)
+    path = _run_path(segment_id, run_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def remove_run(segment_id: str, run_key: str) -> None:
+def remove_run(segment_id: str, run_id: str) -> None:
     """Drop a run's staged files (they hold personal data) once the run is over."""
-    shutil.rmtree(_run_path(segment_id, run_key), ignore_errors=True)
+    shutil.rmtree(_run_path(segment_id, run_id), ignore_errors=True)
 
 
-def remove_other_runs(segment_id: str, run_key: str) -> None:
+def remove_other_runs(segment_id: str, run_id: str) -> None:
     """Drop what earlier runs of the segment left (a killed worker cleans up nothing)."""
-    keep = _run_path(segment_id, run_key)
+    keep = _run_path(segment_id, run_id)
     folder = keep.parent
     for path in folder.iterdir() if folder.is_dir() else ():
         if path != keep:

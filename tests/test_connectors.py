@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from include.config import SegmentConfig
-from include.connectors import ConnectionInfo, SourceError, read_source
+from include.clients.connection import ConnectionInfo
+from include.config.segments import SegmentConfig
+from include.sources import SourceError, read_source
 from include.staging import stage_audience
 
 ROWS = [["u1", "Ann@Example.com", "00123"], ["u2", "", "+90 532 000 00 00"], ["", "x@y.z", ""]]
@@ -230,7 +231,7 @@ def test_sql_mixed_sqlite_values_become_exact_text_and_unused_columns_are_not_re
     ],
 )
 def test_reading_queries_pass_the_pre_check(query):
-    from include.connectors.read_only import read_only_problem
+    from include.sources.read_only import read_only_problem
 
     assert read_only_problem(query) is None
 

@@ -227,7 +227,7 @@ def test_the_corpus_is_what_it_claims() -> None:
 
 def test_each_row_alone_normalises_to_its_target_or_to_nothing_stored() -> None:
     """The same expectations value by value, to name the row when the run test fails."""
-    from include.config import IdentifierKind
+    from include.config.segments import IdentifierKind
     from include.matching.normalize import normalize_value
 
     stored = {user: {"email": m, "msisdn": p} for user, m, p in RIGHT + DECOYS}

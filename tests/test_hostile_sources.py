@@ -283,7 +283,7 @@ def test_a_reading_query_on_postgres_still_publishes(pg_warehouse, workspace, ca
 def _database_refuses(info, statements: list[str]) -> None:
     """Each statement straight through a read-only connection: refused as a write (not, say,
     as a syntax error)."""
-    from include.connectors.read_only import (
+    from include.sources.read_only import (
         NotReadOnly,
         read_only_connection,
         refused_as_a_write,
@@ -305,7 +305,7 @@ def _database_refuses(info, statements: list[str]) -> None:
 
 
 def test_sqlite_refuses_writes_even_without_the_pre_check(sqlite_warehouse):
-    from include.connectors import ConnectionInfo
+    from include.clients.connection import ConnectionInfo
 
     before = sqlite_state(sqlite_warehouse)
     folder = sqlite_warehouse.parent
@@ -332,7 +332,7 @@ def test_a_missing_sqlite_source_is_an_error_not_a_new_file(workspace, monkeypat
 
 @pytest.mark.postgres
 def test_postgres_refuses_writes_even_without_the_pre_check(pg_warehouse):
-    from include.connectors import ConnectionInfo
+    from include.clients.connection import ConnectionInfo
 
     before = pg_state(pg_warehouse)
     info = ConnectionInfo(

@@ -434,7 +434,7 @@ def assert_clean_logs(logs: LogRecorder) -> None:
 
 
 def member_rows() -> list[tuple[int, str, dict]]:
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
     from include.store.webhook_tables import webhook_members as m
 
     with netmera_database().engine.connect() as conn:

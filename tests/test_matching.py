@@ -1,5 +1,5 @@
 """The matching rules (DESIGN.md "Matching"), end to end: stage_audience → export_users (from a
-real SQLite Netmera user table, one row per device) → normalize_audience → match.
+real SQLite Netmera user table, one row per device) → identifier_reader → match_identifiers.
 
 Every scenario is small enough that the expected answer is worked out by hand in the test; a
 property test then checks the same rules on random small audiences against a plain-Python
@@ -21,9 +21,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.config import SegmentConfig
-from include.matching.matcher import REASONS, MatchResult, match, normalize_audience
+from include.config.segments import SegmentConfig
+from include.matching.audience import identifier_reader
+from include.matching.pipeline import match_identifiers
+from include.matching.result import MatchResult
+from include.matching.rules import REASONS
 from include.matching.user_table import DEFAULT_COLUMNS, UserTable, export_users
+from include.matching.worker import Worker
 from include.staging import stage_audience
 
 USER_COLUMNS = ("user_id", "external_id", "email", "msisdn", "installation_id", "push_permitted")
@@ -97,8 +101,8 @@ def run(
         )
     finally:
         engine.dispose()
-    identifiers = normalize_audience(seg, Path(staged.path), workdir / "identifiers.parquet")
-    result = match(seg, identifiers, users, workdir)
+    identifiers = identifier_reader(seg, Path(staged.path))
+    result = match_identifiers(seg, identifiers, Worker(users), workdir)
     members = pq.read_table(result.members_path).to_pylist()
     check_invariants(result, members)
     return result, members

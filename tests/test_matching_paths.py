@@ -2,7 +2,7 @@
 and on PostgreSQL; the database path leaves nothing behind; the worker path spills within its
 memory limit; the vectorised phone reading equals phonenumbers'; `doctor` says what is missing.
 
-Everything runs through public interfaces (`match_segment`, the refresh's match step,
+Everything runs through public interfaces (`match_audience`, the refresh's match step,
 `normalize_array`, `include.cli.main`) on real SQLite files and a real PostgreSQL database.
 """
 
@@ -25,12 +25,15 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.config import IdentifierKind, SegmentConfig
-from include.matching.matcher import REASONS, match, normalize_audience
+from include.config.segments import IdentifierKind, SegmentConfig
+from include.matching.audience import identifier_reader
 from include.matching.normalize import normalize_array, to_e164
-from include.matching.paths import choose_path, match_segment
+from include.matching.paths import choose_path
 from include.matching.phones import e164_array
+from include.matching.pipeline import match_audience, match_identifiers
+from include.matching.rules import REASONS
 from include.matching.user_table import UserTable
+from include.matching.worker import Worker
 from include.staging import run_dir, stage_audience
 from tests.conftest import USERS_DDL, cli
 from tests.test_matching import (
@@ -49,6 +52,7 @@ def tr_segment(*identifiers: tuple[str, str]) -> SegmentConfig:
     return segment(*identifiers, default_region="TR")
 
 
+DATABASE_PATH = {"match_path": "database"}  # the netmera_db extra forcing the database path
 SEGMENT = tr_segment(
     ("ext", "external_id"),
     ("mail", "email"),
@@ -181,12 +185,11 @@ def members_of(path: str) -> list[dict]:
 
 
 def outcome(engine: sa.Engine, folder: Path, path: str, rows: list[dict] | None = None) -> dict:
-    """match_segment on one path → everything a run records, members as written."""
+    """match_audience on one path → everything a run records, members as written."""
     work = folder / path
     work.mkdir()
-    result = match_segment(
-        SEGMENT, stage(work, rows or audience_rows()), engine, UserTable(), work, path
-    )
+    staged = stage(work, rows or audience_rows())
+    result = match_audience(SEGMENT, staged, engine, UserTable(), {"match_path": path}, work)
     found = result.to_dict()
     found["members"] = members_of(found.pop("members_path"))
     return found
@@ -260,8 +263,8 @@ def test_database_path_follows_the_matching_rules(rows, devices) -> None:
             "uid",
             folder / "audience.parquet",
         )
-        result = match_segment(
-            PROPERTY_SEGMENT, Path(staged.path), engine, UserTable(), folder, "database"
+        result = match_audience(
+            PROPERTY_SEGMENT, Path(staged.path), engine, UserTable(), DATABASE_PATH, folder
         )
         members = {m["user_id"] for m in pq.read_table(result.members_path).to_pylist()}
         engine.dispose()
@@ -331,7 +334,7 @@ def test_refresh_with_auto_on_sqlite_takes_the_path_its_indexes_allow(
     """The refresh's match step with `match_path` unset: the worker path on a table without
     indexes, the database path once `doctor`'s indexes exist (the audience being a small part
     of the table); the same run record either way."""
-    from include import refresh
+    from include.orchestration import refresh
 
     engine = sa.create_engine(f"sqlite:///{workspace / 'netmera.db'}")
     filler = [(f"F{i}", f"f{i}", f"f{i}@y.io", None, f"fi{i}", False) for i in range(3_000)]
@@ -341,12 +344,12 @@ def test_refresh_with_auto_on_sqlite_takes_the_path_its_indexes_allow(
     for indexed in (False, True):
         if indexed:
             create_sqlite_indexes(engine, {i.kind for i in SEGMENT.identifiers})
-        run_key = f"manual__{indexed}"
-        refresh.start(config, run_key, dry_run=False, approve=False)
-        refresh.extract(config, run_key)
-        result = refresh.match(config, run_key)
+        run_id = f"manual__{indexed}"
+        refresh.start(config, run_id, dry_run=False, approve=False)
+        staged = refresh.extract(config, run_id)
+        result = refresh.match(config, run_id, staged).to_dict()
         # Only the database path brings lookups back from the database (hits.parquet).
-        assert (run_dir(config.id, run_key) / "hits.parquet").exists() == indexed
+        assert (run_dir(config.id, run_id) / "hits.parquet").exists() == indexed
         recorded[indexed] = (result, members_of(result.pop("members_path")))
     engine.dispose()
     assert recorded[False] == recorded[True]
@@ -392,8 +395,8 @@ def test_sqlite_database_path_work_grows_linearly_with_the_audience(tmp_path: Pa
             dbapi_connection.set_progress_handler(step, 1_000)
 
         engine.pool.dispose()  # the connection load_users opened has no handler
-        result = match_segment(
-            SEGMENT, stage(folder, rows), engine, UserTable(), folder, "database"
+        result = match_audience(
+            SEGMENT, stage(folder, rows), engine, UserTable(), DATABASE_PATH, folder
         )
         engine.dispose()
         assert result.matched_source_users == size // 4 * 4
@@ -419,7 +422,7 @@ def test_auto_on_postgres_streams_the_table_only_for_an_audience_too_large_to_pr
 def test_refresh_match_step_gives_the_same_run_record_on_either_path(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from include import refresh
+    from include.orchestration import refresh
 
     engine = sa.create_engine(f"sqlite:///{workspace / 'netmera.db'}")
     load_users(engine, netmera_rows())
@@ -434,12 +437,12 @@ def test_refresh_match_step_gives_the_same_run_record_on_either_path(
                 {"conn_type": "sqlite", "host": str(workspace / "netmera.db"), "extra": extra}
             ),
         )
-        run_key = f"manual__{path}"
-        refresh.start(config, run_key, dry_run=False, approve=False)
-        refresh.extract(config, run_key)
-        result = refresh.match(config, run_key)
+        run_id = f"manual__{path}"
+        refresh.start(config, run_id, dry_run=False, approve=False)
+        staged = refresh.extract(config, run_id)
+        result = refresh.match(config, run_id, staged).to_dict()
         # Only the database path brings lookups back from the database (hits.parquet).
-        looked_up = (run_dir(config.id, run_key) / "hits.parquet").exists()
+        looked_up = (run_dir(config.id, run_id) / "hits.parquet").exists()
         assert looked_up == (path == "database")
         members = members_of(result.pop("members_path"))
         recorded[path] = (result, members)
@@ -536,8 +539,8 @@ def test_worker_path_spills_to_disk_within_its_memory_limit(
         monkeypatch.setenv("CONNECTOR_SEGMENTS_DUCKDB_MEMORY", limit)
         work = tmp_path / limit
         work.mkdir()
-        identifiers = normalize_audience(segment, audience, work / "identifiers.parquet")
-        result = match(segment, identifiers, users, work).to_dict()
+        identifiers = identifier_reader(segment, audience)
+        result = match_identifiers(segment, identifiers, Worker(users), work).to_dict()
         result["members"] = members_of(result.pop("members_path"))
         results.append(result)
     assert results[0] == results[1]
@@ -619,10 +622,9 @@ def test_deferred_phones_give_the_results_of_reading_every_phone(case) -> None:
         for defer in (True, False):
             work = folder / str(defer)
             work.mkdir()
-            identifiers = normalize_audience(
-                DEFER_SEGMENT, staged, work / "ids.parquet", defer=defer
-            )
-            found = match(DEFER_SEGMENT, identifiers, folder / "users.parquet", work).to_dict()
+            identifiers = identifier_reader(DEFER_SEGMENT, staged, defer=defer)
+            users = Worker(folder / "users.parquet")
+            found = match_identifiers(DEFER_SEGMENT, identifiers, users, work).to_dict()
             found["members"] = members_of(found.pop("members_path"))
             results.append(found)
     assert results[0] == results[1]

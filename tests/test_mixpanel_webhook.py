@@ -135,7 +135,7 @@ def published(capsys) -> dict[str, Any]:
 
 def staged() -> dict[str, Any]:
     """Everything staged for the segment: sessions, pages and member rows."""
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
     from include.store.webhook_tables import webhook_members, webhook_pages
 
     db = netmera_database()
@@ -147,8 +147,8 @@ def staged() -> dict[str, Any]:
 
 
 def audience_batches(batch_rows: int = 50_000) -> list:
-    from include.config import find_segment
-    from include.connectors.mixpanel_webhook import read_mixpanel_webhook
+    from include.config.segments import find_segment
+    from include.sources.mixpanel_webhook import read_mixpanel_webhook
 
     return list(read_mixpanel_webhook(find_segment(SEGMENT), batch_rows))
 
@@ -216,7 +216,7 @@ def test_connector_streams_the_current_audience_as_strings_and_drops_superseded_
     }
     assert rows[7]["phone_number"] is None
     # Every exported property is kept in the staged state, not only the identifier fields.
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
     from include.store.webhook_tables import webhook_members
 
     engine = netmera_database().engine

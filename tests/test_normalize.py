@@ -19,7 +19,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from include.config import IdentifierKind
+from include.config.segments import IdentifierKind
 from include.matching.normalize import idna_domain, normalize_array, normalize_value, to_e164
 from include.matching.phones import e164_array
 

@@ -221,8 +221,8 @@ def test_an_approval_covers_what_was_held_not_a_worse_refresh(published, workspa
 def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
     published, workspace, capsys
 ):
-    from include.config import find_segment
-    from include.connections import netmera_database
+    from include.config.segments import find_segment
+    from include.orchestration.connections import netmera_database
 
     # A run whose worker was killed: it started, and nothing ever reported its end.
     netmera_database().store.start_run(

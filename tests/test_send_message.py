@@ -88,7 +88,7 @@ def batches_in_flight() -> int:
     """Send batches the ledger has marked in flight (a request out, its answer not recorded)."""
     import sqlalchemy as sa
 
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
     from include.store.tables import send_batches
 
     with netmera_database().engine.connect() as conn:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.config import SegmentConfig
-from include.connectors.base import SourceError
-from include.connectors.mixpanel import read_mixpanel
+from include.config.segments import SegmentConfig
+from include.sources import SourceError, read_source
 from tests.conftest import cli, cli_json, run_segment, write_users
 from tests.fakes import FakeAmplitude, FakeMixpanel, make_members, make_rows
 
@@ -186,9 +185,9 @@ def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixp
     config = SegmentConfig.model_validate(
         yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
     )
-    from include.connections import get_connection
+    from include.orchestration.connections import get_connection
 
-    batches = list(read_mixpanel(config, get_connection("mixpanel_default"), workspace / "run"))
+    batches = list(read_source(config, get_connection, workspace / "run"))
     assert sum(b.num_rows for b in batches) == 11
     starts = [r.at for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)]
     assert len(starts) == 4
@@ -197,9 +196,9 @@ def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixp
 
 
 def _read(config, monkeypatch, fake, workdir):
-    from include.connections import get_connection
+    from include.orchestration.connections import get_connection
 
-    return list(read_mixpanel(config, get_connection("mixpanel_default"), workdir))
+    return list(read_source(config, get_connection, workdir))
 
 
 def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired(
@@ -237,6 +236,37 @@ def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired
     assert sorted(r["$distinct_id"] for r in rows) == sorted(m["$distinct_id"] for m in MEMBERS)
     pages = [int(r.param("page")) for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)]
     assert pages == [2, 0, 1, 2, 3]  # refused with the old session, then a clean restart
+
+
+def test_the_mixpanel_client_yields_pages_and_names_an_expired_session(mixpanel):
+    from include.clients.connection import ConnectionInfo
+    from include.clients.mixpanel import EngageCursor, MixpanelClient, SessionExpired
+
+    mixpanel.add_cohort(501, "PN_cart", MEMBERS)
+    client = MixpanelClient(
+        ConnectionInfo(
+            conn_id="mixpanel_default",
+            conn_type="http",
+            host=mixpanel.base_url,
+            login="svc-user",
+            password=SECRET,
+            extra={"project_id": 77, "queries_per_hour": 36_000},
+        )
+    )
+    pages = list(client.engage_pages(501, ["$email"]))
+    assert [(p.number, len(p.results), p.last) for p in pages] == [
+        (0, 3, False),
+        (1, 3, False),
+        (2, 3, False),
+        (3, 2, True),
+    ]
+    session = mixpanel.session_ids[0]
+    assert [p.next for p in pages] == [EngageCursor(n, session) for n in (1, 2, 3, 4)]
+    # Resuming from a cursor asks for that page only; a forgotten session is its own error.
+    assert next(client.engage_pages(501, ["$email"], pages[1].next)).number == 2
+    mixpanel.expire_sessions()
+    with pytest.raises(SessionExpired):
+        next(client.engage_pages(501, ["$email"], pages[1].next))
 
 
 def test_a_source_that_keeps_failing_leaves_the_segment_failed_and_members_intact(

@@ -3,11 +3,11 @@
 One row per present identifier, `(user_key, priority, kind, value, raw)`, value null when it
 failed normalisation; a source user with no identifier at all gets one row with a null priority
 so that it is still counted. Batches are normalised on all cores (Arrow kernels release the GIL)
-and written in order, a few batches in flight: memory stays bounded whatever the audience size.
+and read in order, a few batches in flight: memory stays bounded whatever the audience size.
 
 Deferred: a phone that is not the segment's first identifier keeps its trimmed text in `raw`
 and no value yet. Phones are the costly kind to normalise, and a phone can only change the
-result of a source user that no earlier identifier matched, so the lookup (`rules.lookup`)
+result of a source user that no earlier identifier matched, so the lookup (`lookup.py`)
 normalises them for those users only (all of them when there are few).
 """
 
@@ -26,7 +26,7 @@ from include.matching.normalize import normalize_or_defer, normalize_trimmed
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from include.config import SegmentConfig
+    from include.config.segments import SegmentConfig
 
 BATCH_ROWS = 100_000
 T = TypeVar("T")
@@ -47,17 +47,28 @@ def identifier_schema() -> pa.Schema:
     )
 
 
-def normalize_audience(
-    segment: SegmentConfig, staged: Path, destination: Path, *, defer: bool = True
-) -> Path:
-    """Staged audience Parquet → identifier rows Parquet (see module doc); `defer=False`
-    normalises every value now."""
+def identifier_reader(
+    segment: SegmentConfig, staged: Path, *, defer: bool = True
+) -> pa.RecordBatchReader:
+    """The identifier rows of the staged audience (see module doc), normalised batch by batch
+    as they are read, in order; `defer=False` normalises every value now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches = pq.ParquetFile(staged).iter_batches(batch_size=BATCH_ROWS)
+    tables = in_order(partial(identifier_rows, segment, defer=defer), batches)
+    rows = (b for table in tables for b in table.to_batches())
+    return pa.RecordBatchReader.from_batches(identifier_schema(), rows)
+
+
+def write_identifiers(identifiers: pa.RecordBatchReader, destination: Path) -> Path:
+    """Identifier rows → Parquet at `destination`."""
     import pyarrow.parquet as pq
 
     # Read by the next step only once, at once: compressing it would cost more than it saves.
     with pq.ParquetWriter(destination, identifier_schema(), compression="none") as writer:
-        for table in identifier_tables(segment, staged, defer=defer):
-            writer.write_table(table)
+        for batch in identifiers:
+            writer.write_batch(batch)
     release_memory()
     return destination
 
@@ -68,16 +79,6 @@ def release_memory() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-
-
-def identifier_tables(
-    segment: SegmentConfig, staged: Path, *, defer: bool = True
-) -> Iterator[pa.Table]:
-    """The identifier rows of the staged audience, batch by batch, in order."""
-    import pyarrow.parquet as pq
-
-    batches = pq.ParquetFile(staged).iter_batches(batch_size=BATCH_ROWS)
-    return in_order(partial(identifier_rows, segment, defer=defer), batches)
 
 
 def identifier_rows(segment: SegmentConfig, batch: pa.RecordBatch, *, defer: bool) -> pa.Table:

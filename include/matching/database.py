@@ -1,13 +1,12 @@
-"""The database path: look the audience up inside the Netmera database; the user table never
+"""The database backend: look the audience up inside the Netmera database; the user table never
 leaves it.
 
 The normalised identifiers are bulk-loaded into a temporary table (PostgreSQL `COPY`, SQLite
-batched inserts); stage 1 of `rules.py` runs against the real, indexed user table; its
-audience-sized results (`cs_hits`, `cs_reach`) stream out to Parquet and stage 2 decides
-in DuckDB on the worker, as on the worker path. All in one transaction that is rolled back: the
-user table is only read and nothing persists in Netmera's database, whatever happens (a killed
-worker ends its session, which drops temporary tables too). Worker memory follows the
-audience, never the user table.
+batched inserts); stage 1 of the rules (`lookup.py`) runs against the real, indexed user table;
+its audience-sized results (`cs_resolved`, `cs_hits`, `cs_reach`) stream out to Parquet and into
+the decision's DuckDB. All in one transaction that is rolled back: the user table is only read
+and nothing persists in Netmera's database, whatever happens (a killed worker ends its session,
+which drops temporary tables too). Worker memory follows the audience, never the user table.
 
 SQLite has no SHA-256: a Python function `cs_sha256` is registered on the connection for the
 hashed kinds (it hashes every stored value the segment needs: fine at SQLite sizes).
@@ -18,63 +17,83 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.matching import indexes, rules
-from include.matching.audience import release_memory
+from include.matching.audience import release_memory, write_identifiers
 from include.matching.export import export_query, fetch_query
-from include.matching.matcher import MatchResult, decide_found, resolver
+from include.matching.lookup import lookup, resolver
 from include.matching.rules import HASHED, UserSide
+from include.matching.user_table import table_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import sqlalchemy as sa
 
-    from include.config import IdentifierKind, SegmentConfig
+    from include.config.segments import IdentifierKind, SegmentConfig
+    from include.matching.decide import DuckSession
     from include.matching.user_table import UserTable
 
-DIALECTS = {"postgresql": rules.POSTGRES, "sqlite": rules.SQLITE}
+IDENTIFIERS_FILE = "identifiers.parquet"
 LOAD_ROWS = 100_000
 PG_WORK_MEM = "64MB"
 
 
-def supported(engine: sa.Engine) -> bool:
-    """The database path runs on PostgreSQL and SQLite."""
-    return engine.dialect.name in DIALECTS
+@dataclass(frozen=True)
+class Database:
+    engine: sa.Engine
+    table: UserTable
+    workdir: Path
+    # DuckDB only decides over audience-sized lookups here: 512MB, which with Python, Arrow and
+    # the drivers (~350 MB) keeps the worker under 1 GiB.
+    memory: str = "512MB"
 
+    def lookup(
+        self, segment: SegmentConfig, identifiers: pa.RecordBatchReader, duck: DuckSession
+    ) -> bool:
+        """Stage 1 in the database, its results then loaded into `duck`; whether the table
+        has push permissions."""
+        import pyarrow.parquet as pq
 
-def match_in_database(
-    segment: SegmentConfig,
-    identifiers: Path,
-    engine: sa.Engine,
-    table: UserTable,
-    workdir: Path,
-) -> MatchResult:
-    """Look up in the database, decide on the worker; write the members Parquet."""
-    import pyarrow.parquet as pq
+        kinds = {i.kind for i in segment.identifiers}
+        for kind in kinds:
+            self.table.column_for(kind)  # a kind whose column is mapped to null fails here
+        ids = write_identifiers(identifiers, self.workdir / IDENTIFIERS_FILE)
+        with self.engine.connect() as conn:
+            session = _DatabaseSession(conn)
+            try:
+                session.prepare(hashing=bool(kinds & HASHED))
+                source = pq.ParquetFile(ids)
+                session.load_batches(rules.IDS, source.schema_arrow, source.iter_batches(LOAD_ROWS))
+                session.analyze(rules.IDS)
+                users, dialect = user_side(conn, self.table, kinds)
+                lookup(session, kinds, users, dialect, resolver(segment))
+                found = self._export(conn, users.has_push)
+            finally:
+                session.clean_up()
+        release_memory()
+        for name, path in {rules.IDS: ids, **found}.items():
+            duck.load_parquet(name, path)
+        return users.has_push
 
-    kinds = {i.kind for i in segment.identifiers}
-    for kind in kinds:
-        table.column_for(kind)  # a kind whose column is mapped to null fails here, by name
-    with engine.connect() as conn:
-        session = _DatabaseSession(conn)
-        try:
-            session.prepare(hashing=bool(kinds & HASHED))
-            ids = pq.ParquetFile(identifiers)
-            session.load_batches("cs_ids", ids.schema_arrow, ids.iter_batches(LOAD_ROWS))
-            session.analyze("cs_ids")
-            users, dialect = user_side(conn, table, kinds)
-            resolved = rules.lookup(session, kinds, users, dialect, resolver(segment))
-            found = _export_found(conn, workdir, users.has_push)
-        finally:
-            session.clean_up()
-    release_memory()
-    return decide_found(segment, identifiers, found, resolved, workdir)
+    def _export(self, conn: sa.Connection, has_push: bool) -> dict[str, Path]:
+        """The lookup's results the decision reads → Parquet files in the run folder."""
+        names = [rules.RESOLVED, rules.HITS, *([rules.REACH] if has_push else [])]
+        return {
+            name: export_query(
+                conn,
+                rules.EXPORTS[name],
+                rules.export_schema(name),
+                self.workdir / f"{name.removeprefix('cs_')}.parquet",
+            )
+            for name in names
+        }
 
 
 class _DatabaseSession:
-    """rules.Session on a SQLAlchemy connection to PostgreSQL or SQLite: temporary tables
+    """lookup.Session on a SQLAlchemy connection to PostgreSQL or SQLite: temporary tables
     only, one transaction, rolled back by `clean_up`."""
 
     def __init__(self, conn: sa.Connection) -> None:
@@ -109,25 +128,21 @@ class _DatabaseSession:
     ) -> None:
         """A new temporary table of text columns (and smallint `priority`) from Arrow
         batches: COPY on PostgreSQL, batched inserts on SQLite."""
-        columns = ", ".join(
-            f"{c} {'SMALLINT' if c == 'priority' else 'TEXT'}" for c in schema.names
-        )
-        self.conn.exec_driver_sql(f"CREATE TEMP TABLE {table} ({columns})")
+        self.conn.exec_driver_sql(rules.create_text_table(table, schema.names))
         write = self._copy if self.postgres else self._insert
         for batch in batches:
             write(table, batch)
 
     def analyze(self, table: str) -> None:
         if self.postgres:  # autovacuum never sees temporary tables
-            self.conn.exec_driver_sql(f"ANALYZE {table}")
+            self.conn.exec_driver_sql(rules.analyze(table))
 
     def _copy(self, table: str, batch: pa.RecordBatch) -> None:
         copy_batch(self.conn, table, batch)
 
     def _insert(self, table: str, batch: pa.RecordBatch) -> None:
         rows = list(zip(*(c.to_pylist() for c in batch.columns), strict=True))
-        marks = ", ".join("?" * batch.num_columns)
-        self.conn.exec_driver_sql(f"INSERT INTO {table} VALUES ({marks})", rows)
+        self.conn.exec_driver_sql(rules.insert_rows(table, batch.num_columns), rows)
 
     def clean_up(self) -> None:
         """Roll back (PostgreSQL drops the temporary tables with it); SQLite's DDL ran outside
@@ -136,7 +151,7 @@ class _DatabaseSession:
         try:
             self.conn.rollback()
             for name in rules.LOOKUP_TABLES:
-                self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                self.conn.exec_driver_sql(rules.drop(name))
             self.conn.commit()
         except Exception:
             self.conn.invalidate()
@@ -152,65 +167,13 @@ def copy_batch(conn: sa.Connection, table: str, batch: pa.RecordBatch) -> None:
     buffer.seek(0)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.copy_expert(f"COPY {table} FROM STDIN WITH (FORMAT csv)", buffer)
+        cursor.copy_expert(rules.copy_in(table), buffer)
     finally:
         cursor.close()
 
 
-def _export_found(conn: sa.Connection, workdir: Path, has_push: bool) -> dict[str, Path]:
-    """cs_hits (and cs_reach) → Parquet; user ids as text, as the worker path has them."""
-    import pyarrow as pa
-
-    text = pa.string()
-    found = {
-        "cs_hits": export_query(
-            conn,
-            "SELECT user_key, priority, kind, value, n, CAST(user_id AS TEXT) FROM cs_hits",
-            pa.schema(
-                [
-                    ("user_key", text),
-                    ("priority", pa.int16()),
-                    ("kind", text),
-                    ("value", text),
-                    ("n", pa.int32()),
-                    ("user_id", text),
-                ]
-            ),
-            workdir / "hits.parquet",
-        )
-    }
-    if has_push:
-        found["cs_reach"] = export_query(
-            conn,
-            "SELECT CAST(user_id AS TEXT) FROM cs_reach",
-            pa.schema([("user_id", text)]),
-            workdir / "reach.parquet",
-        )
-    return found
-
-
 def _sha256(value: Any) -> str | None:
     return None if value is None else hashlib.sha256(str(value).encode()).hexdigest()
-
-
-def table_rows(bind: sa.Engine | sa.Connection, table: UserTable) -> int:
-    """The table's rows: PostgreSQL's estimate (0 when unknown: never analyzed); SQLite's
-    `count(*)` (it keeps no estimate; ~40 ms at a million rows, through the smallest index)."""
-    if bind.dialect.name == "postgresql":
-        name = ".".join(f'"{part}"' for part in (table.schema, table.table) if part)
-        sql = "SELECT greatest(coalesce(max(reltuples), 0), 0)::bigint FROM pg_class"
-        sql += " WHERE oid = to_regclass(%(t)s)"
-        params: dict[str, Any] = {"t": name}
-    else:
-        quote = bind.dialect.identifier_preparer.quote
-        relation = quote(table.table)
-        if table.schema:
-            relation = f"{quote(table.schema)}.{relation}"
-        sql, params = f"SELECT count(*) FROM {relation}", {}
-    if hasattr(bind, "exec_driver_sql"):
-        return int(bind.exec_driver_sql(sql, params).scalar())
-    with bind.connect() as conn:
-        return int(conn.exec_driver_sql(sql, params).scalar())
 
 
 def user_side(
@@ -239,7 +202,7 @@ def user_side(
             expression = f"CAST({expression} AS TEXT)"
             cast.add(actual)
         columns[logical] = expression
-    dialect, indexed, rows = DIALECTS[conn.dialect.name], frozenset(), 0
+    dialect, indexed, rows = rules.DIALECTS[conn.dialect.name], frozenset(), 0
     if postgres:
         rows = table_rows(conn, table)
         lacking = {n.key for n in indexes.missing(conn, table, kinds)}

@@ -26,7 +26,7 @@ from include.matching.user_table import KIND_COLUMN
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from include.config import IdentifierKind
+    from include.config.segments import IdentifierKind
     from include.matching.user_table import UserTable
 
 SHA256_FUNCTION_SQL = (

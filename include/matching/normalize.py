@@ -26,7 +26,7 @@ import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from include.config import IdentifierKind
+from include.config.segments import IdentifierKind
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,11 +1,9 @@
-"""One interface, two matching paths, chosen per deployment.
-
-`match_segment` normalises the staged audience once, then either
+"""Which of the two matching paths a deployment and an audience take (`pipeline.py` runs it):
 - **database**: looks the identifiers up inside the Netmera database (`database.py`): they go
   in, audience-sized results come out, the user table never does; worker memory stays flat
   as the table grows; or
 - **worker**: streams the user table's identifier columns out once into Parquet and runs the
-  same rules in DuckDB on the worker (`matcher.match`), within `CONNECTOR_SEGMENTS_DUCKDB_MEMORY`
+  same rules in DuckDB on the worker (`worker.py`), within `CONNECTOR_SEGMENTS_DUCKDB_MEMORY`
   (spilling to disk past it), for databases the first path does not support.
 
 Both decide with the same SQL (`rules.py`) on the same identifiers, so members, reasons and
@@ -28,32 +26,31 @@ database (docs/matching-at-scale.md, "Two paths"; the benchmark's sqlite and dat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.matching.audience import normalize_audience
-from include.matching.database import match_in_database, supported, table_rows
 from include.matching.indexes import missing
-from include.matching.matcher import MatchResult, match_staged
-from include.matching.rules import PROBE_RATIO
-from include.matching.user_table import KIND_COLUMN, export_users
+from include.matching.rules import DIALECTS, PROBE_RATIO
+from include.matching.user_table import KIND_COLUMN, table_rows
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from include.config import IdentifierKind, SegmentConfig
+    from include.config.segments import IdentifierKind
     from include.matching.user_table import UserTable
 
 PATH_EXTRA = "match_path"
 PATHS = ("auto", "database", "worker")
-IDENTIFIERS_FILE = "identifiers.parquet"
-USERS_FILE = "netmera_users.parquet"
 # SQLite, indexed user table: the database path costs ~50 µs per source row (beyond ~2 s for a
 # hashed kind's pass over the table), the worker path ~5 µs per table (device) row. Measured at
 # 1,000,000 users (1,149,575 rows): even at 100,000 source rows (1.09x the worker path's time),
 # 1.9x at 200,000, 0.46x at 20,000. Below 1/SQLITE_RATIO of the table's rows the database path
 # is never the slower by more than noise (bench: `--groups sqlite`).
 SQLITE_RATIO = 10
+
+
+def supported(engine: sa.Engine) -> bool:
+    """The database path runs on PostgreSQL and SQLite."""
+    return engine.dialect.name in DIALECTS
 
 
 def choose_path(
@@ -103,23 +100,3 @@ def choose_path(
     if audience_rows * SQLITE_RATIO >= table_rows(engine, table):
         return "worker"
     return "database"
-
-
-def match_segment(
-    segment: SegmentConfig,
-    staged: Path,
-    engine: sa.Engine,
-    table: UserTable,
-    workdir: Path,
-    path: str,
-) -> MatchResult:
-    """Staged audience x Netmera user table → members Parquet in `workdir`, counts, reasons."""
-    if path == "database":
-        identifiers = normalize_audience(segment, staged, workdir / IDENTIFIERS_FILE)
-        return match_in_database(segment, identifiers, engine, table, workdir)
-    users = workdir / USERS_FILE
-    try:
-        export_users(engine, table, {i.kind for i in segment.identifiers}, users)
-        return match_staged(segment, staged, users, workdir)
-    finally:
-        users.unlink(missing_ok=True)  # the user table's copy is not needed past matching

@@ -1,4 +1,5 @@
-"""The matching rules, written once for both paths, in two stages.
+"""The matching rules as SQL, written once for both paths: every statement over the temporary
+tables of a match, and their names. Text only: `lookup.py` runs stage 1, `decide.py` stage 2.
 
 1. **Lookup**, where the user table is: DuckDB over its Parquet export (worker path), or
    PostgreSQL/SQLite over the real indexed table (database path). Input `cs_ids(user_key,
@@ -8,18 +9,20 @@
      (`n`: 0, 1, or 2 for several; a null user id counts as a user) and the user id when
      one. Only audience values are looked up: the work follows the audience, never the
      table. Per row rather than per value: which source users are already matched is then a
-     filter, not a join (see `_resolve`), and the decision needs no join either. (SQLite
+     filter, not a join (see `open_raws`), and the decision needs no join either. (SQLite
      runs a LEFT JOIN row by row, hashing the whole table for each row of a hashed kind:
      there the rows found come from an inner join and the others are added after it, see
      `Dialect.outer_join`; and it answers a correlated NOT EXISTS over `cs_hits` by a scan of
      it per row unless `cs_hits` is indexed, see `Dialect.index_hits`);
+   - `cs_resolved(priority, raw, value)`: the deferred values it normalised (`cs_resolved_in`
+     brings in one priority's);
    - `cs_reach(user_id)`: the users found alone that have a device permitting push (when
      the table says so).
 2. **Decide**, always in DuckDB on the worker, over those tables: per source user the first
    identifier by priority (ties: lowest value) that finds exactly one user, otherwise one
    reason, the first that applies of ambiguous → not_found → invalid_identifier →
-   no_identifier; the members (distinct users, each credited to the best-priority kind that
-   reached it); the counts.
+   no_identifier (`cs_source_users`); the members (distinct users, each credited to the
+   best-priority kind that reached it: `cs_members`); the counts.
 
 The lookup SQL differs per engine only in how it hashes and joins (`Dialect`); the decisions
 are one SQL text, so both paths give identical members, reasons and counts.
@@ -27,11 +30,11 @@ are one SQL text, so both paths give identical members, reasons and counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from include.config import IdentifierKind
+from include.config.segments import IdentifierKind
 from include.matching.user_table import KIND_COLUMN
 
 if TYPE_CHECKING:
@@ -40,8 +43,14 @@ if TYPE_CHECKING:
 REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
 HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
 PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
-HITS_INDEXES = {"cs_hits_user_key": "user_key, priority", "cs_hits_value": "value, kind"}
-LOOKUP_TABLES = ("cs_resolved_in", "cs_resolved", "cs_reach", "cs_hits", "cs_ids")
+# The temporary tables stage 1 makes where it runs, by the names other modules use (the SQL here
+# spells them out); the decision adds cs_source_users and cs_members, in DuckDB only.
+IDS = "cs_ids"  # the normalised identifier rows (audience.py)
+RESOLVED = "cs_resolved"  # deferred values, as normalised during the lookup
+RESOLVED_IN = "cs_resolved_in"  # one priority's of them, on their way in
+HITS = "cs_hits"
+REACH = "cs_reach"
+LOOKUP_TABLES = (RESOLVED_IN, RESOLVED, REACH, HITS, IDS)
 CREATE_RESOLVED = "CREATE TEMP TABLE cs_resolved (priority SMALLINT, raw TEXT, value TEXT)"
 # The identifier rows, deferred values as normalised so far (`cs_resolved`, small): a join, not
 # an UPDATE of cs_ids (DuckDB: ~0.25 s at 1M source rows, most of a small kind's lookup).
@@ -51,8 +60,6 @@ ROWS = (
     " s.raw IS NOT NULL AND r.raw IS NULL AS unread FROM cs_ids s"
     " LEFT JOIN cs_resolved r ON r.priority = s.priority AND r.raw = s.raw)"
 )
-
-Run = Callable[[str], Sequence[Sequence[Any]]]  # executes one statement, returns its rows
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ POSTGRES_SHA256_FUNCTION = "cs_sha256_hex"
 POSTGRES_INDEXED_HASH = Dialect(
     sha256_hex=POSTGRES_SHA256_FUNCTION + "({})", is_true="CAST({} AS BOOLEAN)"
 )
+# The databases the database path runs on, by SQLAlchemy dialect name.
+DIALECTS = {"postgresql": POSTGRES, "sqlite": SQLITE}
 
 
 @dataclass(frozen=True)
@@ -99,16 +108,6 @@ class UserSide:
         """Look `values` up through the index of `key` rather than hash-join the table? An
         index probe costs about what hashing PROBE_RATIO table rows does."""
         return key in self.indexed and values * PROBE_RATIO < self.rows
-
-
-@dataclass(frozen=True)
-class Counts:
-    connector_users: int
-    matched_source_users: int
-    netmera_users: int
-    reachable: int | None
-    reasons: dict[str, int] = field(default_factory=dict)
-    matched_by: dict[str, int] = field(default_factory=dict)
 
 
 def _how_many(user_id: str, found: str = "*") -> str:
@@ -185,124 +184,141 @@ def _not_found_sql(kind: IdentifierKind, deferred: bool) -> str:
     )
 
 
-class Session(Protocol):
-    """An engine holding `cs_ids` (DuckDB on the worker, or the Netmera database)."""
+# Stage 1's statements, in the order `lookup.lookup` runs them.
+HITS_INDEXES = (
+    "CREATE INDEX cs_hits_user_key ON cs_hits (user_key, priority)",
+    "CREATE INDEX cs_hits_value ON cs_hits (value, kind)",
+)
+DEFERRED_KINDS = (
+    "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
+)
+KIND_SIZES = (
+    "SELECT kind, count(value), count(*), min(priority) FROM cs_ids"
+    " WHERE kind IS NOT NULL GROUP BY kind"
+)
+FOUND_ALONE = "SELECT user_id FROM cs_hits WHERE n = 1"
+ALONE_COUNT = f"SELECT count(*) FROM ({FOUND_ALONE}) f"
 
-    def run(self, sql: str) -> Sequence[Sequence[Any]]: ...
 
-    def fetch(self, sql: str) -> pa.Table: ...  # a text column, audience-sized
-
-    def load(self, table: str, data: pa.Table) -> None: ...  # a new temporary table
-
-    def analyze(self, table: str) -> None: ...  # statistics, where the engine wants them
-
-
-Resolve = Callable[[IdentifierKind, "pa.Array"], "pa.Array"]  # deferred raw texts → values
-
-
-def lookup(
-    session: Session,
-    kinds: set[IdentifierKind],
-    users: UserSide,
-    dialect: Dialect,
-    resolve: Resolve,
-) -> dict[int, pa.Table]:
-    """Stage 1 over `cs_ids`; returns the deferred values it normalised, per priority.
-
-    One kind at a time, not one UNION ALL: DuckDB then stays within its memory limit. Deferred
-    values (`raw`) are normalised by `resolve`, priority by priority, only for source users
-    that no earlier identifier matched alone (a value can change no other user's result);
-    reading a few more than needed would be harmless, reading one less never happens."""
-    template = _hits_sql(min(kinds), users, dialect, open_only=False)
-    session.run(f"CREATE TEMP TABLE cs_hits AS {template} LIMIT 0")
-    if dialect.index_hits:
-        # Every later lookup asks cs_hits, per audience row, whether its source user is
-        # settled (user_key) and, after an inner join, whether its value was found (value).
-        # Without these SQLite scans all of cs_hits for each row: at 200,000 source rows
-        # ~10^10 row visits per kind (issue #9: not done after 15 minutes); with them, a probe.
-        for name, columns in HITS_INDEXES.items():
-            session.run(f"CREATE INDEX {name} ON cs_hits ({columns})")
-    session.run(CREATE_RESOLVED)
-    deferred = session.run(
-        "SELECT DISTINCT priority, kind FROM cs_ids WHERE raw IS NOT NULL ORDER BY priority"
+def create_hits(kind: IdentifierKind, users: UserSide, dialect: Dialect) -> str:
+    """An empty `cs_hits`, typed as the lookups of `kind` write it."""
+    return (
+        f"CREATE TEMP TABLE cs_hits AS {_hits_sql(kind, users, dialect, open_only=False)} LIMIT 0"
     )
-    later = {IdentifierKind(kind) for _, kind in deferred}
-    sizes, first = {}, {}
-    for kind, values, rows, priority in session.run(
-        "SELECT kind, count(value), count(*), min(priority) FROM cs_ids"
-        " WHERE kind IS NOT NULL GROUP BY kind"
-    ):
-        sizes[kind], first[IdentifierKind(kind)] = (int(values), int(rows)), int(priority)
-
-    def insert(kind: IdentifierKind) -> None:
-        probe = users.probes(kind.value, sizes[kind.value][1])
-        hits = _hits_sql(kind, users, dialect, probe, deferred=kind in later)
-        session.run(f"INSERT INTO cs_hits {hits}")
-        if not dialect.outer_join:
-            session.run(f"INSERT INTO cs_hits {_not_found_sql(kind, kind in later)}")
-
-    # In priority order: the users an earlier kind matches are left out of the later lookups.
-    for kind in sorted(kinds - later, key=lambda k: first.get(k, 0)):
-        if sizes.get(kind.value, (0, 0))[0]:
-            insert(kind)
-    # Users matched by a kind looked up so far are settled; a kind with deferred values is
-    # looked up once they are read, so the user table is still read once per kind.
-    resolved = {}
-    for priority, kind in deferred:
-        pairs = _resolve(session, int(priority), IdentifierKind(kind), resolve)
-        if pairs is not None:
-            resolved[int(priority)] = pairs
-    for kind in sorted(later, key=lambda k: first[k]):
-        insert(kind)
-    session.analyze("cs_hits")
-    if users.has_push:
-        user_id = users.columns["user_id"]
-        push = dialect.is_true.format(users.columns["push_permitted"])
-        found = "SELECT user_id FROM cs_hits WHERE n = 1"
-        ((alone,),) = session.run(f"SELECT count(*) FROM ({found}) f")
-        wanted = f"= ANY(ARRAY({found}))" if users.probes("user_id", alone) else f"IN ({found})"
-        session.run(
-            f"CREATE TEMP TABLE cs_reach AS SELECT DISTINCT {user_id} AS user_id"
-            f" FROM {users.relation} u WHERE {push} AND {user_id} {wanted}"
-        )
-    return resolved
 
 
-def _resolve(
-    session: Session, priority: int, kind: IdentifierKind, resolve: Resolve
-) -> pa.Table | None:
-    """Normalise the deferred values at `priority` of the users still open into cs_resolved;
-    return the (raw, value) pairs."""
+def insert_hits(
+    kind: IdentifierKind, users: UserSide, dialect: Dialect, probe: bool, deferred: bool
+) -> list[str]:
+    """The lookup of one kind into `cs_hits` (see `_hits_sql`); without `outer_join`, the rows
+    not found after those found."""
+    statements = [f"INSERT INTO cs_hits {_hits_sql(kind, users, dialect, probe, deferred)}"]
+    if not dialect.outer_join:
+        statements.append(f"INSERT INTO cs_hits {_not_found_sql(kind, deferred)}")
+    return statements
+
+
+def open_raws(priority: int) -> str:
+    """The distinct deferred texts at `priority` of source users no earlier identifier matched
+    alone. NOT EXISTS, not NOT IN: an anti-join PostgreSQL can hash whatever the work_mem."""
+    return (
+        f"SELECT DISTINCT d.raw FROM cs_ids d WHERE d.priority = {priority}"
+        f" AND d.raw IS NOT NULL AND NOT EXISTS (SELECT 1 FROM cs_hits h"
+        f" WHERE h.user_key = d.user_key AND h.n = 1 AND h.priority < {priority})"
+    )
+
+
+def add_resolved(priority: int) -> list[str]:
+    """`cs_resolved_in` (raw, value), just loaded, into `cs_resolved` at `priority`."""
+    return [
+        f"INSERT INTO cs_resolved SELECT {priority}, raw, value FROM cs_resolved_in",
+        "DROP TABLE cs_resolved_in",
+    ]
+
+
+def create_reach(users: UserSide, dialect: Dialect, alone: int) -> str:
+    """`cs_reach` from the `alone` users found alone: through the user id's index when it pays."""
+    user_id = users.columns["user_id"]
+    push = dialect.is_true.format(users.columns["push_permitted"])
+    wanted = (
+        f"= ANY(ARRAY({FOUND_ALONE}))" if users.probes("user_id", alone) else f"IN ({FOUND_ALONE})"
+    )
+    return (
+        f"CREATE TEMP TABLE cs_reach AS SELECT DISTINCT {user_id} AS user_id"
+        f" FROM {users.relation} u WHERE {push} AND {user_id} {wanted}"
+    )
+
+
+# Between the engines (database path): a lookup table of text columns (and a smallint
+# `priority`) loaded into the database, and the outputs read back out, user ids as text as the
+# worker path has them.
+def create_text_table(table: str, names: list[str]) -> str:
+    columns = ", ".join(f"{c} {'SMALLINT' if c == 'priority' else 'TEXT'}" for c in names)
+    return f"CREATE TEMP TABLE {table} ({columns})"
+
+
+def insert_rows(table: str, width: int) -> str:
+    return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
+
+
+def copy_in(table: str) -> str:
+    return f"COPY {table} FROM STDIN WITH (FORMAT csv)"
+
+
+def analyze(table: str) -> str:
+    return f"ANALYZE {table}"  # PostgreSQL: autovacuum never sees temporary tables
+
+
+def drop(table: str) -> str:
+    return f"DROP TABLE IF EXISTS {table}"
+
+
+EXPORTS = {
+    RESOLVED: "SELECT priority, raw, value FROM cs_resolved",
+    HITS: "SELECT user_key, priority, kind, value, n, CAST(user_id AS TEXT) FROM cs_hits",
+    REACH: "SELECT CAST(user_id AS TEXT) FROM cs_reach",
+}
+
+
+def export_schema(table: str) -> pa.Schema:
+    """The Arrow schema of `EXPORTS[table]`."""
     import pyarrow as pa
 
-    # NOT EXISTS, not NOT IN: an anti-join PostgreSQL can hash whatever the work_mem.
-    settled = (
-        f"SELECT 1 FROM cs_hits h WHERE h.user_key = d.user_key AND h.n = 1"
-        f" AND h.priority < {priority}"
-    )
-    raws = (
-        session.fetch(
-            f"SELECT DISTINCT d.raw FROM cs_ids d WHERE d.priority = {priority}"
-            f" AND d.raw IS NOT NULL AND NOT EXISTS ({settled})"
-        )
-        .column(0)
-        .combine_chunks()
-    )
-    if not len(raws):
-        return None
-    resolved = pa.table({"raw": raws, "value": resolve(kind, raws)})
-    apply_resolved(session, priority, resolved)
-    return resolved
+    text = pa.string()
+    return {
+        RESOLVED: pa.schema([("priority", pa.int16()), ("raw", text), ("value", text)]),
+        HITS: pa.schema(
+            [
+                ("user_key", text),
+                ("priority", pa.int16()),
+                ("kind", text),
+                ("value", text),
+                ("n", pa.int32()),
+                ("user_id", text),
+            ]
+        ),
+        REACH: pa.schema([("user_id", text)]),
+    }[table]
 
 
-def apply_resolved(session: Session, priority: int, resolved: pa.Table) -> None:
-    """Add (raw, value) pairs of the deferred rows at `priority` to cs_resolved."""
-    session.load("cs_resolved_in", resolved)
-    session.run(f"INSERT INTO cs_resolved SELECT {priority}, raw, value FROM cs_resolved_in")
-    session.run("DROP TABLE cs_resolved_in")
+# DuckDB: a table from a Parquet file or a registered view, and the members out to Parquet.
+def parquet(path: Path) -> str:
+    return f"read_parquet({_quoted(path)})"
 
 
-_DECIDE = """
+def create_from(table: str, source: str) -> str:
+    return f"CREATE TEMP TABLE {table} AS SELECT * FROM {source}"
+
+
+def copy_members(path: Path) -> str:
+    return f"COPY (SELECT user_id, matched_by FROM cs_members) TO {_quoted(path)} (FORMAT parquet)"
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+DECIDE = """
 CREATE TEMP TABLE cs_source_users AS
 WITH hits AS (
     -- every identifier row: those with a value were all looked up
@@ -340,26 +356,9 @@ FROM cs_source_users WHERE matched GROUP BY user_id;
 """.replace("CS_ROWS", ROWS)
 
 
-def decide(run: Run, has_push: bool) -> Counts:
-    """Stage 2, in DuckDB, over `cs_ids`, `cs_resolved`, `cs_hits` and (with push)
-    `cs_reach`."""
-    run(_DECIDE)
-    ((total, matched),) = run(
-        "SELECT count(*), count(*) FILTER (WHERE matched) FROM cs_source_users"
-    )
-    reasons = dict(run("SELECT reason, count(*) FROM cs_source_users GROUP BY reason"))
-    matched_by = dict(run("SELECT matched_by, count(*) FROM cs_source_users GROUP BY 1"))
-    ((members,),) = run("SELECT count(*) FROM cs_members")
-    reachable = None
-    if has_push:
-        ((reachable,),) = run(
-            "SELECT count(*) FROM cs_members WHERE user_id IN (SELECT user_id FROM cs_reach)"
-        )
-    return Counts(
-        connector_users=total,
-        matched_source_users=matched,
-        netmera_users=members,
-        reachable=reachable,
-        reasons={r: reasons.get(r, 0) for r in REASONS},
-        matched_by={k: n for k, n in matched_by.items() if k is not None},
-    )
+# Stage 2's counts, after DECIDE.
+SOURCE_USER_COUNTS = "SELECT count(*), count(*) FILTER (WHERE matched) FROM cs_source_users"
+REASON_COUNTS = "SELECT reason, count(*) FROM cs_source_users GROUP BY reason"
+MATCHED_BY_COUNTS = "SELECT matched_by, count(*) FROM cs_source_users GROUP BY 1"
+MEMBER_COUNT = "SELECT count(*) FROM cs_members"
+REACHABLE_COUNT = "SELECT count(*) FROM cs_members WHERE user_id IN (SELECT user_id FROM cs_reach)"

@@ -1,4 +1,5 @@
-"""Netmera's user table: where it is, and streaming its identifier columns out to Parquet.
+"""Netmera's user table: where it is, its size, and streaming its identifier columns out to
+Parquet.
 
 Default shape, one row per device: `netmera_users(user_id, external_id, email, msisdn,
 installation_id, push_permitted)`. A deployment renames the table or its columns through the
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.config import IdentifierKind
+from include.config.segments import IdentifierKind
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -109,3 +110,23 @@ def _as_type(column: Any, logical: str) -> Any:
     import sqlalchemy as sa
 
     return sa.cast(column, sa.Boolean if logical == "push_permitted" else sa.Text)
+
+
+def table_rows(bind: sa.Engine | sa.Connection, table: UserTable) -> int:
+    """The table's rows: PostgreSQL's estimate (0 when unknown: never analyzed); SQLite's
+    `count(*)` (it keeps no estimate; ~40 ms at a million rows, through the smallest index)."""
+    if bind.dialect.name == "postgresql":
+        name = ".".join(f'"{part}"' for part in (table.schema, table.table) if part)
+        sql = "SELECT greatest(coalesce(max(reltuples), 0), 0)::bigint FROM pg_class"
+        sql += " WHERE oid = to_regclass(%(t)s)"
+        params: dict[str, Any] = {"t": name}
+    else:
+        quote = bind.dialect.identifier_preparer.quote
+        relation = quote(table.table)
+        if table.schema:
+            relation = f"{quote(table.schema)}.{relation}"
+        sql, params = f"SELECT count(*) FROM {relation}", {}
+    if hasattr(bind, "exec_driver_sql"):
+        return int(bind.exec_driver_sql(sql, params).scalar())
+    with bind.connect() as conn:
+        return int(conn.exec_driver_sql(sql, params).scalar())

@@ -11,18 +11,32 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-_MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "cs_alembic_version"
 _ADVISORY_LOCK_KEY = 0x6E6D5F6373  # "nm_cs"
 _done: set[str] = set()
 
 
-def _alembic_config(connection: sa.Connection):
+def _alembic_config(connection: sa.Connection | None = None):
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
+
+
+def heads_and_pending(current: set[str]) -> tuple[set[str], list[str]]:
+    """The latest revisions of include/store/migrations and those missing on top of `current`,
+    oldest first (what `doctor` reports; it never writes)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    heads = set(script.get_heads())
+    newest_first = script.iterate_revisions(list(heads), list(current) or "base")
+    return heads, [
+        rev.revision for rev in reversed(list(newest_first)) if rev.revision not in current
+    ]
 
 
 def upgrade(engine: sa.Engine) -> None:

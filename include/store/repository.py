@@ -8,19 +8,34 @@ touch the current membership or its counts. Dry runs record a run but leave the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from include.store import migrate
+from include.store.migrate import upgrade
 from include.store.redaction import MAX_ERROR, redact_personal_data
 from include.store.tables import members, runs, segments
 
 if TYPE_CHECKING:
-    from include.config import SegmentConfig
+    from include.config.segments import SegmentConfig
+    from include.matching.result import MatchResult
 
 READY, CALCULATING, FAILED, HELD = "Ready", "Calculating", "Failed", "Held"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a publish made current (or, on a dry run, would have): the new version, the one it
+    replaced, and the members added and removed between them."""
+
+    version: int
+    base_version: int | None
+    added: int
+    removed: int
+
+
 # Everything a run records after it starts; reset when a cleared run starts again.
 RUN_RESULTS = (
     "finished_at",
@@ -54,7 +69,7 @@ class PublishAborted(RuntimeError):
 
 class SegmentStore:
     def __init__(self, engine: sa.Engine) -> None:
-        migrate.upgrade(engine)
+        upgrade(engine)
         self.engine = engine
 
     # -- reads -------------------------------------------------------------------------------
@@ -79,9 +94,9 @@ class SegmentStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
-    def run(self, segment_id: str, airflow_run_id: str) -> dict[str, Any] | None:
+    def run(self, segment_id: str, run_id: str) -> dict[str, Any] | None:
         query = sa.select(runs).where(
-            runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+            runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
@@ -117,7 +132,7 @@ class SegmentStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start_run(
-        self, config: SegmentConfig, airflow_run_id: str, *, dry_run: bool, approve: bool
+        self, config: SegmentConfig, run_id: str, *, dry_run: bool, approve: bool
     ) -> None:
         """Open (or, on a task retry, reopen) the run record; mark the segment Calculating."""
         now = _now()
@@ -140,7 +155,7 @@ class SegmentStore:
                         **listed,
                     )
                 )
-            self._abandon_others(conn, config.id, airflow_run_id)
+            self._abandon_others(conn, config.id, run_id)
             if not dry_run:
                 self._set_status(conn, config.id, CALCULATING, None)
             # A cleared or retried run starts over: nothing of its earlier attempt stays.
@@ -153,31 +168,29 @@ class SegmentStore:
             }
             existing = conn.execute(
                 sa.select(runs.c.id).where(
-                    runs.c.segment_id == config.id, runs.c.airflow_run_id == airflow_run_id
+                    runs.c.segment_id == config.id, runs.c.airflow_run_id == run_id
                 )
             ).first()
             if existing:
                 conn.execute(runs.update().where(runs.c.id == existing.id).values(**values))
             else:
                 conn.execute(
-                    runs.insert().values(
-                        segment_id=config.id, airflow_run_id=airflow_run_id, **values
-                    )
+                    runs.insert().values(segment_id=config.id, airflow_run_id=run_id, **values)
                 )
 
-    def record_run(self, segment_id: str, airflow_run_id: str, **values: Any) -> None:
+    def record_run(self, segment_id: str, run_id: str, **values: Any) -> None:
         """Store counts, reasons or the validation summary on the run record."""
         with self.engine.begin() as conn:
-            conn.execute(self._run_update(segment_id, airflow_run_id).values(**values))
+            conn.execute(self._run_update(segment_id, run_id).values(**values))
 
-    def fail_run(self, segment_id: str, airflow_run_id: str, step: str, error: str) -> str:
+    def fail_run(self, segment_id: str, run_id: str, step: str, error: str) -> str:
         """Failed: the run records the error, redacted of personal data (and returns it as
         recorded); membership and counts stay as they were."""
         error = redact_personal_data(error)[:MAX_ERROR]
         with self.engine.begin() as conn:
-            dry_run = self._is_dry_run(conn, segment_id, airflow_run_id)
+            dry_run = self._is_dry_run(conn, segment_id, run_id)
             conn.execute(
-                self._run_update(segment_id, airflow_run_id).values(
+                self._run_update(segment_id, run_id).values(
                     status="failed", failed_step=step, error=error, finished_at=_now()
                 )
             )
@@ -185,30 +198,30 @@ class SegmentStore:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
         return error
 
-    def abandon_run(self, segment_id: str, airflow_run_id: str, why: str) -> None:
+    def abandon_run(self, segment_id: str, run_id: str, why: str) -> None:
         """A run that ended without its steps reporting (killed worker, state set from the UI):
         Failed, but only if its record still says calculating."""
         with self.engine.begin() as conn:
             run = conn.execute(
                 sa.select(runs.c.status, runs.c.dry_run).where(
-                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
                 )
             ).first()
             if run is None or run.status != "calculating":
                 return
             conn.execute(
-                self._run_update(segment_id, airflow_run_id).values(
+                self._run_update(segment_id, run_id).values(
                     status="failed", failed_step="run", error=why, finished_at=_now()
                 )
             )
             if not run.dry_run:
                 self._set_status(conn, segment_id, FAILED, f"run: {why}")
 
-    def hold_run(self, segment_id: str, airflow_run_id: str, reason: str) -> None:
+    def hold_run(self, segment_id: str, run_id: str, reason: str) -> None:
         """Held: not published until approved; membership and counts stay as they were."""
         with self.engine.begin() as conn:
             conn.execute(
-                self._run_update(segment_id, airflow_run_id).values(
+                self._run_update(segment_id, run_id).values(
                     status="held", hold_reason=reason, finished_at=_now()
                 )
             )
@@ -217,21 +230,21 @@ class SegmentStore:
     def publish(
         self,
         segment_id: str,
-        airflow_run_id: str,
+        run_id: str,
         member_batches: Iterable[list[dict[str, str]]],
         *,
-        counts: dict[str, Any],
+        counts: MatchResult,
         dry_run: bool,
-    ) -> dict[str, int | None]:
+    ) -> Publication:
         """Make the new membership current in ONE transaction; report added/removed.
 
         A dry run does the same work and rolls it back, so it shows exactly what would change.
         """
-        done = self.run(segment_id, airflow_run_id)
+        done = self.run(segment_id, run_id)
         if done and done["status"] == "published":
             # A retry after the commit landed (worker died before reporting success).
-            return {k: done[k] for k in ("version", "base_version", "added", "removed")}
-        outcome: dict[str, int | None] = {}
+            return Publication(*(done[k] for k in ("version", "base_version", "added", "removed")))
+        outcome = Publication(version=0, base_version=None, added=0, removed=0)
         try:
             with self.engine.begin() as conn:
                 current = conn.execute(
@@ -243,12 +256,7 @@ class SegmentStore:
                     if rows:
                         conn.execute(members.insert(), rows)
                 added, removed = self._diff(conn, segment_id, version, current)
-                outcome = {
-                    "version": version,
-                    "base_version": current,
-                    "added": added,
-                    "removed": removed,
-                }
+                outcome = Publication(version, current, added, removed)
                 if dry_run:
                     raise PublishAborted
                 now = _now()
@@ -257,9 +265,9 @@ class SegmentStore:
                     .where(segments.c.id == segment_id)
                     .values(
                         current_version=version,
-                        connector_users=counts["connector_users"],
-                        netmera_users=counts["netmera_users"],
-                        reachable=counts["reachable"],
+                        connector_users=counts.connector_users,
+                        netmera_users=counts.netmera_users,
+                        reachable=counts.reachable,
                         status=READY,
                         status_reason=None,
                         last_update_date=now,
@@ -267,8 +275,8 @@ class SegmentStore:
                     )
                 )
                 conn.execute(
-                    self._run_update(segment_id, airflow_run_id).values(
-                        status="published", finished_at=now, **outcome
+                    self._run_update(segment_id, run_id).values(
+                        status="published", finished_at=now, **asdict(outcome)
                     )
                 )
                 conn.execute(
@@ -280,26 +288,26 @@ class SegmentStore:
         except PublishAborted:
             self.record_run(
                 segment_id,
-                airflow_run_id,
+                run_id,
                 status="dry_run",
                 finished_at=_now(),
-                base_version=outcome["base_version"],
-                added=outcome["added"],
-                removed=outcome["removed"],
+                base_version=outcome.base_version,
+                added=outcome.added,
+                removed=outcome.removed,
             )
         return outcome
 
     # -- helpers -----------------------------------------------------------------------------
 
     @staticmethod
-    def _abandon_others(conn: sa.Connection, segment_id: str, airflow_run_id: str) -> None:
+    def _abandon_others(conn: sa.Connection, segment_id: str, run_id: str) -> None:
         # max_active_runs=1: another run still "calculating" can only be one that died.
         conn.execute(
             runs.update()
             .where(
                 runs.c.segment_id == segment_id,
                 runs.c.status == "calculating",
-                runs.c.airflow_run_id != airflow_run_id,
+                runs.c.airflow_run_id != run_id,
             )
             .values(
                 status="failed",
@@ -311,17 +319,15 @@ class SegmentStore:
         )
 
     @staticmethod
-    def _run_update(segment_id: str, airflow_run_id: str) -> sa.Update:
-        return runs.update().where(
-            runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
-        )
+    def _run_update(segment_id: str, run_id: str) -> sa.Update:
+        return runs.update().where(runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id)
 
     @staticmethod
-    def _is_dry_run(conn: sa.Connection, segment_id: str, airflow_run_id: str) -> bool:
+    def _is_dry_run(conn: sa.Connection, segment_id: str, run_id: str) -> bool:
         return bool(
             conn.execute(
                 sa.select(runs.c.dry_run).where(
-                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == airflow_run_id
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
                 )
             ).scalar()
         )

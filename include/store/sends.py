@@ -57,7 +57,7 @@ class SendLedger:
         message: dict[str, Any],
         batches: Iterable[list[str]],
         not_addressable: int,
-        airflow_run_id: str,
+        run_id: str,
     ) -> int:
         now = _now()
         with self.engine.begin() as conn:
@@ -76,7 +76,7 @@ class SendLedger:
                     sent=0,
                     uncertain=0,
                     batches=0,
-                    airflow_run_id=airflow_run_id,
+                    airflow_run_id=run_id,
                     created_at=now,
                     updated_at=now,
                 )

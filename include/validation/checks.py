@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from include.config import Guardrails
-    from include.matching.matcher import MatchResult
+    from include.config.segments import Guardrails
+    from include.matching.result import MatchResult
 
 PASS, FAIL, HOLD = "pass", "fail", "hold"
 

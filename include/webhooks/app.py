@@ -36,7 +36,7 @@ from include.webhooks.logsafe import first_line, loggable
 from include.webhooks.payload import CohortSyncCall, InvalidCall, parse_call
 
 if TYPE_CHECKING:
-    from include.config import SegmentConfig
+    from include.config.segments import SegmentConfig
     from include.webhooks.state import Receipt, WebhookState
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def unauthorized() -> Failure:
 
 def mixpanel_segment(segment_id: str) -> SegmentConfig:
     """The segment's config if it exists and is pushed by Mixpanel; NotAuthenticated otherwise."""
-    from include.config import SUFFIXES, SegmentConfigError, find_segment, segments_dir
+    from include.config.segments import SUFFIXES, SegmentConfigError, find_segment, segments_dir
 
     if not _SEGMENT_ID.fullmatch(segment_id):
         raise NotAuthenticated(ascii(segment_id[:200]), "not a valid segment id")
@@ -235,14 +235,14 @@ def open_store(segment: SegmentConfig, call: CohortSyncCall) -> WebhookState:
 
 def state() -> WebhookState:
     """The staged state in the `netmera_db` database (one engine per database per process)."""
-    from include.connections import netmera_database
+    from include.orchestration.connections import netmera_database
 
     return netmera_database().webhooks
 
 
 def dispose_states() -> None:
     """Close the process's Netmera database engines (tests, and a clean shutdown)."""
-    from include.netmera_db import DATABASES
+    from include.store.database import DATABASES
 
     DATABASES.dispose()
 
@@ -272,7 +272,7 @@ router = APIRouter()
 @router.post("/webhooks/mixpanel/{segment_id:cs_raw_segment_id}")
 async def mixpanel_cohort_sync(segment_id: str, request: Request) -> JSONResponse:
     """One page of a Mixpanel cohort sync; stored once however often it is delivered."""
-    from include.webhooks.trigger import trigger_refresh
+    from include.orchestration.webhook_trigger import trigger_refresh
 
     segment = await run_in_threadpool(authenticate, request, segment_id)
     require_json(request, segment)

@@ -11,7 +11,7 @@ import binascii
 import hmac
 import secrets
 
-from include.connectors.base import ConnectionInfo
+from include.clients.connection import ConnectionInfo
 
 # Compared against when a call names no usable segment, so that it costs what a real check does.
 DUMMY_CREDENTIALS = (secrets.token_urlsafe(16), secrets.token_urlsafe(24))
@@ -24,7 +24,7 @@ class MissingCredentials(RuntimeError):
 
 def expected_credentials(conn_id: str, segment_id: str) -> tuple[str, str]:
     """The login and password Mixpanel must present; the message never carries a secret."""
-    from include.connections import get_connection
+    from include.orchestration.connections import get_connection
 
     try:
         conn: ConnectionInfo = get_connection(conn_id)

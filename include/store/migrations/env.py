@@ -2,7 +2,7 @@
 
 from alembic import context
 
-VERSION_TABLE = "cs_alembic_version"
+from include.store.migrate import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, version_table=VERSION_TABLE, render_as_batch=True)

@@ -1,0 +1,116 @@
+"""Send Message for a segment: which message, to which published version, or why not; then
+the send itself (`send.py`) or, on a dry run, what it would do.
+
+Knows nothing of Airflow: it is given the Netmera database and a way to build the REST client
+(only built when something is really sent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from include.campaign.send import DEFAULT_PLATFORMS, Message, SendRefused, audience, send
+
+if TYPE_CHECKING:
+    from include.clients.netmera import NetmeraClient
+    from include.config.segments import SegmentConfig
+    from include.store.database import NetmeraDatabase
+
+log = logging.getLogger(__name__)
+
+
+def send_message(
+    config: SegmentConfig,
+    run_id: str,
+    params: dict[str, Any],
+    db: NetmeraDatabase,
+    client: Callable[[], NetmeraClient],
+) -> dict[str, Any]:
+    """Send the campaign to the published membership. Raises SendRefused when there is
+    nothing to do, NetmeraError when Netmera refuses; neither touches the membership or its
+    status."""
+    asked = params.get("send_message") or (
+        params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
+    )
+    try:
+        if not asked:
+            raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
+        message = _message(config, params)
+        version = _target_version(config, run_id, params, db)
+        if params.get("dry_run"):
+            return _preview(config, message, version, db)
+        return send(
+            engine=db.engine,
+            client=client(),
+            users=db.users,
+            segment_id=config.id,
+            version=version,
+            message=message,
+            nonce=params.get("send_key") or None,
+            run_id=run_id,
+        )
+    except SendRefused as exc:  # nothing to do, or already sent: say why, send nothing
+        log.warning("segment %s: nothing sent: %s", config.id, exc)
+        raise
+
+
+def _target_version(
+    config: SegmentConfig, run_id: str, params: dict[str, Any], db: NetmeraDatabase
+) -> int:
+    """The published version to message: after a refresh, the one *this run* published, and
+    only while it is current; without one, the current version."""
+    segment = db.store.segment(config.id)
+    version = segment["current_version"] if segment else None
+    if params.get("refresh", True) and not params.get("dry_run"):
+        run = db.store.run(config.id, run_id)
+        if not run or run["status"] != "published":
+            raise SendRefused(
+                f"segment {config.id!r}: this refresh did not publish "
+                f"({run['status'] if run else 'no run'}); nothing sent"
+            )
+        if run["version"] != version:
+            raise SendRefused(
+                f"segment {config.id!r}: version {run['version']} of this run is "
+                f"no longer the published one ({version}); nothing sent"
+            )
+    if version is None:
+        raise SendRefused(f"segment {config.id!r} has no published membership to message")
+    return version
+
+
+def _preview(
+    config: SegmentConfig, message: Message, version: int, db: NetmeraDatabase
+) -> dict[str, Any]:
+    target = audience(db.engine, db.users, config.id, version)
+    log.info(
+        "segment %s: dry run: would send %r to %d users of version %d in %d batches "
+        "(%d members without an extId cannot be addressed); nothing sent",
+        config.id,
+        message.title,
+        target.recipients,
+        version,
+        len(target.batches),
+        target.not_addressable,
+    )
+    return {
+        "dry_run": True,
+        "version": version,
+        "recipients": target.recipients,
+        "batches": [len(b) for b in target.batches],
+        "not_addressable": target.not_addressable,
+        "title": message.title,
+    }
+
+
+def _message(config: SegmentConfig, params: dict[str, Any]) -> Message:
+    campaign = config.campaign
+    title = params.get("message_title") or (campaign.title if campaign else None)
+    text = params.get("message_text") or (campaign.text if campaign else None)
+    if not title or not text:
+        raise ValueError(
+            f"segment {config.id!r}: no message to send: set 'campaign' (title, text) in the "
+            "YAML or the message_title and message_text trigger parameters"
+        )
+    return Message(title, text, campaign.platforms if campaign else DEFAULT_PLATFORMS)

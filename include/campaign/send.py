@@ -1,0 +1,240 @@
+"""Send Message: a campaign to a published membership version, at most once per user and key.
+
+Strategy: definition-then-list-send. One `createNotificationDefinition`, then `sendNotification`
+to the members' extIds in batches of ≤1000. Each batch is its own ledger entry, so progress is
+recorded as it happens and a retry resumes at the first batch not yet sent; tag-then-bulk-send
+would instead end in one all-or-nothing call whose outcome is unknowable after a timeout, and
+leave tags behind on users.
+
+The idempotency key is (segment, version, fingerprint of title/text/platforms[, send_key]):
+the same message to the same version is refused once sent; a new `send_key` forces a new send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from include.clients.http import AmbiguousOutcome, VendorError
+from include.clients.netmera import MAX_EXT_IDS, NetmeraClient, NetmeraError
+from include.store import sends as ledger_states
+from include.store.sends import SendLedger
+from include.store.tables import members
+
+if TYPE_CHECKING:
+    from include.matching.user_table import UserTable
+
+log = logging.getLogger(__name__)
+DEFAULT_PLATFORMS = ("IOS", "ANDROID")
+
+
+class _BatchTaken(Exception):
+    """Another worker claimed this batch first."""
+
+
+class SendRefused(RuntimeError):
+    """Nothing to send, or already sent: not an error, but nothing was sent and here is why."""
+
+
+@dataclass(frozen=True)
+class Message:
+    title: str
+    text: str
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def send_key(segment_id: str, version: int, message: Message, nonce: str | None) -> str:
+    key = f"{segment_id}/v{version}/{message.fingerprint[:16]}"
+    return f"{key}/{nonce}" if nonce else key
+
+
+@dataclass(frozen=True)
+class Audience:
+    batches: list[list[str]]
+    not_addressable: int
+
+    @property
+    def recipients(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def audience(engine: sa.Engine, users: UserTable, segment_id: str, version: int) -> Audience:
+    """The version's members by extId, deduplicated and sorted, in batches of ≤1000.
+
+    A member whose Netmera user has no extId cannot be addressed through the REST API: counted
+    as not_addressable, never dropped silently.
+    """
+    table = sa.table(
+        users.table,
+        sa.column(users.columns["user_id"]),
+        sa.column(users.columns["external_id"]),
+        schema=users.schema,
+    )
+    user_id, external_id = table.c[users.columns["user_id"]], table.c[users.columns["external_id"]]
+    per_member = (
+        sa.select(members.c.user_id, sa.func.min(external_id).label("ext_id"))
+        .select_from(members.outerjoin(table, user_id == members.c.user_id))
+        .where(members.c.segment_id == segment_id, members.c.version == version)
+        .group_by(members.c.user_id)
+        .subquery()
+    )
+    with engine.connect() as conn:
+        missing = conn.execute(
+            sa.select(sa.func.count()).where(per_member.c.ext_id.is_(None))
+        ).scalar_one()
+        ext_ids = conn.execute(
+            sa.select(per_member.c.ext_id)
+            .where(per_member.c.ext_id.is_not(None))
+            .distinct()
+            .order_by(per_member.c.ext_id)
+        ).scalars()
+        batches = list(_chunks(ext_ids, MAX_EXT_IDS))
+    return Audience(batches=batches, not_addressable=missing)
+
+
+def _chunks(values, size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for value in values:
+        batch.append(str(value))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def send(
+    *,
+    engine: sa.Engine,
+    client: NetmeraClient,
+    users: UserTable,
+    segment_id: str,
+    version: int,
+    message: Message,
+    nonce: str | None,
+    run_id: str,
+) -> dict[str, Any]:
+    """Send (or resume sending) the message to the version; returns the ledger's summary."""
+    ledger = SendLedger(engine)
+    key = send_key(segment_id, version, message, nonce)
+    entry = ledger.find(key)
+    if entry and entry["status"] in (ledger_states.DONE, ledger_states.PARTIAL):
+        raise SendRefused(
+            f"segment {segment_id!r}: this message was already sent to version {version} "
+            f"({entry['sent']} recipients, {entry['updated_at']:%Y-%m-%d %H:%M} UTC, key {key}); "
+            "nothing sent. Trigger with a new send_key to send it again."
+        )
+    if entry is None:
+        target = audience(engine, users, segment_id, version)
+        if not target.batches:
+            raise SendRefused(
+                f"segment {segment_id!r}: version {version} has no addressable "
+                f"members ({target.not_addressable} without an extId)"
+            )
+        send_id = ledger.create(
+            segment_id=segment_id,
+            version=version,
+            send_key=key,
+            fingerprint=message.fingerprint,
+            message=asdict(message) | {"platforms": list(message.platforms)},
+            batches=target.batches,
+            not_addressable=target.not_addressable,
+            run_id=run_id,
+        )
+        log.info(
+            "segment %s: send %s created: %d recipients in %d batches, %d not addressable",
+            segment_id,
+            key,
+            target.recipients,
+            len(target.batches),
+            target.not_addressable,
+        )
+    else:
+        send_id = entry["id"]
+        caught = ledger.recover(send_id)
+        log.info(
+            "segment %s: resuming send %s%s",
+            segment_id,
+            key,
+            f"; {caught} batch(es) caught mid-request marked uncertain" if caught else "",
+        )
+    entry = ledger.find(key)
+    notification_key = entry["notification_key"]
+    try:
+        if notification_key is None:
+            notification_key = client.create_definition(
+                message.title, message.text, list(message.platforms)
+            )
+            ledger.set_notification_key(send_id, notification_key)
+        _send_batches(ledger, client, send_id, notification_key, segment_id)
+    except NetmeraError as exc:
+        ledger.finish(send_id, ledger_states.FAILED, exc.reason)
+        raise
+    entry = ledger.find(key)
+    status = ledger_states.PARTIAL if entry["uncertain"] else ledger_states.DONE
+    ledger.finish(send_id, status)
+    log.info(
+        "segment %s: send %s %s: %d sent, %d uncertain, %d not addressable",
+        segment_id,
+        key,
+        status,
+        entry["sent"],
+        entry["uncertain"],
+        entry["not_addressable"],
+    )
+    return {
+        "send_key": key,
+        "status": status,
+        "notification_key": notification_key,
+        "sent": entry["sent"],
+        "uncertain": entry["uncertain"],
+        "not_addressable": entry["not_addressable"],
+        "batches": entry["batches"],
+    }
+
+
+def _send_batches(
+    ledger: SendLedger, client: NetmeraClient, send_id: int, notification_key: int, segment_id: str
+) -> None:
+    for batch_no, ext_ids in ledger.pending(send_id):
+
+        def claim(b: int = batch_no) -> None:
+            if not ledger.claim(send_id, b):
+                raise _BatchTaken
+
+        try:
+            client.send_to_ext_ids(
+                notification_key,
+                ext_ids,
+                # In flight while a request is out (claimed: one worker per batch); pending
+                # again while waiting after a refusal, so a worker killed during the wait
+                # resends the batch rather than skipping it.
+                before_attempt=claim,
+                after_refusal=lambda b=batch_no: ledger.mark_pending(send_id, b),
+            )
+        except _BatchTaken:
+            log.info("segment %s: batch %d is another worker's; skipped", segment_id, batch_no)
+            continue
+        except AmbiguousOutcome as exc:
+            # Netmera may have sent it: never again for this key. The rest still goes out.
+            ledger.mark_uncertain(send_id, batch_no, len(ext_ids))
+            log.warning(
+                "segment %s: batch %d outcome unknown (%s); not resent", segment_id, batch_no, exc
+            )
+            continue
+        except (NetmeraError, VendorError):
+            ledger.mark_pending(send_id, batch_no)  # refused or never accepted: not sent
+            raise
+        ledger.mark_sent(send_id, batch_no, segment_id, len(ext_ids))
+        log.info("segment %s: batch %d sent (%d extIds)", segment_id, batch_no, len(ext_ids))

@@ -1,0 +1,289 @@
+"""Segment configuration: one YAML file per connector segment, validated with pydantic.
+
+This module is imported by the DAG file at parse time, so it must stay cheap: pydantic and
+PyYAML only (files are read by `segment_file`, which bounds what one file can cost). Every
+error names the file and the field so that a broken YAML is fixable from the message alone (in
+`python -m include.cli validate` and in Airflow's import errors).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from include.config.segment_file import UnreadableSegmentFile, read_segment_yaml
+
+DEFAULT_SEGMENTS_DIR = Path(__file__).resolve().parents[1] / "segments"
+SUFFIXES = (".yaml", ".yml")
+SEGMENTS_DIR_ENV = "CONNECTOR_SEGMENTS_DIR"
+
+# Airflow's schedule presets; anything else must look like a 5-field cron expression.
+_PRESETS = {
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@annually",
+    "@midnight",
+}
+_CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
+TAG_MAX_LEN = 100  # Airflow refuses a longer tag when the DAG is built: every DAG of the file
+
+
+class IdentifierKind(StrEnum):
+    EXTERNAL_ID = "external_id"
+    EMAIL = "email"
+    MSISDN = "msisdn"
+    INSTALLATION_ID = "installation_id"
+    EMAIL_SHA256 = "email_sha256"
+    MSISDN_SHA256 = "msisdn_sha256"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a guardrail must not silently disable it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSource(_Strict):
+    """A CSV or Parquet file: a local path (relative to the YAML's folder) or an fsspec URL."""
+
+    type: Literal["file"]
+    path: str = Field(min_length=1)
+    format: Literal["csv", "parquet"] | None = None  # inferred from the suffix when absent
+
+
+class SqlSource(_Strict):
+    """A query run through an Airflow Connection (any SQLAlchemy-reachable database)."""
+
+    type: Literal["sql"]
+    conn_id: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+
+
+class MixpanelSource(_Strict):
+    """A Mixpanel cohort, pulled page by page through the Engage query API."""
+
+    type: Literal["mixpanel"]
+    cohort_id: int = Field(gt=0)
+    conn_id: str = Field(default="mixpanel_default", min_length=1)
+
+
+class MixpanelWebhookSource(_Strict):
+    """A Mixpanel cohort pushed to our webhook; `conn_id` holds the Basic-auth login/password."""
+
+    type: Literal["mixpanel_webhook"]
+    conn_id: str = Field(min_length=1)
+
+
+class AmplitudeSource(_Strict):
+    """An Amplitude behavioural cohort: request, poll, download."""
+
+    type: Literal["amplitude"]
+    cohort_id: str = Field(min_length=1)
+    conn_id: str = Field(default="amplitude_default", min_length=1)
+
+
+Source = Annotated[
+    FileSource | SqlSource | MixpanelSource | MixpanelWebhookSource | AmplitudeSource,
+    Field(discriminator="type"),
+]
+
+# Sources whose user key is fixed by the vendor's payload.
+FIXED_USER_KEY = {"mixpanel": "$distinct_id", "mixpanel_webhook": "mixpanel_distinct_id"}
+
+
+class Identifier(_Strict):
+    field: str = Field(min_length=1)
+    kind: IdentifierKind
+
+
+class Guardrails(_Strict):
+    """Limits past which a refresh is Held for a person to approve instead of published.
+
+    `max_shrink` / `max_growth` are fractions of the published Netmera Users (0.5 = 50 %);
+    null disables the check.
+    """
+
+    min_match_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_shrink: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    max_growth: float | None = Field(default=3.0, ge=0.0)
+    allow_empty: bool = False
+
+
+class Campaign(_Strict):
+    """The segment's default message for Send Message (trigger Params may override the text)."""
+
+    title: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    platforms: tuple[Literal["IOS", "ANDROID"], ...] = Field(
+        default=("IOS", "ANDROID"), min_length=1
+    )
+    send_on_refresh: bool = False
+
+
+class SegmentConfig(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=200)
+    name: str = Field(min_length=1, max_length=200)  # also the DAG's display name
+    description: str = Field(default="", max_length=10_000)
+    schedule: str | None = None
+    owner: str = Field(default="data-platform", min_length=1, max_length=100)
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=TAG_MAX_LEN)], ...] = Field(
+        default=(), max_length=20
+    )
+    source: Source
+    user_key: str = Field(min_length=1)
+    identifiers: tuple[Identifier, ...] = Field(min_length=1)
+    default_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    guardrails: Guardrails = Guardrails()
+    campaign: Campaign | None = None
+
+    # Set by the loader, not by the YAML: where this config came from.
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_cron_or_preset(cls, value: str | None) -> str | None:
+        if value is None or value in _PRESETS:
+            return value
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(
+                f"{value!r} is neither a 5-field cron expression nor one of {sorted(_PRESETS)}"
+            )
+        # Read as Airflow's cron timetables read it (croniter): a value they refuse would be
+        # an import error on the file that builds every segment's DAG.
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+        try:
+            croniter(value)
+        except (CroniterBadCronError, CroniterBadDateError) as exc:
+            raise ValueError(f"{value!r} is not a valid cron expression: {exc}") from None
+        return value
+
+    @field_validator("identifiers")
+    @classmethod
+    def _fields_unique(cls, value: tuple[Identifier, ...]) -> tuple[Identifier, ...]:
+        seen = [(i.field, i.kind) for i in value]
+        if len(seen) != len(set(seen)):
+            raise ValueError("the same (field, kind) pair is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _user_key_fits_the_source(self) -> SegmentConfig:
+        fixed = FIXED_USER_KEY.get(self.source.type)
+        if fixed and self.user_key != fixed:
+            raise ValueError(
+                f"field 'user_key' must be {fixed!r} for a {self.source.type} source, "
+                f"got {self.user_key!r}"
+            )
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        return f"connector_segment_{self.id}"
+
+    @property
+    def source_fields(self) -> list[str]:
+        """Columns to read from the source: the user key, then identifier fields, each once."""
+        return list(dict.fromkeys([self.user_key, *(i.field for i in self.identifiers)]))
+
+
+class SegmentConfigError(ValueError):
+    """A segment YAML that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    segments: list[SegmentConfig]
+    errors: list[SegmentConfigError]
+
+
+def segments_dir() -> Path:
+    return Path(os.environ.get(SEGMENTS_DIR_ENV) or DEFAULT_SEGMENTS_DIR)
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path}: field '{loc}': {msg}")
+    return "\n".join(lines)
+
+
+def load_segment(path: Path) -> SegmentConfig:
+    """Parse and validate one YAML file; raise SegmentConfigError naming the file and field."""
+    try:
+        raw = read_segment_yaml(path)
+    except UnreadableSegmentFile as exc:
+        raise SegmentConfigError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SegmentConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        config = SegmentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise SegmentConfigError(_describe(exc, path)) from exc
+    if config.id != path.stem:
+        # The file name is what people grep for; keep it equal to the id (and the DAG id).
+        raise SegmentConfigError(
+            f"{path}: field 'id': {config.id!r} must equal the file name {path.stem!r}"
+        )
+    return config.model_copy(update={"config_path": path})
+
+
+def load_segments(directory: Path | None = None) -> LoadResult:
+    """Load every `*.yaml` / `*.yml` in the directory; one bad file never hides the others."""
+    directory = directory or segments_dir()
+    segments: list[SegmentConfig] = []
+    errors: list[SegmentConfigError] = []
+    for paths in _files_by_id(directory).values():
+        try:
+            segments.append(load_segment(_only_file(paths)))
+        except SegmentConfigError as exc:
+            errors.append(exc)
+    return LoadResult(segments=segments, errors=errors)
+
+
+def find_segment(segment_id: str, directory: Path | None = None) -> SegmentConfig:
+    directory = directory or segments_dir()
+    paths = [directory / f"{segment_id}{suffix}" for suffix in SUFFIXES]
+    paths = [path for path in paths if path.exists() or path.is_symlink()]
+    if not paths:
+        raise SegmentConfigError(f"segment {segment_id!r}: no {segment_id}.yaml in {directory}")
+    return load_segment(_only_file(paths))
+
+
+def _files_by_id(directory: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for suffix in SUFFIXES for p in directory.glob(f"*{suffix}")):
+        found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def _only_file(paths: list[Path]) -> Path:
+    """`x.yaml` and `x.yml` both present: neither is used (which one would the DAG be?)."""
+    if len(paths) > 1:
+        raise SegmentConfigError(
+            f"{paths[0]}: field 'id': segment {paths[0].stem!r} is defined twice ("
+            + " and ".join(p.name for p in paths)
+            + "); neither is loaded until one is removed"
+        )
+    return paths[0]

@@ -1,0 +1,106 @@
+"""Stage 2 of the rules (`rules.py`), the decision, in DuckDB on the worker whichever backend
+looked the audience up: per source user a match or one reason, the members Parquet
+(user_id, matched_by), the counts.
+
+The DuckDB session is the decision's; the worker backend runs its lookup in it too, so that
+its lookup's tables are already where the decision reads them. Its memory is bounded: past
+`CONNECTOR_SEGMENTS_DUCKDB_MEMORY` (or the backend's default) DuckDB spills to the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.matching import rules
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DUCKDB_MEMORY_ENV = "CONNECTOR_SEGMENTS_DUCKDB_MEMORY"
+MEMBERS_FILE = "members.parquet"
+
+
+@dataclass(frozen=True)
+class Counts:
+    connector_users: int
+    matched_source_users: int
+    netmera_users: int
+    reachable: int | None
+    reasons: dict[str, int] = field(default_factory=dict)
+    matched_by: dict[str, int] = field(default_factory=dict)
+
+
+def duckdb_config(workdir: Path, memory: str) -> dict[str, Any]:
+    """Bounded memory: past `CONNECTOR_SEGMENTS_DUCKDB_MEMORY` (or `memory` when unset) DuckDB
+    spills to `workdir`."""
+    return {
+        "temp_directory": str(workdir / "duckdb.tmp"),
+        "memory_limit": os.environ.get(DUCKDB_MEMORY_ENV) or memory,
+        "threads": os.cpu_count() or 2,
+        "preserve_insertion_order": False,
+    }
+
+
+class DuckSession:
+    """lookup.Session on a DuckDB connection, with the loads a backend feeds it by."""
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+
+    def run(self, sql: str) -> list[tuple]:
+        return self.con.execute(sql).fetchall()
+
+    def fetch(self, sql: str) -> pa.Table:
+        return self.con.sql(sql).to_arrow_table()
+
+    def load(self, table: str, data: pa.Table | pa.RecordBatchReader) -> None:
+        """A new temporary table from Arrow data, read once (a reader streams in)."""
+        self.con.register("cs_arrow_in", data)
+        self.con.execute(rules.create_from(table, "cs_arrow_in"))
+        self.con.unregister("cs_arrow_in")
+
+    def load_parquet(self, table: str, path: Path) -> None:
+        self.con.execute(rules.create_from(table, rules.parquet(path)))
+
+    def analyze(self, table: str) -> None:
+        pass  # DuckDB keeps its statistics as it writes
+
+
+@contextmanager
+def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
+    """A DuckDB connection within the memory limit, closed after."""
+    import duckdb
+
+    con = duckdb.connect(config=duckdb_config(workdir, memory))
+    try:
+        yield DuckSession(con)
+    finally:
+        con.close()
+
+
+def decide(session: DuckSession, has_push: bool, members: Path) -> Counts:
+    """Stage 2 over `cs_ids`, `cs_resolved`, `cs_hits` and (with push) `cs_reach`; writes
+    the members to `members`."""
+    run = session.run
+    run(rules.DECIDE)
+    run(rules.copy_members(members))
+    ((total, matched),) = run(rules.SOURCE_USER_COUNTS)
+    reasons = dict(run(rules.REASON_COUNTS))
+    matched_by = dict(run(rules.MATCHED_BY_COUNTS))
+    ((netmera_users,),) = run(rules.MEMBER_COUNT)
+    reachable = None
+    if has_push:
+        ((reachable,),) = run(rules.REACHABLE_COUNT)
+    return Counts(
+        connector_users=total,
+        matched_source_users=matched,
+        netmera_users=netmera_users,
+        reachable=reachable,
+        reasons={r: reasons.get(r, 0) for r in rules.REASONS},
+        matched_by={k: n for k, n in matched_by.items() if k is not None},
+    )

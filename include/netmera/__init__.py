@@ -1,1 +1,0 @@
-"""Netmera: the REST client and the at-most-once campaign send to a published membership."""

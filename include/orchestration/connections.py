@@ -1,0 +1,44 @@
+"""Airflow glue: Connections by id, as plain `ConnectionInfo` (the only Airflow import here).
+
+Connections come from wherever Airflow looks: `AIRFLOW_CONN_*` environment variables, a secrets
+backend or the metadata DB. Works inside tasks and in the CLI alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from include.clients.connection import ConnectionInfo
+
+if TYPE_CHECKING:
+    from include.store.database import NetmeraDatabase
+
+NETMERA_DB_CONN_ID = "netmera_db"  # Netmera's user table and the segment store
+NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
+
+
+def get_connection(conn_id: str) -> ConnectionInfo:
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception as exc:  # the SDK raises its own not-found types; keep the message plain
+        raise LookupError(f"Airflow Connection {conn_id!r} is not defined: {exc}") from exc
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type or "",
+        host=conn.host,
+        schema=conn.schema,
+        login=conn.login,
+        password=conn.password,
+        port=conn.port,
+        extra=conn.extra_dejson or {},
+    )
+
+
+def netmera_database() -> NetmeraDatabase:
+    """The Netmera database: the user table to match against, and the segment store; one
+    engine per process however often it is asked for."""
+    from include.store.database import DATABASES
+
+    return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))

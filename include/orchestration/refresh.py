@@ -1,0 +1,199 @@
+"""One refresh of a connector segment, step by step, as the DAG runs it.
+
+    start → extract → match → validate → publish
+
+Each step takes the segment config and the run key (the Airflow run id) and talks to the
+connector, the staging folder, the matcher, GX and the store. Nothing here imports Airflow
+except through `include.orchestration.connections`; the DAG file only wires these steps together.
+Task logs get counts and reasons, never identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from include import staging
+from include.config.segments import SegmentConfig
+from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
+from include.staging import AUDIENCE_FILE, StagedAudience, run_dir
+
+if TYPE_CHECKING:
+    from include.matching.result import MatchResult
+    from include.store.repository import Publication
+
+log = logging.getLogger(__name__)
+
+
+class DataValidationError(RuntimeError):
+    """A data expectation failed: the run is Failed and cannot be approved."""
+
+
+def _store():
+    return netmera_database().store
+
+
+def start(config: SegmentConfig, run_id: str, *, dry_run: bool, approve: bool) -> None:
+    _store().start_run(config, run_id, dry_run=dry_run, approve=approve)
+    staging.remove_other_runs(config.id, run_id)
+    log.info(
+        "segment %s: run %s started (dry_run=%s, approve=%s)", config.id, run_id, dry_run, approve
+    )
+
+
+def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
+    """Source → staged Parquet, batch by batch."""
+    from include.sources import read_source
+    from include.staging import stage_audience
+
+    folder = run_dir(config.id, run_id)
+    staged = stage_audience(
+        read_source(config, get_connection, folder),
+        fields=config.source_fields,
+        user_key=config.user_key,
+        destination=folder / AUDIENCE_FILE,
+    )
+    _store().record_run(config.id, run_id, refused_rows=staged.refused_no_user_key)
+    log.info(
+        "segment %s: staged %d source rows (%d refused: no %r)",
+        config.id,
+        staged.rows,
+        staged.refused_no_user_key,
+        config.user_key,
+    )
+    return staged
+
+
+def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
+    """Staged audience x Netmera user table → members Parquet beside it, counts on the run
+    record. The path (database or worker) follows the `netmera_db` extra `match_path`."""
+    from pathlib import Path
+
+    from include.matching.pipeline import match_audience
+
+    db = netmera_database()
+    audience = Path(staged.path)
+    result = match_audience(config, audience, db.engine, db.users, db.info.extra, audience.parent)
+    _store().record_run(
+        config.id,
+        run_id,
+        connector_users=result.connector_users,
+        netmera_users=result.netmera_users,
+        matched_source_users=result.matched_source_users,
+        reachable=result.reachable,
+        reasons=result.reasons,
+        matched_by=result.matched_by,
+    )
+    log.info(
+        "segment %s: Connector Users %d, Netmera Users %d, reachable %s, matched by %s, "
+        "unmatched %s",
+        config.id,
+        result.connector_users,
+        result.netmera_users,
+        result.reachable,
+        result.matched_by,
+        result.reasons,
+    )
+    return result
+
+
+def validate(
+    config: SegmentConfig,
+    run_id: str,
+    matched: MatchResult,
+    *,
+    dry_run: bool,
+    approve: bool,
+) -> str:
+    """Run the GX suites. Returns "publish" or "held"; raises on a data failure."""
+    from include.validation.checks import FAIL, HOLD, approval_gaps, describe_holds
+    from include.validation.checks import validate as run_checks
+
+    store = _store()
+    current = store.segment(config.id)
+    published = current["netmera_users"] if current and current["current_version"] else None
+    decision = run_checks(matched, config.guardrails, published)
+    summary = dict(decision.summary)
+    hold_reason = describe_holds(decision, config.guardrails) if decision.holds else None
+    if decision.holds and approve:
+        # An approval covers what the held refresh showed, not whatever this one brings.
+        held = store.last_run_with_status(config.id, "held", before=run_id)
+        gaps = approval_gaps(decision, held and held["validation"])
+        if gaps:
+            approve = False
+            hold_reason += f"; approve=true does not cover: {', '.join(gaps)}"
+        else:
+            summary["approved"] = decision.holds
+            summary["approved_run"] = held["airflow_run_id"]
+    store.record_run(config.id, run_id, validation=summary, hold_reason=hold_reason)
+    if decision.outcome == FAIL:
+        raise DataValidationError(
+            f"segment {config.id!r}: data expectations failed: {', '.join(decision.failures)}"
+        )
+    if decision.outcome == HOLD and not approve and not dry_run:
+        store.hold_run(config.id, run_id, hold_reason)
+        staging.remove_run(config.id, run_id)  # an approval extracts again
+        log.warning(
+            "segment %s: HELD, not published: %s. Trigger with approve=true to publish.",
+            config.id,
+            hold_reason,
+        )
+        return "held"
+    if decision.outcome == HOLD:
+        log.warning(
+            "segment %s: guardrail tripped (%s) but %s",
+            config.id,
+            hold_reason,
+            "approved" if approve else "dry run",
+        )
+    return "publish"
+
+
+def publish(
+    config: SegmentConfig, run_id: str, matched: MatchResult, *, dry_run: bool
+) -> Publication:
+    """The new membership becomes current in one transaction (rolled back on a dry run)."""
+    import pyarrow.parquet as pq
+
+    def batches():
+        members = pq.ParquetFile(matched.members_path)
+        for batch in members.iter_batches(batch_size=10_000, columns=["user_id", "matched_by"]):
+            yield batch.to_pylist()
+
+    outcome = _store().publish(config.id, run_id, batches(), counts=matched, dry_run=dry_run)
+    log.info(
+        "segment %s: %s version %s: +%s added, -%s removed",
+        config.id,
+        "dry run, would publish" if dry_run else "published",
+        outcome.version,
+        outcome.added,
+        outcome.removed,
+    )
+    # Staged files hold personal data: drop them once the run has done its job.
+    staging.remove_run(config.id, run_id)
+    return outcome
+
+
+def record_failure(segment_id: str, run_id: str, step: str, error: BaseException | str) -> None:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = _store().fail_run(segment_id, run_id, step, text)  # as recorded: redacted
+    staging.remove_run(segment_id, run_id)  # retries are over: nothing will resume from it
+    log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
+
+
+def abandon_run(segment_id: str, run_id: str) -> None:
+    """Called when the Airflow run failed: a record still "calculating" becomes Failed."""
+    _store().abandon_run(segment_id, run_id, "the Airflow run failed before a step reported")
+    staging.remove_run(segment_id, run_id)
+
+
+def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Send Message to the published membership (after this run's publish, or without a
+    refresh): `include/campaign/message.py`."""
+    from include.campaign.message import send_message as send_campaign
+    from include.clients.netmera import NetmeraClient
+
+    def client() -> NetmeraClient:
+        return NetmeraClient(get_connection(NETMERA_CONN_ID))
+
+    return send_campaign(config, run_id, params, netmera_database(), client)

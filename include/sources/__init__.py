@@ -1,0 +1,11 @@
+"""Connectors: read a segment's source and yield Arrow record batches of source users.
+
+One module per source type behind one entry (`read_source`). Connectors know nothing of Airflow
+or of the whole segment config: they get their source settings, the segment's fields, and a
+client (from `include.clients`, built from a plain `ConnectionInfo`) and checkpoint.
+"""
+
+from include.sources.base import read_source
+from include.sources.errors import SourceError
+
+__all__ = ["SourceError", "read_source"]

@@ -1,0 +1,109 @@
+"""`read_source`, the one entry a refresh calls: from a segment's `source` type to its connector.
+
+Here, and only here, the whole `SegmentConfig` is known. Each connector is handed its source
+settings, the segment's fields (`SegmentFields`), and the client and checkpoint it needs, built
+here from the Connection and the run folder. The clients' own errors (VendorError) become
+SourceError here, with their message unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from include.clients.http import VendorError
+from include.sources.checkpoint import Checkpoint
+from include.sources.errors import SourceError
+from include.sources.fields import SegmentFields
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from include.clients.connection import ConnectionGetter
+    from include.config.segments import SegmentConfig
+
+BATCH_ROWS = 50_000
+
+
+def read_source(
+    segment: SegmentConfig,
+    get_connection: ConnectionGetter,
+    workdir: Path,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """Yield batches whose columns are `segment.source_fields`, every value a string or null.
+
+    `workdir` belongs to this run: a connector may keep checkpoints there, so that a retried
+    task resumes instead of starting over. A connector that cannot read its source completely
+    raises SourceError; it never ends early as if the audience were complete. Values that are
+    not text become text exactly, or the read fails naming the field (see `exact_text`).
+    """
+    from include.sources.exact_text import exact_text_batches
+
+    fields = SegmentFields(segment.id, segment.source_fields)
+    return exact_text_batches(
+        _connector_batches(segment, fields, get_connection, workdir, batch_rows),
+        fields,
+        describe_source(segment),
+    )
+
+
+def _connector_batches(
+    segment: SegmentConfig,
+    fields: SegmentFields,
+    get_connection: ConnectionGetter,
+    workdir: Path,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    source = segment.source
+    try:
+        if source.type == "file":
+            from include.sources.file import read_file
+
+            yield from read_file(source, segment.config_path, fields, batch_rows)
+        elif source.type == "sql":
+            from include.sources.read_only import source_engine_for
+            from include.sources.sql import read_sql
+
+            engine = source_engine_for(get_connection(source.conn_id))
+            try:
+                yield from read_sql(source, fields, engine, batch_rows)
+            finally:
+                engine.dispose()
+        elif source.type == "mixpanel":
+            from include.clients.mixpanel import MixpanelClient
+            from include.sources.mixpanel import read_mixpanel
+
+            client = MixpanelClient(get_connection(source.conn_id))
+            yield from read_mixpanel(source, fields, client, Checkpoint(workdir / "mixpanel"))
+        elif source.type == "mixpanel_webhook":
+            from include.sources.mixpanel_webhook import read_mixpanel_webhook
+
+            yield from read_mixpanel_webhook(fields, batch_rows)
+        elif source.type == "amplitude":
+            from include.clients.amplitude import AmplitudeClient
+            from include.sources.amplitude import read_amplitude
+
+            client = AmplitudeClient(get_connection(source.conn_id))
+            yield from read_amplitude(source, fields, client, Checkpoint(workdir / "amplitude"))
+        else:
+            raise SourceError(
+                f"segment {segment.id!r}: field 'source.type': unsupported {source.type!r}"
+            )
+    except VendorError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def describe_source(segment: SegmentConfig) -> str:
+    """Where the values come from, as error messages name it ("file data/a.parquet")."""
+    source = segment.source
+    if source.type == "file":
+        from include.sources.file import resolve_location
+
+        return f"file {resolve_location(source, segment.config_path)}"
+    if source.type == "sql":
+        return f"the query on connection {source.conn_id!r}"
+    if source.type in ("mixpanel", "amplitude"):
+        return f"{source.type.capitalize()} cohort {source.cohort_id!r}"
+    return f"the {source.type} source"

@@ -1,0 +1,63 @@
+"""`mixpanel_webhook` source: the audience Mixpanel pushed to our webhook, read from the store.
+
+The webhook (include/webhooks) stages every page in the `netmera_db` database; this reads the
+current audience from that state (latest complete `members` export plus the later diffs) with
+a server-side cursor. Without a complete export there is no audience to publish: SourceError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from include.sources.errors import SourceError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    from include.sources.fields import SegmentFields
+
+USER_KEY = "mixpanel_distinct_id"
+
+
+def read_mixpanel_webhook(segment: SegmentFields, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    import sqlalchemy as sa
+
+    from include.orchestration.connections import netmera_database
+
+    try:
+        state = netmera_database().webhooks
+        if not state.has_complete_export(segment.id):
+            raise SourceError(
+                f"segment {segment.id!r}: no complete Mixpanel `members` export has been "
+                f"received at /connector-segments/webhooks/mixpanel/{segment.id} yet; nothing "
+                "to publish until Mixpanel has delivered every page of one"
+            )
+        for rows in state.audience(segment.id, batch_rows):
+            yield to_batch(rows, segment.source_fields)
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(
+            f"segment {segment.id!r}: reading the staged webhook state failed: "
+            f"{type(exc).__name__}: {exc.orig if getattr(exc, 'orig', None) else exc}"
+        ) from exc
+
+
+def to_batch(rows: Sequence[sa.Row], fields: list[str]) -> pa.RecordBatch:
+    """(distinct_id, properties) rows → the segment's fields as strings; absent → null."""
+    import pyarrow as pa
+
+    columns: dict[str, list[str | None]] = {name: [] for name in fields}
+    for distinct_id, properties in rows:
+        for name, values in columns.items():
+            values.append(distinct_id if name == USER_KEY else _text(properties.get(name)))
+    return pa.RecordBatch.from_pydict(
+        {name: pa.array(values, type=pa.string()) for name, values in columns.items()}
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
