@@ -13,7 +13,6 @@ from include.clients.connection import ConnectionInfo
 if TYPE_CHECKING:
     from include.store.database import NetmeraDatabase
 
-NETMERA_DB_CONN_ID = "netmera_db"  # Netmera's user table and the segment store
 NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
 
 
@@ -39,6 +38,6 @@ def get_connection(conn_id: str) -> ConnectionInfo:
 def netmera_database() -> NetmeraDatabase:
     """The Netmera database: the user table to match against, and the segment store; one
     engine per process however often it is asked for."""
-    from include.store.database import DATABASES
+    from include.store.database import DATABASES, NETMERA_DB_CONN_ID
 
     return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))

@@ -38,7 +38,8 @@ class Check:
 def diagnose() -> list[Check]:
     """Every check; a failed connection stops there (nothing else can be read)."""
     from include.matching.paths import choose_path
-    from include.orchestration.connections import NETMERA_DB_CONN_ID, netmera_database
+    from include.orchestration.connections import netmera_database
+    from include.store.database import NETMERA_DB_CONN_ID
 
     try:
         db = netmera_database()

@@ -79,8 +79,10 @@ def _connector_batches(
             yield from read_mixpanel(source, fields, client, Checkpoint(workdir / "mixpanel"))
         elif source.type == "mixpanel_webhook":
             from include.sources.mixpanel_webhook import read_mixpanel_webhook
+            from include.store.database import DATABASES, NETMERA_DB_CONN_ID
 
-            yield from read_mixpanel_webhook(fields, batch_rows)
+            database = DATABASES.get(get_connection(NETMERA_DB_CONN_ID))
+            yield from read_mixpanel_webhook(fields, database, batch_rows)
         elif source.type == "amplitude":
             from include.clients.amplitude import AmplitudeClient
             from include.sources.amplitude import read_amplitude

@@ -18,17 +18,20 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from include.sources.fields import SegmentFields
+    from include.store.database import NetmeraDatabase
 
 USER_KEY = "mixpanel_distinct_id"
 
 
-def read_mixpanel_webhook(segment: SegmentFields, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def read_mixpanel_webhook(
+    segment: SegmentFields, database: NetmeraDatabase, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """`database`: where the webhook keeps its state (the Netmera database: the source's
+    "client")."""
     import sqlalchemy as sa
 
-    from include.orchestration.connections import netmera_database
-
     try:
-        state = netmera_database().webhooks
+        state = database.webhooks
         if not state.has_complete_export(segment.id):
             raise SourceError(
                 f"segment {segment.id!r}: no complete Mixpanel `members` export has been "

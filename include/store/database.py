@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from include.matching.user_table import UserTable
 
+NETMERA_DB_CONN_ID = "netmera_db"  # Netmera's user table and the segment store
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
