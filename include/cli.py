@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from include.clients.http import VendorError
 from include.config.segments import SegmentConfigError, load_segments
-from include.store.repository import RUN_RESULTS
 
 LIST_COLUMNS = [
     ("name", "Segment Name"),
@@ -34,40 +32,12 @@ LIST_COLUMNS = [
     ("last_update_date", "Last Update Date"),
     ("status", "Status"),
 ]
-# A run as `details` shows it: who/when, then everything the run records (see the store).
-RUN_FIELDS = ["airflow_run_id", "status", "dry_run", "approve", "started_at", *RUN_RESULTS]
 
 
 def _store():
     from include.orchestration.connections import netmera_database
 
     return netmera_database().store
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
-
-
-def _list_rows(store) -> list[dict[str, Any]]:
-    """Every configured segment (never-run ones too) and every segment the store knows."""
-    stored = {row["id"]: row for row in store.list_segments()}
-    configured = {c.id: c for c in load_segments().segments}
-    rows = []
-    for segment_id in sorted(stored.keys() | configured.keys()):
-        row, config = stored.get(segment_id), configured.get(segment_id)
-        rows.append(
-            {
-                "id": segment_id,
-                "name": config.name if config else row["name"],
-                "connector_users": row["connector_users"] if row else 0,
-                "netmera_users": row["netmera_users"] if row else 0,
-                "message_sent": row["message_sent"] if row else 0,
-                "description": config.description if config else row["description"],
-                "last_update_date": _iso(row["last_update_date"]) if row else None,
-                "status": row["status"] if row else None,
-            }
-        )
-    return sorted(rows, key=lambda r: r["name"].lower())
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -102,7 +72,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = _list_rows(_store())
+    from include.store.views import list_rows
+
+    rows = list_rows(_store())
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -112,44 +84,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _details(store, segment_id: str, limit: int) -> dict[str, Any] | None:
-    row = store.segment(segment_id)
-    if row is None:
-        return None
-    runs = [
-        {k: (_iso(r[k]) if k.endswith("_at") else r[k]) for k in RUN_FIELDS}
-        for r in store.runs(segment_id, limit)
-    ]
-    current = next(
-        (
-            r
-            for r in store.runs(segment_id, 1000)
-            if r["status"] == "published" and r["version"] == row["current_version"]
-        ),
-        None,
-    )
-    return {
-        "id": row["id"],
-        "name": row["name"],
-        "description": row["description"],
-        "source_type": row["source_type"],
-        "status": row["status"],
-        "status_reason": row["status_reason"],
-        "current_version": row["current_version"],
-        "connector_users": row["connector_users"],
-        "netmera_users": row["netmera_users"],
-        "reachable": row["reachable"],
-        "message_sent": row["message_sent"],
-        "last_update_date": _iso(row["last_update_date"]),
-        # Why Connector Users and Netmera Users differ, for the published version.
-        "matched_source_users": current["matched_source_users"] if current else None,
-        "refused_rows": current["refused_rows"] if current else None,
-        "reasons": current["reasons"] if current else {},
-        "matched_by": current["matched_by"] if current else {},
-        "runs": runs,
-    }
 
 
 def _print_details(d: dict[str, Any]) -> None:
@@ -205,9 +139,12 @@ def _ratio(part: dict[str, Any]) -> str:
 
 
 def cmd_details(args: argparse.Namespace) -> int:
-    details = _details(_store(), args.id, args.runs)
+    from include.store.views import details as segment_details
+    from include.store.views import never_ran
+
+    details = segment_details(_store(), args.id, args.runs)
     if details is None:
-        print(f"segment {args.id!r} has never run (or does not exist)", file=sys.stderr)
+        print(never_ran(args.id), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(details, indent=2, default=str))
@@ -228,45 +165,12 @@ def cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_report(send: dict[str, Any], client) -> dict[str, Any]:
-    entry = {
-        "time": _iso(send["created_at"]),
-        "version": send["version"],
-        "title": send["title"],
-        "recipients": send["sent"],
-        "status": send["status"],
-        "notification_key": send["notification_key"],
-        "not_addressable": send["not_addressable"],
-        "uncertain": send["uncertain"],
-        "planned": send["recipients"],
-        "send_key": send["send_key"],
-        "error": send["error"],
-        "stats": None,
-    }
-    if client is not None and send["notification_key"] is not None:
-        try:
-            stats = client.push_stats(send["notification_key"])
-            entry["stats"] = [
-                {k: s.get(k) for k in ("platform", "sent", "failed", "clicked")}
-                for s in stats.get("stats") or []
-            ]
-            entry["delivery_status"] = stats.get("status")
-        except Exception as exc:  # the report still lists the send; say why stats are missing
-            entry["stats_error"] = str(exc)
-    return entry
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from include.clients.netmera import NetmeraClient
-    from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
+    from include.campaign.report import message_report
 
-    sends = netmera_database().sends.for_segment(args.id, args.limit)
-    try:
-        client = NetmeraClient(get_connection(NETMERA_CONN_ID)) if sends else None
-    except (LookupError, ValueError) as exc:
-        print(f"warning: no delivery stats: {exc}", file=sys.stderr)
-        client = None
-    report = [_send_report(send, client) for send in sends]
+    report, warning = message_report(args.id, args.limit)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

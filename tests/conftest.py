@@ -7,13 +7,17 @@ any test module imports it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,14 +82,33 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
+def _wire_workspace(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (path / "segments").mkdir()
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(path / "segments"))
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_STAGING_DIR", str(path / "staging"))
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DB", sqlite_conn(path / "netmera.db"))
+    return path
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> Path:
     """Per-test segments folder, staging folder and Netmera DB, wired through env vars."""
-    (tmp_path / "segments").mkdir()
-    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path / "segments"))
-    monkeypatch.setenv("CONNECTOR_SEGMENTS_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DB", sqlite_conn(tmp_path / "netmera.db"))
-    return tmp_path
+    return _wire_workspace(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_env() -> Iterator[pytest.MonkeyPatch]:
+    """`monkeypatch` for a module's fixtures (one API server, one store for all its tests)."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def module_workspace(
+    tmp_path_factory: pytest.TempPathFactory, module_env: pytest.MonkeyPatch, airflow_db: Path
+) -> Path:
+    """`workspace`, shared by a module's tests."""
+    return _wire_workspace(tmp_path_factory.mktemp("workspace"), module_env)
 
 
 def run_segment(segment_id: str, **conf) -> str:
@@ -148,6 +171,61 @@ def cli_json(capsys: pytest.CaptureFixture, *args: str):
     code, out, err = cli(capsys, *args, "--json")
     assert code == 0, err
     return json.loads(out)
+
+
+# -- the real API server ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def airflow_api_server(log_path: Path, **env: str) -> Iterator[str]:
+    """`airflow api-server` (one worker, this repo's plugins) on a free port of 127.0.0.1, with
+    the current environment plus `env`; yields its base URL once healthy, stops it after."""
+    import requests
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        **env,
+    }
+    with log_path.open("wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            log = log_path.read_text(errors="replace")[-3000:]
+            assert server.poll() is None, log
+            assert time.monotonic() < deadline, "api-server not healthy: " + log
+            try:
+                if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:  # the whole group: the server and any worker it started
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

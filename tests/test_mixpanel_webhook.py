@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +25,8 @@ import yaml
 
 from include.webhooks.app import DEFAULT_MAX_BODY, MAX_BODY_ENV, create_app, dispose_states
 from tests.conftest import (
-    ROOT,
     LogRecorder,
+    airflow_api_server,
     cli,
     cli_json,
     run_segment,
@@ -437,15 +433,9 @@ def test_body_limit_defaults_to_8_mib_and_is_configurable(monkeypatch):
 # -- the real API server ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.dagrun
 def test_airflow_api_server_mounts_the_plugin_and_reads_the_connection_from_the_db(
-    segment: Path, airflow_db: Path, tmp_path: Path
+    segment: Path, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The plugin as Airflow loads it, with the Connection stored in the metadata DB (the
     SDK's lookup must reach it inside the API server), and the real auth middleware around."""
@@ -460,28 +450,11 @@ def test_airflow_api_server_mounts_the_plugin_and_reads_the_connection_from_the_
     write_users(segment / "netmera.db", USERS)
     assert run_segment("mp_server") == "failed"  # no export yet; makes the DAG known
 
-    port = _free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW_CONN_NETMERA_DB": sqlite_conn(segment / "netmera.db"),
-    }
-    env.pop(f"AIRFLOW_CONN_{CONN_ID.upper()}", None)
+    monkeypatch.delenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", raising=False)
     log_path = tmp_path / "api-server.log"
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, server, log_path)
+    with airflow_api_server(
+        log_path, AIRFLOW_CONN_NETMERA_DB=sqlite_conn(segment / "netmera.db")
+    ) as base:
         sender = MixpanelWebhookSender(
             f"{base}/connector-segments/webhooks/mixpanel/mp_server", auth=(LOGIN, PASSWORD)
         )
@@ -491,22 +464,6 @@ def test_airflow_api_server_mounts_the_plugin_and_reads_the_connection_from_the_
         call = sender.session("members", members([1])).page(1)
         assert sender.post(call, auth=(LOGIN, "wrong")).status_code == 401
         assert sender.post(call, auth=None).status_code == 401
-    finally:
-        server.terminate()
-        server.wait(30)
     assert PASSWORD not in log_path.read_text(errors="replace")
     with create_session() as session:
         session.query(Connection).filter(Connection.conn_id == conn_id).delete()
-
-
-def _wait_healthy(base: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log_path.read_text(errors="replace")[-3000:]
-        try:
-            if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("api-server not healthy: " + log_path.read_text(errors="replace")[-3000:])

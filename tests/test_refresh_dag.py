@@ -242,3 +242,33 @@ def test_recorded_errors_carry_no_emails_or_phone_numbers():
     redacted = redact_personal_data(text)
     assert "Ann.Lee" not in redacted and "532" not in redacted and "90532" not in redacted
     assert "10.0.0.1:5432" in redacted  # where it failed stays readable
+
+
+def test_an_undefined_connection_fails_the_step_at_once_naming_it(
+    published, workspace, capsys, monkeypatch
+):
+    """Retrying cannot define a Connection: the step fails on its first try (not after the
+    retries and their delays), and the run record names the connection id."""
+    import sqlalchemy as sa
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRIES", "2")
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRY_DELAY", "0")
+    config = yaml.safe_load((workspace / "segments" / f"{SEGMENT}.yaml").read_text())
+    config["source"] = {"type": "sql", "conn_id": "warehouse_nowhere", "query": "SELECT 1"}
+    (workspace / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
+    assert run_segment(SEGMENT) == "failed"
+    with create_session() as session:
+        tries = session.scalars(
+            sa.select(TaskInstance.try_number).where(
+                TaskInstance.dag_id == f"connector_segment_{SEGMENT}",
+                TaskInstance.task_id == "extract",
+            )
+        ).all()
+    assert max(tries) == 1
+    details = cli_json(capsys, "details", SEGMENT)
+    last = details["runs"][0]
+    assert (last["status"], last["failed_step"]) == ("failed", "extract")
+    assert "'warehouse_nowhere' is not defined" in last["error"]
+    unchanged(published, snapshot(capsys))

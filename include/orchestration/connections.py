@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from include.clients.connection import ConnectionInfo
 
 if TYPE_CHECKING:
@@ -16,13 +18,18 @@ if TYPE_CHECKING:
 NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
 
 
+class ConnectionNotDefined(AirflowFailException, LookupError):
+    """No Connection by that id. An AirflowFailException: a retry cannot define it, so the step
+    fails on its first try instead of after every retry and its delay."""
+
+
 def get_connection(conn_id: str) -> ConnectionInfo:
     from airflow.sdk import Connection
 
     try:
         conn = Connection.get(conn_id)
     except Exception as exc:  # the SDK raises its own not-found types; keep the message plain
-        raise LookupError(f"Airflow Connection {conn_id!r} is not defined: {exc}") from exc
+        raise ConnectionNotDefined(f"Airflow Connection {conn_id!r} is not defined: {exc}") from exc
     return ConnectionInfo(
         conn_id=conn_id,
         conn_type=conn.conn_type or "",

@@ -1,4 +1,5 @@
-"""The FastAPI app the Airflow API server mounts at `/connector-segments` (see the plugin).
+"""The webhook app: the part of the app at `/connector-segments` (see `include.ui.app`)
+outside Airflow's login.
 
 `POST /webhooks/mixpanel/{segment_id}` receives Mixpanel's cohort-sync calls. It is not behind
 Airflow's login (Mixpanel cannot log in): it checks Basic auth against the segment's Connection.
@@ -323,6 +324,3 @@ def create_app(max_body_bytes: int | None = None) -> FastAPI:
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     return app
-
-
-app = create_app()

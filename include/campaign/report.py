@@ -1,0 +1,51 @@
+"""Message Report: a segment's sends from the ledger with Netmera's delivery stats, as
+`report --json` prints them and the UI's JSON API answers them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.store.views import iso
+
+
+def send_report(send: dict[str, Any], client) -> dict[str, Any]:
+    """One send of the ledger, with its per-platform stats when `client` can fetch them."""
+    entry = {
+        "time": iso(send["created_at"]),
+        "version": send["version"],
+        "title": send["title"],
+        "recipients": send["sent"],
+        "status": send["status"],
+        "notification_key": send["notification_key"],
+        "not_addressable": send["not_addressable"],
+        "uncertain": send["uncertain"],
+        "planned": send["recipients"],
+        "send_key": send["send_key"],
+        "error": send["error"],
+        "stats": None,
+    }
+    if client is not None and send["notification_key"] is not None:
+        try:
+            stats = client.push_stats(send["notification_key"])
+            entry["stats"] = [
+                {k: s.get(k) for k in ("platform", "sent", "failed", "clicked")}
+                for s in stats.get("stats") or []
+            ]
+            entry["delivery_status"] = stats.get("status")
+        except Exception as exc:  # the report still lists the send; say why stats are missing
+            entry["stats_error"] = str(exc)
+    return entry
+
+
+def message_report(segment_id: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The segment's last `limit` sends, newest first, and why delivery stats are missing
+    altogether (no usable Netmera Connection), or None."""
+    from include.clients.netmera import NetmeraClient
+    from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
+
+    sends = netmera_database().sends.for_segment(segment_id, limit)
+    try:
+        client = NetmeraClient(get_connection(NETMERA_CONN_ID)) if sends else None
+    except (LookupError, ValueError) as exc:
+        return [send_report(send, None) for send in sends], f"no delivery stats: {exc}"
+    return [send_report(send, client) for send in sends], None

@@ -1,0 +1,256 @@
+"""The JSON API of the Connector Segments page, through a real `airflow api-server`.
+
+One server for the module, on a store with a few segments built by real DAG runs (one
+published with a message sent to a fake Netmera, one published on a schedule, one failed, one
+never run). What must hold: every API route needs Airflow's login (the webhook keeps its own
+Basic auth), and a logged-in viewer gets exactly the CLI's `--json` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import airflow_api_server, cli_json, run_segment, write_csv, write_users
+from tests.fakes import FakeNetmera
+
+pytestmark = pytest.mark.dagrun
+
+KEY = "netmera-rest-key-ui"
+USERS = [(f"nm-{i}", f"ext-{i}", None, None, None, i % 2 == 0) for i in range(1, 41)]
+ADDED = ("source_type", "schedule", "reachable", "paused")
+
+
+def file_segment(ws: Path, segment_id: str, name: str, members: range, **extra) -> dict:
+    write_csv(ws / f"{segment_id}.csv", ["uid", "ext"], [[f"s{i}", f"ext-{i}"] for i in members])
+    return {
+        "id": segment_id,
+        "name": name,
+        "description": f"{name} for the API tests",
+        "source": {"type": "file", "path": str(ws / f"{segment_id}.csv")},
+        "user_key": "uid",
+        "identifiers": [{"field": "ext", "kind": "external_id"}],
+        **extra,
+    }
+
+
+SEGMENTS = {
+    "buyers": lambda ws: file_segment(
+        ws, "buyers", "Buyers", range(1, 31), campaign={"title": "Come back", "text": "Hi"}
+    ),
+    "churners": lambda ws: file_segment(
+        ws, "churners", "Churn risk", range(20, 46), schedule="0 2 * * *"
+    ),
+    "idle": lambda ws: file_segment(ws, "idle", "Idle users", range(1, 5), schedule="@daily"),
+    "warehouse": lambda ws: {
+        "id": "warehouse",
+        "name": "VIP (warehouse)",
+        "source": {"type": "sql", "conn_id": "missing_db", "query": "SELECT 1 AS uid, 1 AS ext"},
+        "user_key": "uid",
+        "identifiers": [{"field": "ext", "kind": "external_id"}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def store(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The segments' YAMLs and a store where buyers sent a message, churners published,
+    warehouse failed (its Connection does not exist) and idle never ran."""
+    ws = module_workspace
+    write_users(ws / "netmera.db", USERS)
+    for segment_id, config in SEGMENTS.items():
+        (ws / "segments" / f"{segment_id}.yaml").write_text(yaml.safe_dump(config(ws)))
+    with FakeNetmera(api_key=KEY) as netmera:
+        module_env.setenv(
+            "AIRFLOW_CONN_NETMERA_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": f"{netmera.base_url}/rest/3.0",
+                    "password": KEY,
+                    "extra": {"timeout": 2, "backoff_base": 0.01, "max_attempts": 2},
+                }
+            ),
+        )
+        assert run_segment("buyers", send_message=True) == "success"
+        assert run_segment("churners") == "success"
+        assert run_segment("warehouse") == "failed"
+        yield ws
+        assert netmera.errors == []
+
+
+@pytest.fixture(scope="module")
+def api(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API's base URL on a real API server that knows the users admin and viewer."""
+    log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
+    with airflow_api_server(
+        log_path, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer"
+    ) as base:
+        yield f"{base}/connector-segments"
+
+
+def token_session(api: str, username: str) -> requests.Session:
+    """A session carrying the user's Bearer token from `POST /auth/token`."""
+    passwords = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    password = json.loads(passwords.read_text())[username]
+    answer = requests.post(
+        f"{core_url(api)}/auth/token",
+        json={"username": username, "password": password},
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return session
+
+
+def core_url(api: str) -> str:
+    return api.removesuffix("/connector-segments")
+
+
+@pytest.fixture(scope="module")
+def viewer(api: str) -> requests.Session:
+    return token_session(api, "viewer")
+
+
+def get(session, url: str, **params) -> requests.Response:
+    return session.get(url, params=params, timeout=30)
+
+
+def test_every_api_route_needs_the_airflow_login_and_the_webhook_keeps_its_own(api, viewer):
+    # A forged token is refused as Airflow's own API refuses it.
+    core = requests.get(
+        f"{core_url(api)}/api/v2/dags",
+        headers={"Authorization": "Bearer forged"},
+        timeout=30,
+    )
+    assert core.status_code in (401, 403)
+    for path in ("segments", "segments/buyers", "segments/buyers/report", "segments/nope"):
+        answer = get(requests, f"{api}/api/{path}")
+        assert answer.status_code == 401, path
+        assert answer.json() == {"detail": "Not authenticated"}, path
+        forged = {"Authorization": "Bearer forged"}
+        answer = requests.get(f"{api}/api/{path}", headers=forged, timeout=30)
+        assert (answer.status_code, answer.json()) == (core.status_code, core.json()), path
+    # Mixpanel's shape and Basic challenge, with or without an Airflow token.
+    for session in (requests, viewer):
+        answer = session.post(f"{api}/webhooks/mixpanel/buyers", json={}, timeout=30)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith('Basic realm="connector-segments"')
+        assert answer.json() == {
+            "action": None,
+            "status": "failure",
+            "error": {"message": "wrong or missing credentials", "code": 401},
+        }
+
+
+def test_the_list_is_the_clis_with_source_type_schedule_and_reachable(api, viewer, capsys):
+    answer = get(viewer, f"{api}/api/segments").json()
+    listed = cli_json(capsys, "list")
+    assert answer["total"] == len(listed) == len(SEGMENTS)
+    assert [{k: v for k, v in s.items() if k not in ADDED} for s in answer["segments"]] == listed
+    by_id = {s["id"]: s for s in answer["segments"]}
+    assert [by_id[i]["status"] for i in ("buyers", "churners", "warehouse", "idle")] == [
+        "Ready",
+        "Ready",
+        "Failed",
+        None,
+    ]
+    folder = Path(os.environ["CONNECTOR_SEGMENTS_DIR"])
+    for segment_id in SEGMENTS:
+        config = yaml.safe_load((folder / f"{segment_id}.yaml").read_text())
+        assert by_id[segment_id]["source_type"] == config["source"]["type"]
+        assert by_id[segment_id]["schedule"] == config.get("schedule")
+    for segment_id in ("buyers", "churners", "warehouse"):
+        assert (
+            by_id[segment_id]["reachable"] == cli_json(capsys, "details", segment_id)["reachable"]
+        )
+    assert by_id["buyers"]["reachable"] == 15  # even extIds of ext-1..ext-30 may be pushed
+    assert by_id["idle"]["reachable"] is None
+
+
+def ids(answer: requests.Response) -> list[str]:
+    assert answer.status_code == 200, answer.text
+    return [s["id"] for s in answer.json()["segments"]]
+
+
+def test_paused_is_airflows_is_paused_of_the_segments_dag(api, viewer):
+    def paused() -> dict[str, bool | None]:
+        answer = get(viewer, f"{api}/api/segments").json()
+        return {s["id"]: s["paused"] for s in answer["segments"]}
+
+    def airflow_says(segment_id: str) -> bool | None:
+        answer = get(viewer, f"{core_url(api)}/api/v2/dags/connector_segment_{segment_id}")
+        return answer.json()["is_paused"] if answer.status_code == 200 else None
+
+    assert paused() == {i: airflow_says(i) for i in SEGMENTS}
+    assert paused()["buyers"] is True  # DAGs are paused when created
+    admin = token_session(api, "admin")
+    unpause = admin.patch(
+        f"{core_url(api)}/api/v2/dags/connector_segment_churners",
+        json={"is_paused": False},
+        timeout=30,
+    )
+    assert unpause.status_code == 200, unpause.text
+    try:
+        assert paused()["churners"] is False
+        assert paused()["buyers"] is True
+    finally:
+        admin.patch(
+            f"{core_url(api)}/api/v2/dags/connector_segment_churners",
+            json={"is_paused": True},
+            timeout=30,
+        )
+
+
+def test_the_list_filters_and_pages(api, viewer):
+    url = f"{api}/api/segments"
+    everything = ids(get(viewer, url))
+    assert everything == ["buyers", "churners", "idle", "warehouse"]  # by name, as the CLI
+    assert ids(get(viewer, url, q="CHURN")) == ["churners"]  # name, any case
+    assert ids(get(viewer, url, q="house")) == ["warehouse"]
+    assert ids(get(viewer, url, q="uyer")) == ["buyers"]
+    assert ids(get(viewer, url, q="zzz")) == []
+    assert ids(get(viewer, url, status="Ready")) == ["buyers", "churners"]
+    assert ids(get(viewer, url, status="failed")) == ["warehouse"]
+    assert ids(get(viewer, url, source_type="sql")) == ["warehouse"]
+    assert ids(get(viewer, url, source_type="file", status="Ready", q="b")) == ["buyers"]
+    page = get(viewer, url, limit=2, offset=1)
+    assert ids(page) == everything[1:3] and page.json()["total"] == 4
+    assert ids(get(viewer, url, status="Ready", offset=1)) == ["churners"]
+    assert get(viewer, url, status="Ready", limit=1).json()["total"] == 2
+    assert ids(get(viewer, url, limit=500)) == everything
+    for bad in ({"limit": 501}, {"limit": 0}, {"offset": -1}):
+        assert get(viewer, url, **bad).status_code == 422, bad
+
+
+def test_details_and_report_are_the_clis(api, viewer, capsys):
+    for segment_id in ("buyers", "churners", "warehouse"):
+        answer = get(viewer, f"{api}/api/segments/{segment_id}")
+        assert answer.status_code == 200
+        assert answer.json() == cli_json(capsys, "details", segment_id)
+        report = get(viewer, f"{api}/api/segments/{segment_id}/report")
+        assert report.status_code == 200
+        assert report.json() == cli_json(capsys, "report", segment_id)
+    (sent,) = get(viewer, f"{api}/api/segments/buyers/report").json()
+    assert (sent["title"], sent["recipients"], sent["stats"] is not None) == ("Come back", 30, True)
+    assert get(viewer, f"{api}/api/segments/idle/report").json() == []  # known, nothing sent
+
+
+def test_an_unknown_segment_is_a_404_naming_it(api, viewer):
+    for path in ("segments/nope", "segments/nope/report"):
+        answer = get(viewer, f"{api}/api/{path}")
+        assert answer.status_code == 404, path
+        assert "'nope'" in answer.json()["detail"], path
+    # Configured but never run: nothing to detail yet.
+    answer = get(viewer, f"{api}/api/segments/idle")
+    assert (answer.status_code, answer.json()["detail"]) == (
+        404,
+        "segment 'idle' has never run (or does not exist)",
+    )
