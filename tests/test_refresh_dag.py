@@ -272,3 +272,38 @@ def test_an_undefined_connection_fails_the_step_at_once_naming_it(
     assert (last["status"], last["failed_step"]) == ("failed", "extract")
     assert "'warehouse_nowhere' is not defined" in last["error"]
     unchanged(published, snapshot(capsys))
+
+
+def test_a_scheduled_segment_not_refreshed_within_its_interval_and_grace_is_stale(
+    published, workspace, capsys
+):
+    from datetime import UTC, datetime, timedelta
+
+    path = workspace / "segments" / f"{SEGMENT}.yaml"
+    config = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**config, "schedule": "0 2 * * *"}))
+    assert cli_json(capsys, "list")[0]["stale"] is False  # just published
+
+    # Last published three days ago: what a nightly segment whose runs kept failing shows.
+    old = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(workspace / "netmera.db") as db:
+        db.execute("UPDATE cs_segments SET last_update_date = ? WHERE id = ?", (old, SEGMENT))
+    assert cli_json(capsys, "list")[0]["stale"] is True
+    path.write_text(yaml.safe_dump({**config, "schedule": None}))  # manual: never stale
+    assert cli_json(capsys, "list")[0]["stale"] is False
+
+
+def test_stale_means_older_than_one_interval_plus_the_grace():
+    from datetime import UTC, datetime, timedelta
+
+    from include.store.staleness import is_stale
+
+    now, hour = datetime(2026, 12, 1, 9, 30, tzinfo=UTC), timedelta(hours=1)
+    nightly = "0 2 * * *"  # interval 24 h
+    assert not is_stale(nightly, now - 24 * hour - 59 * timedelta(minutes=1), now, hour)
+    assert is_stale(nightly, now - 25 * hour - timedelta(minutes=1), now, hour)
+    assert is_stale("@hourly", now - 3 * hour, now, timedelta(minutes=30))
+    assert not is_stale("@hourly", now - 80 * timedelta(minutes=1), now, timedelta(minutes=30))
+    assert not is_stale(nightly, None, now, hour)  # never published: its status says why
+    assert not is_stale("@once", now - 100 * hour, now, hour)
+    assert not is_stale(None, now - 100 * hour, now, hour)

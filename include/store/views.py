@@ -4,11 +4,13 @@ print them and the UI's JSON API answers them: one builder for both, so they can
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.config.segments import load_segments
 from include.store.repository import RUN_RESULTS
+from include.store.staleness import grace as stale_grace
+from include.store.staleness import is_stale
 
 if TYPE_CHECKING:
     from include.config.segments import SegmentConfig
@@ -29,6 +31,7 @@ def _listed(
     name: its `list` row, its store row and its config (either may be missing)."""
     stored = {row["id"]: row for row in store.list_segments()}
     configured = {c.id: c for c in load_segments().segments}
+    now, grace = datetime.now(UTC), stale_grace()
     listed = []
     for segment_id in sorted(stored.keys() | configured.keys()):
         row, config = stored.get(segment_id), configured.get(segment_id)
@@ -41,6 +44,12 @@ def _listed(
             "description": config.description if config else row["description"],
             "last_update_date": iso(row["last_update_date"]) if row else None,
             "status": row["status"] if row else None,
+            "stale": is_stale(
+                config.schedule if config else None,
+                row["last_update_date"] if row else None,
+                now,
+                grace,
+            ),
         }
         listed.append((entry, row, config))
     return sorted(listed, key=lambda item: item[0]["name"].lower())
