@@ -152,13 +152,20 @@ def test_a_writing_query_on_sqlite_fails_and_changes_nothing(
     ids=["select", "cte", "join_values"],
 )
 def test_a_reading_query_on_sqlite_still_publishes(sqlite_warehouse, workspace, capsys, query):
-    before = sqlite_state(sqlite_warehouse)
+    assert_publishes_and_writes_nothing(
+        workspace, capsys, query, lambda: sqlite_state(sqlite_warehouse)
+    )
+
+
+def assert_publishes_and_writes_nothing(workspace, capsys, query: str, state) -> None:
+    """The query's segment publishes its members; the warehouse's `state()` is unchanged."""
+    before = state()
     write_sql_segment(workspace, query)
     assert run_segment(SEGMENT) == "success"
     details = outcome(capsys)
     assert (details["status"], details["current_version"]) == ("Ready", 1)
     assert details["members"] == MEMBERS
-    assert sqlite_state(sqlite_warehouse) == before
+    assert state() == before
 
 
 def test_a_query_on_a_view_of_a_wal_database_reads_it(sqlite_warehouse, workspace, capsys):
@@ -268,13 +275,7 @@ def test_a_writing_query_on_postgres_fails_and_changes_nothing(
     ids=["select", "cte", "casts_and_percent"],
 )
 def test_a_reading_query_on_postgres_still_publishes(pg_warehouse, workspace, capsys, query):
-    before = pg_state(pg_warehouse)
-    write_sql_segment(workspace, query)
-    assert run_segment(SEGMENT) == "success"
-    details = outcome(capsys)
-    assert (details["status"], details["current_version"]) == ("Ready", 1)
-    assert details["members"] == MEMBERS
-    assert pg_state(pg_warehouse) == before
+    assert_publishes_and_writes_nothing(workspace, capsys, query, lambda: pg_state(pg_warehouse))
 
 
 # -- the database layer alone (as if the pre-check had let a query through) -------------------

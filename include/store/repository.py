@@ -103,12 +103,19 @@ class SegmentStore:
         return dict(row._mapping) if row else None
 
     def last_run_with_status(
-        self, segment_id: str, status: str, *, before: str | None = None
+        self,
+        segment_id: str,
+        status: str,
+        *,
+        before: str | None = None,
+        version: int | None = None,
     ) -> dict[str, Any] | None:
-        """The newest run in that status (other than the run `before`)."""
+        """The newest run in that status (other than the run `before`; of that `version`)."""
         query = sa.select(runs).where(runs.c.segment_id == segment_id, runs.c.status == status)
         if before:
             query = query.where(runs.c.airflow_run_id != before)
+        if version is not None:
+            query = query.where(runs.c.version == version)
         with self.engine.connect() as conn:
             row = conn.execute(query.order_by(runs.c.id.desc()).limit(1)).first()
         return dict(row._mapping) if row else None

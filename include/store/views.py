@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.config.segments import load_segments
+from include.config.segments import SegmentConfigError, find_segment, load_segments
 from include.store.repository import RUN_RESULTS
 from include.store.staleness import grace as stale_grace
 from include.store.staleness import is_stale
@@ -100,9 +100,13 @@ def search(
 
 def is_known(store: SegmentStore, segment_id: str) -> bool:
     """Whether the store or a valid YAML knows the segment."""
-    return store.segment(segment_id) is not None or any(
-        c.id == segment_id for c in load_segments().segments
-    )
+    if store.segment(segment_id) is not None:
+        return True
+    try:
+        find_segment(segment_id)
+    except SegmentConfigError:
+        return False
+    return True
 
 
 def details(store: SegmentStore, segment_id: str, limit: int) -> dict[str, Any] | None:
@@ -114,13 +118,9 @@ def details(store: SegmentStore, segment_id: str, limit: int) -> dict[str, Any] 
         {k: (iso(r[k]) if k.endswith("_at") else r[k]) for k in RUN_FIELDS}
         for r in store.runs(segment_id, limit)
     ]
-    current = next(
-        (
-            r
-            for r in store.runs(segment_id, 1000)
-            if r["status"] == "published" and r["version"] == row["current_version"]
-        ),
-        None,
+    version = row["current_version"]
+    current = (
+        store.last_run_with_status(segment_id, "published", version=version) if version else None
     )
     return {
         "id": row["id"],
