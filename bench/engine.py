@@ -32,6 +32,7 @@ from include.matching.worker import Worker
 def counts(result: MatchResult) -> dict[str, Any]:
     found = result.to_dict()
     found.pop("members_path")
+    found.pop("unmatched_path")
     return found
 
 

@@ -3,7 +3,8 @@
 Thin glue: the steps live in `include/orchestration/refresh.py`; this file only reads the
 configs (pydantic + YAML, no heavy imports) and wires `start → extract → match → validate →
 publish → send_message` (the send is skipped unless asked; with `refresh: false` it is the only
-step).
+step), and `start → restore → send_message`: with `restore_version` set, the run restores that
+kept version instead of refreshing (extract and what follows it skip).
 A YAML that fails validation is skipped here and reported as an import error of
 `connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
 """
@@ -82,6 +83,15 @@ PARAMS = {
         description="Only to send the same message to the same version again: any new value.",
         **SCHEMA_DRAFT,
     ),
+    "restore_version": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        title="Restore version",
+        description="Instead of refreshing, make this earlier kept version current again "
+        "(a rollback, published as a new version). `details` lists the kept versions.",
+        **SCHEMA_DRAFT,
+    ),
 }
 
 
@@ -152,15 +162,44 @@ def build_dag(config: SegmentConfig) -> DAG:
             from include.orchestration import refresh
 
             run_id, params = _run()
-            if not params["refresh"]:
+            if not params["refresh"] and params["restore_version"] is None:
                 raise AirflowSkipException("refresh: false, straight to Send Message")
-            refresh.start(config, run_id, dry_run=params["dry_run"], approve=params["approve"])
+            refresh.start(
+                config,
+                run_id,
+                dry_run=params["dry_run"],
+                approve=params["approve"],
+                restore_version=params["restore_version"],
+            )
+
+        @task
+        def restore() -> dict:
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            from include.orchestration import refresh
+            from include.store.repository import RestoreRefused
+
+            run_id, params = _run()
+            if params["restore_version"] is None:
+                raise AirflowSkipException("no restore_version: a refresh")
+            try:
+                outcome = refresh.restore(
+                    config, run_id, params["restore_version"], dry_run=params["dry_run"]
+                )
+            except RestoreRefused as exc:
+                raise AirflowFailException(str(exc)) from None  # a retry cannot fix it
+            return _to_xcom(outcome)
 
         @task(pool=pool_for(config.source.type) or "default_pool")
         def extract() -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
             from include.orchestration import refresh
 
-            return _to_xcom(refresh.extract(config, _run()[0]))
+            run_id, params = _run()
+            if params["restore_version"] is not None:
+                raise AirflowSkipException("restore_version set: a restore, not a refresh")
+            return _to_xcom(refresh.extract(config, run_id))
 
         @task
         def match(staged: dict) -> dict:
@@ -222,10 +261,10 @@ def build_dag(config: SegmentConfig) -> DAG:
             except (NetmeraError, ValueError) as exc:
                 raise AirflowFailException(str(exc)) from None  # a retry cannot fix these
 
-        started = start()
-        staged = extract()
-        started >> staged
-        publish(validate(match(staged))) >> send_message()
+        started, staged, restored, sent = start(), extract(), restore(), send_message()
+        started >> [staged, restored]
+        restored >> sent  # a send asked with a restore goes to the restored version
+        publish(validate(match(staged))) >> sent
 
     built = segment_dag()
     # The trigger form is set once the tasks are built: Airflow deep-copies a DAG's Params into

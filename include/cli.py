@@ -8,6 +8,10 @@
     members ID          the current members' Netmera user ids, one a line
     doctor [--json]     netmera_db, store migrations and user table indexes: what is missing
     report ID [--json]  Message Report: sends, recipients, status and Netmera delivery stats
+    restore ID --version N [--json]
+                        make kept version N current again, as a run of the segment's DAG:
+                        triggered through the Airflow API server when the Connection
+                        `connector_segments_api` is defined, else run here by dag.test()
 
 The store is read through the `netmera_db` Airflow Connection (e.g. `AIRFLOW_CONN_NETMERA_DB`).
 """
@@ -15,13 +19,23 @@ The store is read through the `netmera_db` Airflow Connection (e.g. `AIRFLOW_CON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.clients.http import VendorError
 from include.config.segments import SegmentConfigError, load_segments
+
+if TYPE_CHECKING:
+    from include.clients.connection import ConnectionInfo
+
+DAG_FILE = Path(__file__).resolve().parents[1] / "dags" / "connector_segments.py"
+# An http Connection: host = the Airflow API server's base URL, login/password = an Airflow user.
+API_CONN_ID = "connector_segments_api"
 
 LIST_COLUMNS = [
     ("name", "Segment Name"),
@@ -97,9 +111,14 @@ def _print_details(d: dict[str, Any]) -> None:
         f"Connector Users {d['connector_users']:,}   Netmera Users {d['netmera_users']:,}   "
         f"Reachable {_cell('reachable', d['reachable'])}   Message Sent {d['message_sent']:,}"
     )
+    if d["versions"]:
+        kept = ", ".join(_version_label(v) for v in d["versions"])
+        print(f"Kept versions: {kept}  (restore ID --version N)")
     for run in d["runs"]:
         print()
         version = f" v{run['version']}" if run["version"] else ""
+        if run["restored_from"]:
+            version += f" (restore of v{run['restored_from']})"
         print(
             f"run {run['airflow_run_id']}  {run['status']}{version}"
             f"{'  (dry run)' if run['dry_run'] else ''}{'  (approved)' if run['approve'] else ''}"
@@ -131,6 +150,14 @@ def _print_details(d: dict[str, Any]) -> None:
             print(f"  held: {run['hold_reason']}")
         if run["error"]:
             print(f"  failed in {run['failed_step']}: {run['error']}")
+
+
+def _version_label(v: dict[str, Any]) -> str:
+    notes = ["current"] if v["current"] else []
+    notes.append(f"Netmera Users {v['netmera_users']:,}")
+    if v["restored_from"]:
+        notes.append(f"restore of v{v['restored_from']}")
+    return f"v{v['version']} ({', '.join(notes)})"
 
 
 def _ratio(part: dict[str, Any]) -> str:
@@ -194,6 +221,157 @@ def cmd_report(args: argparse.Namespace) -> int:
         if r.get("stats_error"):
             print(f"    stats unavailable: {r['stats_error']}")
     return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from include.orchestration.connections import ConnectionNotDefined, get_connection
+
+    try:
+        api = get_connection(API_CONN_ID)
+    except ConnectionNotDefined:
+        api = None
+    if api:
+        outcome = _restore_through_api(api, args.id, args.version)
+    else:
+        outcome = _restore_here(args.id, args.version)
+        if outcome is None:
+            return 1
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    elif outcome["version"] is None:
+        print(
+            f"segment {args.id!r}: restore of version {args.version} triggered: "
+            f"DAG run {outcome['dag_run_id']}"
+        )
+    else:
+        print(
+            f"segment {args.id!r}: version {outcome['restored_from']} restored as version "
+            f"{outcome['version']}: +{outcome['added']:,} added, -{outcome['removed']:,} removed "
+            f"(DAG run {outcome['dag_run_id']})"
+        )
+    return 0
+
+
+def _restored(segment_id: str, version: int, dag_run_id: str, run: dict | None) -> dict:
+    """What `restore --json` prints; the run's outcome is None until the run has ended."""
+    done = run or {}
+    return {
+        "segment_id": segment_id,
+        "restored_from": version,
+        "version": done.get("version"),
+        "added": done.get("added"),
+        "removed": done.get("removed"),
+        "dag_run_id": dag_run_id,
+    }
+
+
+def _restore_here(segment_id: str, version: int) -> dict | None:
+    """The restore as a run of the segment's DAG in this process (`dag.test()`, on the
+    migrated Airflow metadata DB of $AIRFLOW_HOME); None, having said why, if it failed."""
+    import sqlalchemy as sa
+    from airflow.dag_processing.dagbag import DagBag
+
+    store = _store()
+    store.check_restorable(segment_id, version)  # refused before any run: RestoreRefused
+    dag_id = f"connector_segment_{segment_id}"
+    with _stdout_to_stderr():  # Airflow's task logs: stdout is for the outcome (--json)
+        try:
+            dag = DagBag(dag_folder=str(DAG_FILE)).get_dag(dag_id)
+            if dag is None:
+                raise LookupError(
+                    f"segment {segment_id!r} has no DAG: its YAML is missing or invalid"
+                )
+            dag_run = dag.test(run_conf={"restore_version": version})
+        except sa.exc.OperationalError as exc:  # e.g. "no such table: dag"
+            raise LookupError(
+                "restore runs the DAG here with dag.test(), which needs a migrated Airflow "
+                f"metadata DB (airflow db migrate; AIRFLOW_HOME={os.environ.get('AIRFLOW_HOME')})"
+                f", or the Connection {API_CONN_ID!r} to the API server: {exc.orig}"
+            ) from None
+    run = store.run(segment_id, dag_run.run_id)
+    if run is None or run["status"] != "published":
+        error = (run and run["error"]) or f"the DAG run ended {dag_run.state}"
+        print(
+            f"segment {segment_id!r}: restore of version {version} failed: {error}", file=sys.stderr
+        )
+        return None
+    return _restored(segment_id, version, dag_run.run_id, run)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout goes to stderr meanwhile, by whichever stream object: Airflow's
+    loggers hold the stdout they were configured with, so the file descriptor moves too."""
+    sys.stdout.flush()
+    sys.__stdout__.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.__stdout__.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _restore_through_api(api: ConnectionInfo, segment_id: str, version: int) -> dict:
+    """Trigger the restore run through the Airflow API server (as the Connection's user, so
+    the run names them); returns as soon as the run is queued."""
+    from urllib.parse import quote
+
+    import requests
+
+    base = _api_base(api)
+    if not base:
+        raise LookupError(f"Airflow Connection {API_CONN_ID!r} has no host (the API server URL)")
+    try:
+        login = requests.post(
+            f"{base}/auth/token",
+            json={"username": api.login, "password": api.password},
+            timeout=30,
+        )
+        if not login.ok:
+            raise LookupError(
+                f"the Airflow API server at {base} refused the login of Connection "
+                f"{API_CONN_ID!r}: HTTP {login.status_code}"
+            )
+        answer = requests.post(
+            f"{base}/connector-segments/api/segments/{quote(segment_id, safe='')}/restore",
+            json={"version": version},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+            timeout=60,
+        )
+    except requests.RequestException as exc:
+        raise LookupError(f"cannot reach the Airflow API server at {base}: {exc}") from None
+    if answer.status_code != 202:
+        raise ValueError(
+            f"segment {segment_id!r}: restore of version {version} refused by {base}: "
+            f"HTTP {answer.status_code}: {_detail(answer)}"
+        )
+    return _restored(segment_id, version, answer.json()["dag_run_id"], None)
+
+
+def _api_base(api: ConnectionInfo) -> str:
+    """The API server's base URL: the host as a full URL (`{"conn_type": "http", "host":
+    "http://host:8080/airflow", ...}`), or the parts Airflow splits a URI Connection into
+    (`http://user:password@host:8080/airflow`: the path lands in `schema`)."""
+    host = (api.host or "").rstrip("/")
+    if not host or "://" in host:
+        return host
+    scheme = api.conn_type if api.conn_type in ("http", "https") else "http"
+    port = f":{api.port}" if api.port else ""
+    path = f"/{api.schema.strip('/')}" if api.schema else ""
+    return f"{scheme}://{host}{port}{path}"
+
+
+def _detail(answer: Any) -> str:
+    """The API's reason ({"detail": ...}), or the start of whatever else it answered."""
+    try:
+        detail = answer.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:300]
+    return detail if isinstance(detail, str) else json.dumps(detail)[:300]
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -265,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20, help="how many recent sends (default 20)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("restore", help="make an earlier kept version current again")
+    p.add_argument("id")
+    p.add_argument("--version", type=int, required=True, help="the kept version to restore")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_restore)
     p = sub.add_parser("discover", help="list a vendor's cohorts; --write makes YAML skeletons")
     p.add_argument("vendor", choices=["mixpanel"])
     p.add_argument("--prefix", help="only cohorts whose name starts with this, e.g. PN_")

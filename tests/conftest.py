@@ -21,8 +21,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -183,31 +187,38 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def airflow_api_server(log_path: Path, **env: str) -> Iterator[str]:
+def airflow_api_server(log_path: Path, *, standalone: bool = False, **env: str) -> Iterator[str]:
     """`airflow api-server` (one worker, this repo's plugins) on a free port of 127.0.0.1, with
-    the current environment plus `env`; yields its base URL once healthy, stops it after."""
+    the current environment plus `env`; yields its base URL once healthy, stops it after.
+    `standalone`: `airflow standalone` instead (scheduler, DAG processor and triggerer too,
+    LocalExecutor), so that triggered runs really run."""
     import requests
 
     port = free_port()
     env = {
         **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         **env,
     }
+    command = (
+        ["standalone"] if standalone else ["api-server", "--port", str(port), "--workers", "1"]
+    )
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"],
+            [sys.executable, "-m", "airflow", *command],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
+    base = env["AIRFLOW__API__BASE_URL"]
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             log = log_path.read_text(errors="replace")[-3000:]
             assert server.poll() is None, log
@@ -219,13 +230,38 @@ def airflow_api_server(log_path: Path, **env: str) -> Iterator[str]:
                 pass
             time.sleep(0.5)
         yield base
-    finally:  # the whole group: the server and any worker it started
-        os.killpg(server.pid, signal.SIGTERM)
+    finally:  # the whole group: the server and every process it started
+        # standalone stops its children cleanly on SIGINT only (SIGTERM leaves workers behind)
+        os.killpg(server.pid, signal.SIGINT if standalone else signal.SIGTERM)
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # anything of the group still left
+
+
+def token_session(api: str, username: str) -> requests.Session:
+    """A session carrying the user's Bearer token from `POST /auth/token` (`api`: the
+    plugin's base URL; the password is the one SimpleAuthManager generated)."""
+    import requests
+
+    passwords = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    password = json.loads(passwords.read_text())[username]
+    answer = requests.post(
+        f"{core_url(api)}/auth/token",
+        json={"username": username, "password": password},
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return session
+
+
+def core_url(api: str) -> str:
+    return api.removesuffix("/connector-segments")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

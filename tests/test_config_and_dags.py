@@ -134,6 +134,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
         "message_title",
         "message_text",
         "send_key",
+        "restore_version",
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
     assert dag.default_args["owner"] == "crm"
@@ -168,8 +169,9 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 "message_title": None,
                 "message_text": None,
                 "send_key": "k1",
+                "restore_version": None,
             }
-            for bad in ({"send_message": "yes"}, {"send_key": 7}):
+            for bad in ({"send_message": "yes"}, {"send_key": 7}, {"restore_version": 0}):
                 with pytest.raises(ParamValidationError, match=next(iter(bad))):
                     process_params(dag, task, bad, suppress_exception=False)
     # A run's conf is written into its DAG's Params: another DAG's defaults must not move.

@@ -184,6 +184,13 @@ def members_of(path: str) -> list[dict]:
     return sorted(rows, key=lambda r: (r["user_id"] is None, r["user_id"] or ""))
 
 
+def unmatched_of(result: dict) -> list[dict]:
+    """The unmatched source users the result's file holds, by user key (popping its path)."""
+    return sorted(
+        pq.read_table(result.pop("unmatched_path")).to_pylist(), key=lambda r: r["user_key"]
+    )
+
+
 def outcome(engine: sa.Engine, folder: Path, path: str, rows: list[dict] | None = None) -> dict:
     """match_audience on one path → everything a run records, members as written."""
     work = folder / path
@@ -192,6 +199,7 @@ def outcome(engine: sa.Engine, folder: Path, path: str, rows: list[dict] | None 
     result = match_audience(SEGMENT, staged, engine, UserTable(), {"match_path": path}, work)
     found = result.to_dict()
     found["members"] = members_of(found.pop("members_path"))
+    found["unmatched"] = unmatched_of(found)
     return found
 
 
@@ -350,6 +358,7 @@ def test_refresh_with_auto_on_sqlite_takes_the_path_its_indexes_allow(
         result = refresh.match(config, run_id, staged).to_dict()
         # Only the database path brings lookups back from the database (hits.parquet).
         assert (run_dir(config.id, run_id) / "hits.parquet").exists() == indexed
+        result["unmatched"] = unmatched_of(result)
         recorded[indexed] = (result, members_of(result.pop("members_path")))
     engine.dispose()
     assert recorded[False] == recorded[True]
@@ -445,6 +454,7 @@ def test_refresh_match_step_gives_the_same_run_record_on_either_path(
         looked_up = (run_dir(config.id, run_id) / "hits.parquet").exists()
         assert looked_up == (path == "database")
         members = members_of(result.pop("members_path"))
+        result["unmatched"] = unmatched_of(result)
         recorded[path] = (result, members)
     assert recorded["database"] == recorded["worker"]
 
@@ -542,6 +552,7 @@ def test_worker_path_spills_to_disk_within_its_memory_limit(
         identifiers = identifier_reader(segment, audience)
         result = match_identifiers(segment, identifiers, Worker(users), work).to_dict()
         result["members"] = members_of(result.pop("members_path"))
+        result["unmatched"] = unmatched_of(result)
         results.append(result)
     assert results[0] == results[1]
     assert results[0]["matched_source_users"] == size // 2
@@ -626,6 +637,7 @@ def test_deferred_phones_give_the_results_of_reading_every_phone(case) -> None:
             users = Worker(folder / "users.parquet")
             found = match_identifiers(DEFER_SEGMENT, identifiers, users, work).to_dict()
             found["members"] = members_of(found.pop("members_path"))
+            found["unmatched"] = unmatched_of(found)
             results.append(found)
     assert results[0] == results[1]
 

@@ -182,6 +182,9 @@ def test_shrink_past_max_shrink_is_held_until_approved(published, workspace, cap
     assert held["status"] == "Held"
     assert "max_shrink" in held["status_reason"]
     assert held["runs"][0]["status"] == "held"
+    # What approving it would change, against version 1 (the publish's work, rolled back).
+    preview = {k: held["runs"][0][k] for k in ("base_version", "added", "removed", "version")}
+    assert preview == {"base_version": 1, "added": 0, "removed": 7, "version": None}
     # The held audience is personal data, and the approval extracts again: nothing is kept.
     assert not [p for p in (workspace / "staging").rglob("*") if p.is_file()]
 

@@ -17,14 +17,22 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import airflow_api_server, cli_json, run_segment, write_csv, write_users
+from tests.conftest import (
+    airflow_api_server,
+    cli_json,
+    core_url,
+    run_segment,
+    token_session,
+    write_csv,
+    write_users,
+)
 from tests.fakes import FakeNetmera
 
 pytestmark = pytest.mark.dagrun
 
 KEY = "netmera-rest-key-ui"
 USERS = [(f"nm-{i}", f"ext-{i}", None, None, None, i % 2 == 0) for i in range(1, 41)]
-ADDED = ("source_type", "schedule", "reachable", "paused")
+ADDED = ("source_type", "schedule", "reachable", "paused", "dag_id", "active_run", "actions")
 
 
 def file_segment(ws: Path, segment_id: str, name: str, members: range, **extra) -> dict:
@@ -93,25 +101,6 @@ def api(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log_path, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer"
     ) as base:
         yield f"{base}/connector-segments"
-
-
-def token_session(api: str, username: str) -> requests.Session:
-    """A session carrying the user's Bearer token from `POST /auth/token`."""
-    passwords = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-    password = json.loads(passwords.read_text())[username]
-    answer = requests.post(
-        f"{core_url(api)}/auth/token",
-        json={"username": username, "password": password},
-        timeout=10,
-    )
-    assert answer.status_code == 201, answer.text
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-    return session
-
-
-def core_url(api: str) -> str:
-    return api.removesuffix("/connector-segments")
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +209,12 @@ def test_the_list_filters_and_pages(api, viewer):
     assert ids(get(viewer, url, status="Ready")) == ["buyers", "churners"]
     assert ids(get(viewer, url, status="failed")) == ["warehouse"]
     assert ids(get(viewer, url, source_type="sql")) == ["warehouse"]
+    # The page's two states that are not the store's: paused DAGs (idle's is not in Airflow
+    # yet: it never ran) and stale segments (none: churners published just now).
+    assert ids(get(viewer, url, status="not active")) == ["buyers", "churners", "warehouse"]
+    assert ids(get(viewer, url, status="Stale")) == []
+    assert ids(get(viewer, url, id="idle")) == ["idle"]
+    assert ids(get(viewer, url, id="idl")) == []  # exactly that id
     assert ids(get(viewer, url, source_type="file", status="Ready", q="b")) == ["buyers"]
     page = get(viewer, url, limit=2, offset=1)
     assert ids(page) == everything[1:3] and page.json()["total"] == 4

@@ -1,6 +1,6 @@
 """Stage 2 of the rules (`rules.py`), the decision, in DuckDB on the worker whichever backend
 looked the audience up: per source user a match or one reason, the members Parquet
-(user_id, matched_by), the counts.
+(user_id, matched_by), the unmatched source users Parquet (user_key, reason), the counts.
 
 The DuckDB session is the decision's; the worker backend runs its lookup in it too, so that
 its lookup's tables are already where the decision reads them. Its memory is bounded: past
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 DUCKDB_MEMORY_ENV = "CONNECTOR_SEGMENTS_DUCKDB_MEMORY"
 MEMBERS_FILE = "members.parquet"
+UNMATCHED_FILE = "unmatched.parquet"  # beside the members: why each other source user is out
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
         con.close()
 
 
-def decide(session: DuckSession, has_push: bool, members: Path) -> Counts:
+def decide(session: DuckSession, has_push: bool, members: Path, unmatched: Path) -> Counts:
     """Stage 2 over `cs_ids`, `cs_resolved`, `cs_hits` and (with push) `cs_reach`; writes
-    the members to `members`."""
+    the members to `members` and the unmatched source users to `unmatched`."""
     run = session.run
     run(rules.DECIDE)
     run(rules.copy_members(members))
+    run(rules.copy_unmatched(unmatched))
     ((total, matched),) = run(rules.SOURCE_USER_COUNTS)
     reasons = dict(run(rules.REASON_COUNTS))
     matched_by = dict(run(rules.MATCHED_BY_COUNTS))

@@ -50,9 +50,10 @@ def match_audience(
     extra: dict[str, Any],
     workdir: Path,
 ) -> MatchResult:
-    """Staged audience x Netmera user table → members Parquet in `workdir`, counts, reasons.
-    The path follows `extra["match_path"]`: database | worker | auto (by the audience's size
-    against the table, and on SQLite by the indexes this segment's kinds need)."""
+    """Staged audience x Netmera user table → members and unmatched Parquet in `workdir`,
+    counts, reasons. The path follows `extra["match_path"]`: database | worker | auto (by the
+    audience's size against the table, and on SQLite by the indexes this segment's kinds
+    need)."""
     import pyarrow.parquet as pq
 
     rows = pq.ParquetFile(staged).metadata.num_rows
@@ -71,8 +72,8 @@ def match_identifiers(
     segment: SegmentConfig, identifiers: pa.RecordBatchReader, backend: Backend, workdir: Path
 ) -> MatchResult:
     """Normalised identifier rows (`audience.identifier_reader`) → looked up → decided."""
-    members = workdir / decide.MEMBERS_FILE
+    members, unmatched = workdir / decide.MEMBERS_FILE, workdir / decide.UNMATCHED_FILE
     with decide.session(workdir, backend.memory) as duck:
         has_push = backend.lookup(segment, identifiers, duck)
-        counts = decide.decide(duck, has_push, members)
-    return MatchResult.of(segment, counts, str(members))
+        counts = decide.decide(duck, has_push, members, unmatched)
+    return MatchResult.of(segment, counts, str(members), str(unmatched))

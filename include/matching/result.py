@@ -19,9 +19,12 @@ class MatchResult:
     reasons: dict[str, int] = field(default_factory=dict)
     matched_by: dict[str, int] = field(default_factory=dict)
     members_path: str = ""
+    unmatched_path: str = ""  # user_key, reason of every unmatched source user
 
     @classmethod
-    def of(cls, segment: SegmentConfig, counts: Counts, members: str) -> MatchResult:
+    def of(
+        cls, segment: SegmentConfig, counts: Counts, members: str, unmatched: str
+    ) -> MatchResult:
         """The decision's counts, `matched_by` listing every kind of the segment in order."""
         return cls(
             connector_users=counts.connector_users,
@@ -33,6 +36,7 @@ class MatchResult:
                 i.kind.value: counts.matched_by.get(i.kind.value, 0) for i in segment.identifiers
             },
             members_path=members,
+            unmatched_path=unmatched,
         )
 
     @property

@@ -314,6 +314,14 @@ def copy_members(path: Path) -> str:
     return f"COPY (SELECT user_id, matched_by FROM cs_members) TO {_quoted(path)} (FORMAT parquet)"
 
 
+def copy_unmatched(path: Path) -> str:
+    """Every unmatched source user's key and its one reason, out to Parquet."""
+    return (
+        "COPY (SELECT user_key, reason FROM cs_source_users WHERE NOT matched)"
+        f" TO {_quoted(path)} (FORMAT parquet)"
+    )
+
+
 def _quoted(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 

@@ -1,15 +1,99 @@
-"""What Airflow's metadata DB says about the segments' DAGs (read by the UI's JSON API, which
-runs inside the API server)."""
+"""What Airflow's metadata DB says about the segments' DAGs, and the runs the page's actions
+trigger: this runs inside the API server (the UI's JSON API), on Airflow's own session."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DagState:
+    paused: bool
+    active_run: dict[str, str] | None  # {"dag_run_id", "state"} of a queued or running run
+
+
+class DagNotReady(LookupError):
+    """The DAG is unknown to Airflow (not parsed yet, or its YAML is invalid) or paused."""
+
+
+def dag_states(dag_ids: list[str] | None = None) -> dict[str, DagState]:
+    """Paused and the oldest active run of each segment DAG Airflow knows (of `dag_ids`, or
+    all of them): two queries, whatever the number of DAGs."""
+    import sqlalchemy as sa
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    dags = sa.select(DagModel.dag_id, DagModel.is_paused)
+    active = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
+        DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
+    )
+    if dag_ids is None:
+        dags = dags.where(DagModel.dag_id.startswith("connector_segment_"))
+    else:
+        dags = dags.where(DagModel.dag_id.in_(dag_ids))
+        active = active.where(DagRun.dag_id.in_(dag_ids))
+    with create_session() as session:
+        paused = dict(session.execute(dags).all())
+        runs: dict[str, dict[str, str]] = {}
+        for dag_id, run_id, state in session.execute(active.order_by(DagRun.id.desc())).all():
+            runs[dag_id] = {"dag_run_id": run_id, "state": str(state)}  # the oldest wins
+    return {dag_id: DagState(bool(p), runs.get(dag_id)) for dag_id, p in paused.items()}
 
 
 def paused_dags(dag_ids: list[str]) -> dict[str, bool]:
     """`is_paused` of those of `dag_ids` Airflow knows (a DAG not parsed yet is left out)."""
-    import sqlalchemy as sa
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
+    return {dag_id: state.paused for dag_id, state in dag_states(dag_ids).items()}
 
-    query = sa.select(DagModel.dag_id, DagModel.is_paused).where(DagModel.dag_id.in_(dag_ids))
+
+def trigger_run(
+    dag_id: str, *, action: str, user: str, conf: dict[str, Any], note: str, exclusive: bool
+) -> str:
+    """Trigger a run of the DAG as `user` (Airflow's audit log and the run record name them)
+    and return its run id. `exclusive`: refuse (RunInProgress) while another run is queued or
+    running; the check and the trigger share one transaction holding the DAG's row."""
+    import sqlalchemy as sa
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunTriggeredByType
+
     with create_session() as session:
-        return {dag_id: paused for dag_id, paused in session.execute(query).all()}
+        dag = session.execute(
+            sa.select(DagModel.is_paused).where(DagModel.dag_id == dag_id).with_for_update()
+        ).first()
+        if dag is None:
+            raise DagNotReady(
+                f"{dag_id} is not known to Airflow yet (not parsed, or its YAML "
+                "is invalid: see `python -m include.cli validate`)"
+            )
+        if dag.is_paused:
+            raise DagNotReady(f"{dag_id} is paused (Not Active): unpause it in Airflow first")
+        if exclusive:
+            running = session.scalars(
+                sa.select(DagRun.run_id).where(
+                    DagRun.dag_id == dag_id,
+                    DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING]),
+                )
+            ).first()
+            if running:
+                raise RunInProgress(f"{dag_id} already has a run in progress ({running})")
+        run = trigger_dag(
+            dag_id,
+            triggered_by=DagRunTriggeredByType.UI,
+            triggering_user_name=user,
+            run_id=f"{action}__{datetime.now(UTC).isoformat()}",
+            conf=conf,
+            note=note,
+            session=session,
+        )
+        return run.run_id
+
+
+class RunInProgress(RuntimeError):
+    """Another run of the segment's DAG is queued or running."""

@@ -1,6 +1,7 @@
 """One refresh of a connector segment, step by step, as the DAG runs it.
 
     start → extract → match → validate → publish
+    start → restore  (a rollback to an earlier kept version, instead of a refresh)
 
 Each step takes the segment config and the run key (the Airflow run id) and talks to the
 connector, the staging folder, the matcher, GX and the store. Nothing here imports Airflow
@@ -11,6 +12,7 @@ Task logs get counts and reasons, never identifiers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from include import staging
@@ -33,12 +35,38 @@ def _store():
     return netmera_database().store
 
 
-def start(config: SegmentConfig, run_id: str, *, dry_run: bool, approve: bool) -> None:
-    _store().start_run(config, run_id, dry_run=dry_run, approve=approve)
+def start(
+    config: SegmentConfig,
+    run_id: str,
+    *,
+    dry_run: bool,
+    approve: bool,
+    restore_version: int | None = None,
+) -> None:
+    _store().start_run(
+        config, run_id, dry_run=dry_run, approve=approve, restore_version=restore_version
+    )
     staging.remove_other_runs(config.id, run_id)
     log.info(
-        "segment %s: run %s started (dry_run=%s, approve=%s)", config.id, run_id, dry_run, approve
+        "segment %s: run %s started (dry_run=%s, approve=%s, restore_version=%s)",
+        config.id,
+        run_id,
+        dry_run,
+        approve,
+        restore_version,
     )
+
+
+def _parquet_rows(path: str, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
+    """A step's Parquet output as batches of row dicts, for the store's batched inserts."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=columns):
+        yield batch.to_pylist()
+
+
+def _members(matched: MatchResult) -> Iterator[list[dict[str, Any]]]:
+    return _parquet_rows(matched.members_path, ["user_id", "matched_by"])
 
 
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
@@ -65,8 +93,10 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
 
 
 def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
-    """Staged audience x Netmera user table → members Parquet beside it, counts on the run
-    record. The path (database or worker) follows the `netmera_db` extra `match_path`."""
+    """Staged audience x Netmera user table → members Parquet beside it; the unmatched source
+    users (key, reason) and the counts on the run record (unmatched first: until the counts
+    land, readers see the refresh before). The path (database or worker) follows the
+    `netmera_db` extra `match_path`."""
     from pathlib import Path
 
     from include.matching.pipeline import match_audience
@@ -74,7 +104,11 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
     db = netmera_database()
     audience = Path(staged.path)
     result = match_audience(config, audience, db.engine, db.users, db.info.extra, audience.parent)
-    _store().record_run(
+    store = db.store
+    store.record_unmatched(
+        config.id, run_id, _parquet_rows(result.unmatched_path, ["user_key", "reason"])
+    )
+    store.record_run(
         config.id,
         run_id,
         connector_users=result.connector_users,
@@ -131,12 +165,19 @@ def validate(
             f"segment {config.id!r}: data expectations failed: {', '.join(decision.failures)}"
         )
     if decision.outcome == HOLD and not approve and not dry_run:
+        # What Approve would change, on the held run: the publish's own work, rolled back.
+        added, removed = store.preview(config.id, _members(matched))
+        base = current["current_version"] if current else None
+        store.record_run(config.id, run_id, base_version=base, added=added, removed=removed)
         store.hold_run(config.id, run_id, hold_reason)
         staging.remove_run(config.id, run_id)  # an approval extracts again
         log.warning(
-            "segment %s: HELD, not published: %s. Trigger with approve=true to publish.",
+            "segment %s: HELD, not published: %s (publishing would add %d, remove %d). "
+            "Trigger with approve=true to publish.",
             config.id,
             hold_reason,
+            added,
+            removed,
         )
         return "held"
     if decision.outcome == HOLD:
@@ -153,14 +194,9 @@ def publish(
     config: SegmentConfig, run_id: str, matched: MatchResult, *, dry_run: bool
 ) -> Publication:
     """The new membership becomes current in one transaction (rolled back on a dry run)."""
-    import pyarrow.parquet as pq
-
-    def batches():
-        members = pq.ParquetFile(matched.members_path)
-        for batch in members.iter_batches(batch_size=10_000, columns=["user_id", "matched_by"]):
-            yield batch.to_pylist()
-
-    outcome = _store().publish(config.id, run_id, batches(), counts=matched, dry_run=dry_run)
+    outcome = _store().publish(
+        config.id, run_id, _members(matched), counts=matched, dry_run=dry_run
+    )
     log.info(
         "segment %s: %s version %s: +%s added, -%s removed",
         config.id,
@@ -171,6 +207,31 @@ def publish(
     )
     # Staged files hold personal data: drop them once the run has done its job.
     staging.remove_run(config.id, run_id)
+    return outcome
+
+
+def restore(
+    config: SegmentConfig, run_id: str, version: int, *, dry_run: bool = False
+) -> Publication:
+    """Kept version `version` becomes current again, as a new version, in one transaction.
+    Raises RestoreRefused (nothing changed) for a version that cannot be restored, and for a
+    dry run: `details` already shows each kept version's counts."""
+    from include.store.repository import RestoreRefused
+
+    if dry_run:
+        raise RestoreRefused(
+            f"segment {config.id!r}: restore_version cannot be a dry run; nothing restored "
+            "(details lists each kept version's counts)"
+        )
+    outcome = _store().restore(config.id, run_id, version)
+    log.info(
+        "segment %s: restored version %d as version %s: +%s added, -%s removed",
+        config.id,
+        version,
+        outcome.version,
+        outcome.added,
+        outcome.removed,
+    )
     return outcome
 
 
@@ -192,6 +253,11 @@ def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> 
     refresh): `include/campaign/message.py`."""
     from include.campaign.message import send_message as send_campaign
     from include.clients.netmera import NetmeraClient
+
+    if params.get("restore_version") is not None:
+        # A restore is no refresh: `send_on_refresh` does not apply, and an asked send goes to
+        # the current version, the restored one (the DAG runs the send after the restore).
+        params = {**params, "refresh": False}
 
     def client() -> NetmeraClient:
         return NetmeraClient(get_connection(NETMERA_CONN_ID))

@@ -1,13 +1,15 @@
-"""Segment store operations: the status lifecycle, run records and the versioned publish.
+"""Segment store operations: the status lifecycle, run records, the versioned publish and
+the restore of an earlier version.
 
 Lifecycle: a refresh marks the segment Calculating (its current membership keeps serving), then
 ends Ready (published), Failed (error recorded) or Held (guardrail tripped). Failed and Held never
-touch the current membership or its counts. Dry runs record a run but leave the segment alone.
+touch the current membership or its counts. Dry runs record a run but leave the segment alone;
+so does a restore until it commits (then Ready), and a refused or failed one never.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 
 from include.store.migrate import upgrade
 from include.store.redaction import MAX_ERROR, redact_personal_data
-from include.store.tables import members, runs, segments
+from include.store.tables import members, runs, segments, unmatched
 
 if TYPE_CHECKING:
     from include.config.segments import SegmentConfig
@@ -54,9 +56,17 @@ RUN_RESULTS = (
     "validation",
     "added",
     "removed",
+    "restored_from",
 )
 KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
-_INSERT_BATCH = 10_000
+# Unmatched source users are personal data: kept for the last few refreshes only.
+KEEP_UNMATCHED_RUNS = 3
+# The segment's counts, set from the run that published its current version.
+LISTED_COUNTS = ("connector_users", "netmera_users", "reachable")
+# What a restore copies from the run that published the version it restores.
+RESTORED_COUNTS = (*LISTED_COUNTS, "matched_source_users", "refused_rows", "reasons", "matched_by")
+# Fills a new version's members, given the transaction and the version's number.
+Fill = Callable[[sa.Connection, int], None]
 
 
 def _now() -> datetime:
@@ -64,7 +74,11 @@ def _now() -> datetime:
 
 
 class PublishAborted(RuntimeError):
-    """Raised inside the publish transaction to roll it back (dry runs)."""
+    """Raised inside the publish transaction to roll it back (dry runs, previews)."""
+
+
+class RestoreRefused(ValueError):
+    """Only a kept, published version other than the current one can be restored."""
 
 
 class SegmentStore:
@@ -122,11 +136,7 @@ class SegmentStore:
 
     def member_ids(self, segment_id: str) -> Iterator[str]:
         """The current membership's Netmera user ids, streamed."""
-        current = (
-            sa.select(segments.c.current_version)
-            .where(segments.c.id == segment_id)
-            .scalar_subquery()
-        )
+        current = self._current(segment_id).scalar_subquery()
         query = (
             sa.select(members.c.user_id)
             .where(members.c.segment_id == segment_id, members.c.version == current)
@@ -136,12 +146,60 @@ class SegmentStore:
             for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
                 yield row.user_id
 
+    def unmatched(self, segment_id: str) -> Iterator[tuple[str, str]]:
+        """(user key, reason) of every unmatched source user of the last refresh that matched,
+        by user key, streamed; none if that refresh had none (never an older refresh's)."""
+        last = (
+            sa.select(runs.c.airflow_run_id)
+            .where(runs.c.segment_id == segment_id, self._matched_refresh())
+            .order_by(*self._newest_first())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(unmatched.c.user_key, unmatched.c.reason)
+            .where(unmatched.c.segment_id == segment_id, unmatched.c.airflow_run_id == last)
+            .order_by(unmatched.c.user_key)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
+                yield row.user_key, row.reason
+
+    def kept_versions(self, segment_id: str) -> list[dict[str, Any]]:
+        """The kept published versions, newest first: each the record of the run that
+        published it (one query)."""
+        with self.engine.connect() as conn:
+            return self._kept_versions(conn, segment_id)
+
+    def check_restorable(self, segment_id: str, version: int) -> None:
+        """RestoreRefused, naming the segment, the version and the kept ones, unless `restore`
+        would accept `version` now."""
+        with self.engine.connect() as conn:
+            self._restorable_run(conn, segment_id, version)
+
+    def restorable_versions(self, segment_id: str) -> list[int]:
+        """The versions `restore` accepts, newest first: kept, published, not current."""
+        with self.engine.connect() as conn:
+            current = self._current_version(conn, segment_id)
+            return [
+                v["version"]
+                for v in self._kept_versions(conn, segment_id)
+                if v["version"] != current
+            ]
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start_run(
-        self, config: SegmentConfig, run_id: str, *, dry_run: bool, approve: bool
+        self,
+        config: SegmentConfig,
+        run_id: str,
+        *,
+        dry_run: bool,
+        approve: bool,
+        restore_version: int | None = None,
     ) -> None:
-        """Open (or, on a task retry, reopen) the run record; mark the segment Calculating."""
+        """Open (or, on a task retry, reopen) the run record; mark the segment Calculating,
+        unless it is a dry run or a restore (which leaves the status alone until it commits)."""
         now = _now()
         with self.engine.begin() as conn:
             listed = {
@@ -163,15 +221,17 @@ class SegmentStore:
                     )
                 )
             self._abandon_others(conn, config.id, run_id)
-            if not dry_run:
+            if not dry_run and restore_version is None:
                 self._set_status(conn, config.id, CALCULATING, None)
             # A cleared or retried run starts over: nothing of its earlier attempt stays.
+            conn.execute(unmatched.delete().where(*self._unmatched_of(config.id, run_id)))
             values = {
                 "dry_run": dry_run,
                 "approve": approve,
                 "status": "calculating",
                 "started_at": now,
                 **dict.fromkeys(RUN_RESULTS),
+                "restored_from": restore_version,
             }
             existing = conn.execute(
                 sa.select(runs.c.id).where(
@@ -190,18 +250,48 @@ class SegmentStore:
         with self.engine.begin() as conn:
             conn.execute(self._run_update(segment_id, run_id).values(**values))
 
+    def record_unmatched(
+        self, segment_id: str, run_id: str, batches: Iterable[list[dict[str, str]]]
+    ) -> None:
+        """The run's unmatched source users ({user_key, reason} batches), replacing those of an
+        earlier attempt; in the same transaction, those of all but the segment's newest
+        KEEP_UNMATCHED_RUNS refreshes (this one included) are deleted. Record them before the
+        run's counts: until those land, readers still see the refresh before."""
+        with self.engine.begin() as conn:
+            conn.execute(unmatched.delete().where(*self._unmatched_of(segment_id, run_id)))
+            for batch in batches:
+                rows = [{"segment_id": segment_id, "airflow_run_id": run_id, **r} for r in batch]
+                if rows:
+                    conn.execute(unmatched.insert(), rows)
+            others = conn.execute(
+                sa.select(runs.c.airflow_run_id)
+                .where(
+                    runs.c.segment_id == segment_id,
+                    runs.c.airflow_run_id != run_id,
+                    self._matched_refresh(),
+                )
+                .order_by(*self._newest_first())
+                .limit(KEEP_UNMATCHED_RUNS - 1)
+            ).scalars()
+            conn.execute(
+                unmatched.delete().where(
+                    unmatched.c.segment_id == segment_id,
+                    unmatched.c.airflow_run_id.not_in([run_id, *others]),
+                )
+            )
+
     def fail_run(self, segment_id: str, run_id: str, step: str, error: str) -> str:
         """Failed: the run records the error, redacted of personal data (and returns it as
         recorded); membership and counts stay as they were."""
         error = redact_personal_data(error)[:MAX_ERROR]
         with self.engine.begin() as conn:
-            dry_run = self._is_dry_run(conn, segment_id, run_id)
+            owns_status = self._owns_status(conn, segment_id, run_id)
             conn.execute(
                 self._run_update(segment_id, run_id).values(
                     status="failed", failed_step=step, error=error, finished_at=_now()
                 )
             )
-            if not dry_run:
+            if owns_status:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
         return error
 
@@ -209,19 +299,20 @@ class SegmentStore:
         """A run that ended without its steps reporting (killed worker, state set from the UI):
         Failed, but only if its record still says calculating."""
         with self.engine.begin() as conn:
-            run = conn.execute(
-                sa.select(runs.c.status, runs.c.dry_run).where(
+            status = conn.execute(
+                sa.select(runs.c.status).where(
                     runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
                 )
-            ).first()
-            if run is None or run.status != "calculating":
+            ).scalar()
+            if status != "calculating":
                 return
+            owns_status = self._owns_status(conn, segment_id, run_id)
             conn.execute(
                 self._run_update(segment_id, run_id).values(
                     status="failed", failed_step="run", error=why, finished_at=_now()
                 )
             )
-            if not run.dry_run:
+            if owns_status:
                 self._set_status(conn, segment_id, FAILED, f"run: {why}")
 
     def hold_run(self, segment_id: str, run_id: str, reason: str) -> None:
@@ -247,52 +338,11 @@ class SegmentStore:
 
         A dry run does the same work and rolls it back, so it shows exactly what would change.
         """
-        done = self.run(segment_id, run_id)
-        if done and done["status"] == "published":
-            # A retry after the commit landed (worker died before reporting success).
-            return Publication(*(done[k] for k in ("version", "base_version", "added", "removed")))
-        outcome = Publication(version=0, base_version=None, added=0, removed=0)
-        try:
-            with self.engine.begin() as conn:
-                current = conn.execute(
-                    sa.select(segments.c.current_version).where(segments.c.id == segment_id)
-                ).scalar_one()
-                version = (current or 0) + 1
-                for batch in member_batches:
-                    rows = [{"segment_id": segment_id, "version": version, **m} for m in batch]
-                    if rows:
-                        conn.execute(members.insert(), rows)
-                added, removed = self._diff(conn, segment_id, version, current)
-                outcome = Publication(version, current, added, removed)
-                if dry_run:
-                    raise PublishAborted
-                now = _now()
-                conn.execute(
-                    segments.update()
-                    .where(segments.c.id == segment_id)
-                    .values(
-                        current_version=version,
-                        connector_users=counts.connector_users,
-                        netmera_users=counts.netmera_users,
-                        reachable=counts.reachable,
-                        status=READY,
-                        status_reason=None,
-                        last_update_date=now,
-                        updated_at=now,
-                    )
-                )
-                conn.execute(
-                    self._run_update(segment_id, run_id).values(
-                        status="published", finished_at=now, **asdict(outcome)
-                    )
-                )
-                conn.execute(
-                    members.delete().where(
-                        members.c.segment_id == segment_id,
-                        members.c.version <= version - KEEP_VERSIONS,
-                    )
-                )
-        except PublishAborted:
+        done = self._published(segment_id, run_id)
+        if done:
+            return done
+        if dry_run:
+            outcome = self._rolled_back(segment_id, self._inserted(segment_id, member_batches))
             self.record_run(
                 segment_id,
                 run_id,
@@ -301,6 +351,43 @@ class SegmentStore:
                 base_version=outcome.base_version,
                 added=outcome.added,
                 removed=outcome.removed,
+            )
+            return outcome
+        with self.engine.begin() as conn:
+            outcome = self._add_version(
+                conn, segment_id, self._inserted(segment_id, member_batches)
+            )
+            listed = {k: getattr(counts, k) for k in LISTED_COUNTS}
+            self._make_current(conn, segment_id, run_id, outcome, listed)
+        return outcome
+
+    def preview(
+        self, segment_id: str, member_batches: Iterable[list[dict[str, str]]]
+    ) -> tuple[int, int]:
+        """(added, removed): what publishing these members would change against the current
+        version. The publish's own work, rolled back (what Approve shows)."""
+        outcome = self._rolled_back(segment_id, self._inserted(segment_id, member_batches))
+        return outcome.added, outcome.removed
+
+    def restore(self, segment_id: str, run_id: str, version: int) -> Publication:
+        """Make kept version `version` current again in ONE transaction, as a NEW version
+        (numbers stay monotonic, so pruning and the send ledger's once-per-version rule hold)
+        with the counts of the run that published it; the run records it as a publish, with
+        `restored_from`. Raises RestoreRefused unless the version is in restorable_versions."""
+        done = self._published(segment_id, run_id)
+        if done:
+            return done
+        with self.engine.begin() as conn:
+            source = self._restorable_run(conn, segment_id, version)
+            outcome = self._add_version(conn, segment_id, self._copied(segment_id, version))
+            self._make_current(
+                conn,
+                segment_id,
+                run_id,
+                outcome,
+                {k: source[k] for k in LISTED_COUNTS},
+                restored_from=version,
+                **{k: source[k] for k in RESTORED_COUNTS},
             )
         return outcome
 
@@ -330,13 +417,156 @@ class SegmentStore:
         return runs.update().where(runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id)
 
     @staticmethod
-    def _is_dry_run(conn: sa.Connection, segment_id: str, run_id: str) -> bool:
-        return bool(
+    def _owns_status(conn: sa.Connection, segment_id: str, run_id: str) -> bool:
+        """Whether the run's failure makes the segment Failed: not a dry run's, nor a restore's
+        (neither touched the status, and the membership is as it was)."""
+        run = conn.execute(
+            sa.select(runs.c.dry_run, runs.c.restored_from).where(
+                runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
+            )
+        ).first()
+        return run is None or (not run.dry_run and run.restored_from is None)
+
+    @staticmethod
+    def _unmatched_of(segment_id: str, run_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+        return unmatched.c.segment_id == segment_id, unmatched.c.airflow_run_id == run_id
+
+    @staticmethod
+    def _matched_refresh() -> sa.ColumnElement[bool]:
+        """A run that matched an audience: a refresh (not a restore) past its match step."""
+        return sa.and_(runs.c.connector_users.is_not(None), runs.c.restored_from.is_(None))
+
+    @staticmethod
+    def _newest_first() -> tuple[sa.UnaryExpression, ...]:
+        # By start: a cleared run that runs again is the newest, whatever its id.
+        return runs.c.started_at.desc(), runs.c.id.desc()
+
+    @staticmethod
+    def _current(segment_id: str) -> sa.Select:
+        return sa.select(segments.c.current_version).where(segments.c.id == segment_id)
+
+    def _current_version(self, conn: sa.Connection, segment_id: str) -> int | None:
+        return conn.execute(self._current(segment_id)).scalar()
+
+    def _kept_versions(self, conn: sa.Connection, segment_id: str) -> list[dict[str, Any]]:
+        # The versions whose members publish has not pruned (see _make_current), by the runs
+        # that published them: an empty version has no member rows but is kept all the same.
+        current = self._current(segment_id).scalar_subquery()
+        query = (
+            sa.select(runs)
+            .where(
+                runs.c.segment_id == segment_id,
+                runs.c.status == "published",
+                runs.c.version > current - KEEP_VERSIONS,
+            )
+            .order_by(runs.c.version.desc())
+        )
+        return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def _restorable_run(self, conn: sa.Connection, segment_id: str, version: int) -> dict[str, Any]:
+        """The run that published `version`, if it can be restored; else RestoreRefused."""
+        current = self._current_version(conn, segment_id)
+        kept = self._kept_versions(conn, segment_id)
+        for run in kept:
+            if run["version"] == version and version != current:
+                return run
+        why = "it is the current version" if version == current else "not a kept published version"
+        listed = ", ".join(
+            f"{r['version']}{' (current)' if r['version'] == current else ''}" for r in kept
+        )
+        raise RestoreRefused(
+            f"segment {segment_id!r}: version {version} cannot be restored ({why}); "
+            f"kept versions: {listed or 'none'}"
+        )
+
+    def _published(self, segment_id: str, run_id: str) -> Publication | None:
+        """What the run published, if it did: a retry after the commit landed (the worker died
+        before reporting success) returns it instead of publishing again."""
+        done = self.run(segment_id, run_id)
+        if done and done["status"] == "published":
+            return Publication(*(done[k] for k in ("version", "base_version", "added", "removed")))
+        return None
+
+    def _rolled_back(self, segment_id: str, fill: Fill) -> Publication:
+        """What adding that version would change; nothing of it is kept."""
+        try:
+            with self.engine.begin() as conn:
+                outcome = self._add_version(conn, segment_id, fill)
+                raise PublishAborted
+        except PublishAborted:
+            return outcome
+
+    def _add_version(self, conn: sa.Connection, segment_id: str, fill: Fill) -> Publication:
+        """Version current+1, filled, and how it differs from the current one."""
+        current = conn.execute(self._current(segment_id)).scalar_one()  # the segment must exist
+        version = (current or 0) + 1
+        fill(conn, version)
+        added, removed = self._diff(conn, segment_id, version, current)
+        return Publication(version, current, added, removed)
+
+    @staticmethod
+    def _inserted(segment_id: str, member_batches: Iterable[list[dict[str, str]]]) -> Fill:
+        def fill(conn: sa.Connection, version: int) -> None:
+            for batch in member_batches:
+                rows = [{"segment_id": segment_id, "version": version, **m} for m in batch]
+                if rows:
+                    conn.execute(members.insert(), rows)
+
+        return fill
+
+    @staticmethod
+    def _copied(segment_id: str, source_version: int) -> Fill:
+        def fill(conn: sa.Connection, version: int) -> None:
             conn.execute(
-                sa.select(runs.c.dry_run).where(
-                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
+                members.insert().from_select(
+                    ["segment_id", "version", "user_id", "matched_by"],
+                    sa.select(
+                        members.c.segment_id,
+                        sa.literal(version, sa.Integer),
+                        members.c.user_id,
+                        members.c.matched_by,
+                    ).where(
+                        members.c.segment_id == segment_id, members.c.version == source_version
+                    ),
                 )
-            ).scalar()
+            )
+
+        return fill
+
+    def _make_current(
+        self,
+        conn: sa.Connection,
+        segment_id: str,
+        run_id: str,
+        outcome: Publication,
+        listed: dict[str, Any],
+        **run_values: Any,
+    ) -> None:
+        """The new version current, with the segment's counts `listed`; the run published;
+        versions older than KEEP_VERSIONS pruned."""
+        now = _now()
+        conn.execute(
+            segments.update()
+            .where(segments.c.id == segment_id)
+            .values(
+                current_version=outcome.version,
+                **listed,
+                status=READY,
+                status_reason=None,
+                last_update_date=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            self._run_update(segment_id, run_id).values(
+                status="published", finished_at=now, **asdict(outcome), **run_values
+            )
+        )
+        conn.execute(
+            members.delete().where(
+                members.c.segment_id == segment_id,
+                members.c.version <= outcome.version - KEEP_VERSIONS,
+            )
         )
 
     @staticmethod

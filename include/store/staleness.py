@@ -25,13 +25,29 @@ def grace() -> timedelta:
 def is_stale(
     schedule: str | None, last_update: datetime | None, now: datetime, grace: timedelta
 ) -> bool:
-    if not schedule or schedule in _NO_INTERVAL or last_update is None:
-        return False
-    from croniter import croniter
+    return Staleness(now, grace)(schedule, last_update)
 
-    if last_update.tzinfo is None:  # SQLite keeps no zone; the store writes UTC
-        last_update = last_update.replace(tzinfo=UTC)
-    fire_times = croniter(schedule, now)
-    latest = fire_times.get_prev(datetime)
-    interval = latest - fire_times.get_prev(datetime)
-    return now - last_update > interval + grace
+
+class Staleness:
+    """`is_stale` at one moment for many segments: each schedule's interval is computed once
+    (croniter costs ~50 µs a call; 10,000 segments share a handful of schedules)."""
+
+    def __init__(self, now: datetime, grace: timedelta) -> None:
+        self.now, self.grace = now, grace
+        self._intervals: dict[str, timedelta] = {}
+
+    def __call__(self, schedule: str | None, last_update: datetime | None) -> bool:
+        if not schedule or schedule in _NO_INTERVAL or last_update is None:
+            return False
+        if last_update.tzinfo is None:  # SQLite keeps no zone; the store writes UTC
+            last_update = last_update.replace(tzinfo=UTC)
+        return self.now - last_update > self._interval(schedule) + self.grace
+
+    def _interval(self, schedule: str) -> timedelta:
+        if schedule not in self._intervals:
+            from croniter import croniter
+
+            fire_times = croniter(schedule, self.now)
+            latest = fire_times.get_prev(datetime)
+            self._intervals[schedule] = latest - fire_times.get_prev(datetime)
+        return self._intervals[schedule]

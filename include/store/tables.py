@@ -50,6 +50,7 @@ runs = sa.Table(
     sa.Column("validation", sa.JSON),
     sa.Column("added", sa.Integer),
     sa.Column("removed", sa.Integer),
+    sa.Column("restored_from", sa.Integer),  # the version a restore run made current again
 )
 
 members = sa.Table(
@@ -59,6 +60,17 @@ members = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("user_id", sa.String(200), primary_key=True),
     sa.Column("matched_by", sa.String(30), nullable=False),
+)
+
+# The unmatched source users of a segment's last few runs (KEEP_UNMATCHED_RUNS); no key:
+# rows are only ever written, read and deleted by (segment_id, airflow_run_id).
+unmatched = sa.Table(
+    "cs_unmatched",
+    metadata,
+    sa.Column("segment_id", sa.String(200), nullable=False),
+    sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("reason", sa.String(30), nullable=False),
 )
 
 sends = sa.Table(

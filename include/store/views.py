@@ -3,17 +3,19 @@ print them and the UI's JSON API answers them: one builder for both, so they can
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.config.segments import SegmentConfigError, find_segment, load_segments
-from include.store.repository import RUN_RESULTS
+from include.store.repository import CALCULATING, HELD, READY, RUN_RESULTS
+from include.store.staleness import Staleness
 from include.store.staleness import grace as stale_grace
-from include.store.staleness import is_stale
 
 if TYPE_CHECKING:
     from include.config.segments import SegmentConfig
+    from include.orchestration.dag_state import DagState
     from include.store.repository import SegmentStore
 
 # A run as `details` shows it: who/when, then everything the run records (see the store).
@@ -24,77 +26,142 @@ def iso(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
-def _listed(
-    store: SegmentStore,
-) -> list[tuple[dict[str, Any], dict[str, Any] | None, SegmentConfig | None]]:
-    """Every configured segment (never-run ones too) and every segment the store knows, by
-    name: its `list` row, its store row and its config (either may be missing)."""
-    stored = {row["id"]: row for row in store.list_segments()}
-    configured = {c.id: c for c in load_segments().segments}
-    now, grace = datetime.now(UTC), stale_grace()
-    listed = []
-    for segment_id in sorted(stored.keys() | configured.keys()):
-        row, config = stored.get(segment_id), configured.get(segment_id)
-        entry = {
-            "id": segment_id,
-            "name": config.name if config else row["name"],
+@dataclass(frozen=True)
+class Listed:
+    """One segment of the list: what search and sort read, and where its row comes from (the
+    store's row and the YAML's config; either may be missing)."""
+
+    id: str
+    name: str
+    status: str | None
+    stale: bool
+    source_type: str
+    row: dict[str, Any] | None
+    config: SegmentConfig | None
+
+    def entry(self) -> dict[str, Any]:
+        """Its `list --json` object."""
+        row, config = self.row, self.config
+        return {
+            "id": self.id,
+            "name": self.name,
             "connector_users": row["connector_users"] if row else 0,
             "netmera_users": row["netmera_users"] if row else 0,
             "message_sent": row["message_sent"] if row else 0,
             "description": config.description if config else row["description"],
             "last_update_date": iso(row["last_update_date"]) if row else None,
-            "status": row["status"] if row else None,
-            "stale": is_stale(
-                config.schedule if config else None,
-                row["last_update_date"] if row else None,
-                now,
-                grace,
-            ),
+            "status": self.status,
+            "stale": self.stale,
         }
-        listed.append((entry, row, config))
-    return sorted(listed, key=lambda item: item[0]["name"].lower())
+
+
+def listed(store: SegmentStore, configs: list[SegmentConfig] | None = None) -> list[Listed]:
+    """Every configured segment (never-run ones too) and every segment the store knows, by
+    name. `configs`: the valid YAMLs, read from the segments folder when not given."""
+    stored = {row["id"]: row for row in store.list_segments()}
+    if configs is None:
+        configs = load_segments().segments
+    configured = {c.id: c for c in configs}
+    stale = Staleness(datetime.now(UTC), stale_grace())
+    found = []
+    for segment_id in stored.keys() | configured.keys():
+        row, config = stored.get(segment_id), configured.get(segment_id)
+        found.append(
+            Listed(
+                id=segment_id,
+                name=config.name if config else row["name"],
+                status=row["status"] if row else None,
+                stale=stale(
+                    config.schedule if config else None, row["last_update_date"] if row else None
+                ),
+                source_type=config.source.type if config else row["source_type"],
+                row=row,
+                config=config,
+            )
+        )
+    return sorted(found, key=lambda s: (s.name.lower(), s.id))
 
 
 def list_rows(store: SegmentStore) -> list[dict[str, Any]]:
     """The Connector Segments table, as `list --json`."""
-    return [entry for entry, _, _ in _listed(store)]
+    return [segment.entry() for segment in listed(store)]
 
 
-def listed_segments(
-    store: SegmentStore, paused_dags: Callable[[list[str]], Mapping[str, bool]]
-) -> list[dict[str, Any]]:
-    """`list_rows`, each also with what the page filters and shows: the source type and
-    schedule of its YAML (the store's source type if the YAML is gone), reachable users and
-    whether its DAG is paused, by `paused_dags` (None: no DAG, or not parsed yet)."""
-    listed = _listed(store)
-    paused = paused_dags([config.dag_id for _, _, config in listed if config])
-    return [
-        {
-            **entry,
-            "source_type": config.source.type if config else row["source_type"],
-            "schedule": config.schedule if config else None,
-            "reachable": row["reachable"] if row else None,
-            "paused": paused.get(config.dag_id) if config else None,
-        }
-        for entry, row, config in listed
-    ]
+def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[dict[str, Any]]:
+    """`list_rows`' objects, each also with what the page shows and may do: the source type
+    and schedule of its YAML (the store's source type if the YAML is gone), reachable users,
+    its DAG, whether that is paused and its active run (from `states`; paused None: no DAG,
+    or not parsed yet), and the actions its state allows now."""
+    rows = []
+    for segment in segments:
+        config, row = segment.config, segment.row
+        state = states.get(config.dag_id) if config else None
+        rows.append(
+            {
+                **segment.entry(),
+                "source_type": segment.source_type,
+                "schedule": config.schedule if config else None,
+                "reachable": row["reachable"] if row else None,
+                "dag_id": config.dag_id if config else None,
+                "paused": state.paused if state else None,
+                "active_run": state.active_run if state else None,
+                "actions": allowed_actions(row, state),
+            }
+        )
+    return rows
+
+
+def allowed_actions(row: dict[str, Any] | None, state: DagState | None) -> list[str]:
+    """What the page offers now: nothing without an active DAG or while a run is queued or
+    running; Send Message only when Ready; Approve only when Held; Restore once a version
+    before the current one is kept (every version number below the current was published)."""
+    if state is None or state.paused or state.active_run:
+        return []
+    status = row["status"] if row else None
+    if status == CALCULATING:
+        return []
+    version = row["current_version"] if row else None
+    actions = ["refresh"]
+    if status == READY and version:
+        actions.append("send")
+    if status == HELD:
+        actions.append("approve")
+    if version and version > 1:
+        actions.append("restore")
+    return actions
+
+
+# The page's status filter also takes the two states that are not the store's.
+STALE, NOT_ACTIVE = "stale", "not active"
 
 
 def search(
-    rows: list[dict[str, Any]],
+    segments: list[Listed],
+    states: Mapping[str, DagState],
     q: str | None = None,
     status: str | None = None,
     source_type: str | None = None,
-) -> list[dict[str, Any]]:
-    """The rows whose name or id contains `q` (any case) and whose status and source type
-    are the ones given (status in any case); None matches all."""
+) -> list[Listed]:
+    """The segments whose name or id contains `q` (any case) and whose status and source
+    type are the ones given (status in any case; Stale and Not Active select the stale and
+    the paused ones, by `states`); None matches all."""
     needle = q.casefold() if q else None
+    wanted = status.casefold() if status else None
+
+    def has_status(s: Listed) -> bool:
+        if wanted == STALE:
+            return s.stale
+        if wanted == NOT_ACTIVE:
+            state = states.get(s.config.dag_id) if s.config else None
+            return bool(state and state.paused)
+        return (s.status or "").casefold() == wanted
+
     return [
-        r
-        for r in rows
-        if (needle is None or needle in r["name"].casefold() or needle in r["id"].casefold())
-        and (status is None or (r["status"] or "").casefold() == status.casefold())
-        and (source_type is None or r["source_type"] == source_type)
+        s
+        for s in segments
+        if (needle is None or needle in s.name.casefold() or needle in s.id.casefold())
+        and (wanted is None or has_status(s))
+        and (source_type is None or s.source_type == source_type)
     ]
 
 
@@ -141,7 +208,34 @@ def details(store: SegmentStore, segment_id: str, limit: int) -> dict[str, Any] 
         "reasons": current["reasons"] if current else {},
         "matched_by": current["matched_by"] if current else {},
         "runs": runs,
+        "versions": kept_versions(store, segment_id, version),
     }
+
+
+# A kept version as `details` lists it, from the run that published it.
+VERSION_FIELDS = (
+    "connector_users",
+    "netmera_users",
+    "reachable",
+    "added",
+    "removed",
+    "restored_from",
+)
+
+
+def kept_versions(store: SegmentStore, segment_id: str, current: int | None) -> list[dict]:
+    """The kept published versions, newest first (one query): their counts, when each was
+    published, which is `current` and which Restore accepts (any other kept one)."""
+    return [
+        {
+            "version": run["version"],
+            "published_at": iso(run["finished_at"]),
+            **{k: run[k] for k in VERSION_FIELDS},
+            "current": run["version"] == current,
+            "restorable": run["version"] != current,
+        }
+        for run in store.kept_versions(segment_id)
+    ]
 
 
 def never_ran(segment_id: str) -> str:
