@@ -20,6 +20,19 @@ demo ui cli: export PATH := $(BIN):$(PATH)
 demo ui cli: export AIRFLOW_CONN_NETMERA_DB := {"conn_type": "sqlite", "host": "$(LOCAL)/netmera.db"}
 demo ui cli: export AIRFLOW_CONN_DEMO_WAREHOUSE := {"conn_type": "sqlite", "host": "$(LOCAL)/warehouse.db"}
 demo ui cli: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
+# Send Message goes to the local Netmera sandbox (include/demo/netmera_sandbox.py), never to the
+# real Netmera: `demo` and `ui` run it around their command (include/demo/with_sandbox.py), its
+# state (what it was sent) in .local/ so that sends keep their stats across restarts. The key
+# is the sandbox's fixed demo key (DEMO_API_KEY there); a local server needs no long retries.
+SANDBOX_PORT := $(or $(CONNECTOR_SEGMENTS_SANDBOX_PORT),8975)
+SANDBOX := $(BIN)/python -m include.demo.with_sandbox
+demo ui cli: export CONNECTOR_SEGMENTS_SANDBOX_PORT := $(SANDBOX_PORT)
+demo ui cli: export CONNECTOR_SEGMENTS_SANDBOX_STATE := $(LOCAL)/netmera_sandbox.json
+demo ui cli: export AIRFLOW_CONN_NETMERA_DEFAULT := {"conn_type": "http", "host": "http://127.0.0.1:$(SANDBOX_PORT)/rest/3.0", "password": "netmera-sandbox-demo-key", "extra": {"timeout": 10, "max_attempts": 3, "backoff_base": 0.5}}
+# The UI's demo logins (user:role; include/demo/ui_logins.py fixes their passwords), served on
+# 127.0.0.1 only: those passwords are no secret. Set AIRFLOW__API__HOST=0.0.0.0 to serve others.
+ui: export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,viewer:viewer
+ui: export AIRFLOW__API__HOST ?= 127.0.0.1
 
 .PHONY: install demo test ui cli lint clean
 
@@ -39,7 +52,7 @@ demo: $(STAMP)
 	$(BIN)/python -m include.orchestration.pools
 	$(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
 	$(BIN)/python -m include.cli validate
-	$(BIN)/python -m include.demo.refresh_all
+	$(SANDBOX) $(BIN)/python -m include.demo.refresh_all
 	@echo
 	$(BIN)/python -m include.cli list
 
@@ -52,9 +65,8 @@ ui: $(STAMP)
 	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
 	$(BIN)/python -m include.orchestration.pools
 	test -f $(LOCAL)/netmera.db || $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
-	@echo "Airflow UI: http://localhost:8080  user: admin  password: printed below by 'standalone'"
-	@echo "            (also in $(LOCAL)/airflow/simple_auth_manager_passwords.json.generated)"
-	$(BIN)/airflow standalone
+	@$(BIN)/python -m include.demo.ui_logins
+	$(SANDBOX) $(BIN)/airflow standalone
 
 # The CLI against the demo's database, e.g. `make cli ARGS="details churn_risk"`.
 cli: $(STAMP)

@@ -283,3 +283,97 @@ def test_send_on_refresh_sends_each_published_version_once(segment, netmera, cap
     assert run_segment(SEGMENT, dry_run=True) == "success"  # a dry run publishes and sends nothing
     assert len(netmera.delivered()) == 2500
     assert [r["version"] for r in cli_json(capsys, "report", SEGMENT)] == [1]
+
+
+# -- a send that fails before any batch leaves is still in Message Report ---------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("connection", "reason"),
+    [
+        (None, "Airflow Connection 'netmera_default' is not defined"),
+        ({"conn_type": "http", "host": "http://127.0.0.1:9/rest/3.0"}, "REST API key"),
+        ("unreachable", "createNotificationDefinition"),
+    ],
+    ids=["undefined", "without-key", "unreachable"],
+)
+def test_a_send_that_cannot_start_is_listed_failed_and_a_later_trigger_sends_it_once(
+    segment, monkeypatch, capsys, connection, reason
+):
+    if connection is None:
+        monkeypatch.delenv("AIRFLOW_CONN_NETMERA_DEFAULT", raising=False)
+    else:
+        if connection == "unreachable":  # nothing listens there: refused, retried, given up
+            connection = {
+                "conn_type": "http",
+                "host": f"http://127.0.0.1:{free_port()}/rest/3.0",
+                "password": KEY,
+                "extra": {"backoff_base": 0.01, "backoff_max": 0.1, "max_attempts": 2},
+            }
+        monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(connection))
+    assert run_segment(SEGMENT, send_message=True) == "failed"
+
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["status"], report["recipients"], report["version"]) == ("failed", 0, 1)
+    assert report["planned"] == 2500 and report["notification_key"] is None
+    assert reason in report["error"]
+    assert cli_json(capsys, "details", SEGMENT)["status"] == "Ready"
+
+    # The failed entry blocks nothing: once Netmera is there, the same send goes out, once.
+    with FakeNetmera(api_key=KEY) as netmera:
+        connect(monkeypatch, netmera, KEY)
+        assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+        assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"  # refused
+        assert_exactly_once(netmera)
+        (report,) = cli_json(capsys, "report", SEGMENT)
+        assert netmera.errors == []
+    assert (report["status"], report["recipients"], report["error"]) == ("sent", 2500, None)
+
+
+def test_a_send_with_no_message_is_listed_failed_and_blocks_no_later_send(segment, netmera, capsys):
+    config = yaml.safe_load((segment / "segments" / f"{SEGMENT}.yaml").read_text())
+    del config["campaign"]
+    (segment / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
+    assert run_segment(SEGMENT) == "success"
+
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "failed"
+    assert run_segment(SEGMENT, send_message=True, refresh=False, message_title="Hi") == "failed"
+    assert netmera.requests == []
+    failures = cli_json(capsys, "report", SEGMENT)
+    assert [(r["status"], r["recipients"], r["title"]) for r in failures] == [
+        ("failed", 0, "Hi"),  # one entry per trigger, newest first
+        ("failed", 0, ""),
+    ]
+    assert all("no message to send" in r["error"] for r in failures)
+
+    message = {"message_title": "Hi", "message_text": "New in store"}
+    assert run_segment(SEGMENT, send_message=True, refresh=False, **message) == "success"
+    assert_exactly_once(netmera)
+    assert [(r["status"], r["recipients"]) for r in cli_json(capsys, "report", SEGMENT)] == [
+        ("sent", 2500),
+        ("failed", 0),
+        ("failed", 0),
+    ]
+
+
+def test_a_refusal_quoting_personal_data_is_stored_redacted(segment, netmera, capsys):
+    netmera.fail_next("409", path=FakeNetmera.DEFINE, message="jane.doe@example.com is blocked")
+    assert run_segment(SEGMENT, send_message=True) == "failed"
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert report["status"] == "failed" and report["recipients"] == 0
+    assert report["error"] == "<email> is blocked"
+
+
+def test_nothing_to_send_is_not_listed(segment, netmera, capsys, logs):
+    # No published version yet: refused (a skip), not a failure, so not in Message Report.
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    assert "has no published membership to message" in logs.text
+    assert cli_json(capsys, "report", SEGMENT) == []

@@ -11,7 +11,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from include.campaign.send import DEFAULT_PLATFORMS, Message, SendRefused, audience, send
+from include.campaign.send import (
+    DEFAULT_PLATFORMS,
+    Message,
+    SendRefused,
+    audience,
+    failure_key,
+    send,
+)
 
 if TYPE_CHECKING:
     from include.clients.netmera import NetmeraClient
@@ -29,21 +36,27 @@ def send_message(
     client: Callable[[], NetmeraClient],
 ) -> dict[str, Any]:
     """Send the campaign to the published membership. Raises SendRefused when there is
-    nothing to do, NetmeraError when Netmera refuses; neither touches the membership or its
-    status."""
+    nothing to do (not listed in Message Report); a failure (no message, no usable Connection,
+    Netmera refusing) raises too, once it is a failed ledger entry with its reason. Neither
+    touches the membership or its status."""
     asked = params.get("send_message") or (
         params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
     )
     try:
         if not asked:
             raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
-        message = _message(config, params)
         version = _target_version(config, run_id, params, db)
+        try:
+            message = message_for(config, params)
+        except ValueError as exc:
+            if not params.get("dry_run"):  # a dry run writes nothing, failures included
+                _record_failure(config, run_id, params, db, version, exc)
+            raise
         if params.get("dry_run"):
             return _preview(config, message, version, db)
         return send(
             engine=db.engine,
-            client=client(),
+            client=client,
             users=db.users,
             segment_id=config.id,
             version=version,
@@ -104,7 +117,33 @@ def _preview(
     }
 
 
-def _message(config: SegmentConfig, params: dict[str, Any]) -> Message:
+def _record_failure(
+    config: SegmentConfig,
+    run_id: str,
+    params: dict[str, Any],
+    db: NetmeraDatabase,
+    version: int,
+    error: Exception,
+) -> None:
+    """A trigger that cannot make a message: listed in Message Report as failed, with why."""
+    campaign = config.campaign
+    db.sends.record_failure(
+        segment_id=config.id,
+        version=version,
+        send_key=failure_key(config.id, version, run_id),
+        message={
+            "title": params.get("message_title") or (campaign.title if campaign else ""),
+            "text": params.get("message_text") or (campaign.text if campaign else ""),
+            "platforms": list(campaign.platforms if campaign else DEFAULT_PLATFORMS),
+        },
+        error=str(error),
+        run_id=run_id,
+    )
+
+
+def message_for(config: SegmentConfig, params: dict[str, Any]) -> Message:
+    """The message a send would send: the trigger's title and text over the YAML campaign's
+    (ValueError naming the segment when neither gives both)."""
     campaign = config.campaign
     title = params.get("message_title") or (campaign.title if campaign else None)
     text = params.get("message_text") or (campaign.text if campaign else None)

@@ -8,6 +8,10 @@ leave tags behind on users.
 
 The idempotency key is (segment, version, fingerprint of title/text/platforms[, send_key]):
 the same message to the same version is refused once sent; a new `send_key` forces a new send.
+The ledger entry is written before the Netmera client is built, so a send that cannot start
+(no usable Connection, Netmera refusing or unreachable) is a failed entry with its reason, which
+the next trigger of the same key resumes. A trigger with no message at all is recorded under
+`failure_key` (see include/store/sends.py).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +61,12 @@ class Message:
 def send_key(segment_id: str, version: int, message: Message, nonce: str | None) -> str:
     key = f"{segment_id}/v{version}/{message.fingerprint[:16]}"
     return f"{key}/{nonce}" if nonce else key
+
+
+def failure_key(segment_id: str, version: int, run_id: str) -> str:
+    """The ledger key of a run's trigger that had no message to send: one per run (a retry
+    updates it), and never a message's key (`failed` is no hex fingerprint)."""
+    return f"{segment_id}/v{version}/failed/{hashlib.sha256(run_id.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ def _chunks(values, size: int) -> Iterator[list[str]]:
 def send(
     *,
     engine: sa.Engine,
-    client: NetmeraClient,
+    client: Callable[[], NetmeraClient],
     users: UserTable,
     segment_id: str,
     version: int,
@@ -125,7 +135,10 @@ def send(
     nonce: str | None,
     run_id: str,
 ) -> dict[str, Any]:
-    """Send (or resume sending) the message to the version; returns the ledger's summary."""
+    """Send (or resume sending) the message to the version; returns the ledger's summary.
+
+    `client` builds the Netmera client, once the ledger entry exists: a Connection that is
+    undefined or unusable fails the entry (with its reason) like a refusal from Netmera does."""
     ledger = SendLedger(engine)
     key = send_key(segment_id, version, message, nonce)
     entry = ledger.find(key)
@@ -172,14 +185,17 @@ def send(
     entry = ledger.find(key)
     notification_key = entry["notification_key"]
     try:
+        netmera = client()
         if notification_key is None:
-            notification_key = client.create_definition(
+            notification_key = netmera.create_definition(
                 message.title, message.text, list(message.platforms)
             )
             ledger.set_notification_key(send_id, notification_key)
-        _send_batches(ledger, client, send_id, notification_key, segment_id)
-    except NetmeraError as exc:
-        ledger.finish(send_id, ledger_states.FAILED, exc.reason)
+        _send_batches(ledger, netmera, send_id, notification_key, segment_id)
+    except (LookupError, ValueError, VendorError, NetmeraError) as exc:
+        # No usable Connection, Netmera refused, or Netmera unreachable after the client's
+        # retries: failed with the reason (the task's retry, or a later trigger, resumes it).
+        ledger.finish(send_id, ledger_states.FAILED, _reason(exc))
         raise
     entry = ledger.find(key)
     status = ledger_states.PARTIAL if entry["uncertain"] else ledger_states.DONE
@@ -202,6 +218,10 @@ def send(
         "not_addressable": entry["not_addressable"],
         "batches": entry["batches"],
     }
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, NetmeraError) else str(exc)
 
 
 def _send_batches(

@@ -1,10 +1,18 @@
 """The send ledger: at most one message per user for one (segment, version, message) key.
 
-The ledger row and all its batches are written in one transaction before the first API call.
-Each batch is marked `in_flight` before its request and `sent` after Netmera's answer, in the
-same transaction that adds to the segment's Message Sent. A batch found `in_flight` on resume
-(the worker died mid-request) becomes `uncertain` and is never sent again: at most once beats
-exactly once when the two conflict.
+The ledger row and all its batches are written in one transaction before the first API call
+(and before the Netmera client is built: a send that cannot start is still listed). Each batch
+is marked `in_flight` before its request and `sent` after Netmera's answer, in the same
+transaction that adds to the segment's Message Sent. A batch found `in_flight` on resume (the
+worker died mid-request) becomes `uncertain` and is never sent again: at most once beats exactly
+once when the two conflict.
+
+Send statuses: sending → sent | partial (some batches uncertain) | failed (Netmera refused, or
+the send could not go on: no usable Connection, Netmera unreachable). A failed send is resumed
+by the next trigger of the same key (`recover`), from its first batch not sent. A trigger that
+has no message to send at all gets a failed entry of its own (`record_failure`), keyed by the
+run (`<segment>/v<version>/failed/<run hash>`, never a message's key), so it is listed with its
+reason and blocks nothing. Errors are stored redacted, as run errors are.
 """
 
 from __future__ import annotations
@@ -16,15 +24,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.store import migrate
+from include.store.redaction import MAX_ERROR, redact_personal_data
 from include.store.tables import segments, send_batches, sends
 
 PENDING, IN_FLIGHT, SENT, UNCERTAIN = "pending", "in_flight", "sent", "uncertain"
-# Send statuses: sending → sent | partial (some batches uncertain) | failed (Netmera refused).
-SENDING, DONE, PARTIAL, FAILED = "sending", "sent", "partial", "failed"
+SENDING, DONE, PARTIAL, FAILED = "sending", "sent", "partial", "failed"  # see the docstring
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _redacted(error: str) -> str:
+    """As a run's error is stored: drivers and libraries quote the values they choke on."""
+    return redact_personal_data(error)[:MAX_ERROR]
 
 
 class SendLedger:
@@ -102,12 +115,59 @@ class SendLedger:
             )
         return send_id
 
+    def record_failure(
+        self,
+        *,
+        segment_id: str,
+        version: int,
+        send_key: str,
+        message: dict[str, Any],
+        error: str,
+        run_id: str,
+    ) -> int:
+        """A send that failed before it had a ledger entry of its own: failed, nothing planned
+        or sent, with the (redacted) error. Again for the same `send_key` updates the error."""
+        now = _now()
+        values = {"status": FAILED, "error": _redacted(error), "updated_at": now}
+        with self.engine.begin() as conn:
+            known = conn.execute(
+                sa.select(sends.c.id).where(sends.c.send_key == send_key)
+            ).scalar_one_or_none()
+            if known is not None:
+                conn.execute(sends.update().where(sends.c.id == known).values(**values))
+                return known
+            return conn.execute(
+                sends.insert().values(
+                    segment_id=segment_id,
+                    version=version,
+                    send_key=send_key,
+                    fingerprint="",  # no message, no fingerprint: never a message's key
+                    title=message["title"],
+                    text=message["text"],
+                    platforms=message["platforms"],
+                    recipients=0,
+                    not_addressable=0,
+                    sent=0,
+                    uncertain=0,
+                    batches=0,
+                    airflow_run_id=run_id,
+                    created_at=now,
+                    **values,
+                )
+            ).inserted_primary_key[0]
+
     def set_notification_key(self, send_id: int, key: int) -> None:
         self._update(send_id, notification_key=key)
 
     def recover(self, send_id: int) -> int:
-        """Batches caught mid-request by a dead worker become uncertain; returns how many."""
+        """Resume a send: batches caught mid-request by a dead worker become uncertain (returns
+        how many), and a failed send is sending again."""
         with self.engine.begin() as conn:
+            conn.execute(
+                sends.update()
+                .where(sends.c.id == send_id, sends.c.status == FAILED)
+                .values(status=SENDING, error=None, updated_at=_now())
+            )
             caught = conn.execute(
                 sa.select(
                     sa.func.coalesce(sa.func.sum(send_batches.c.size), 0), sa.func.count()
@@ -176,7 +236,7 @@ class SendLedger:
             )
 
     def finish(self, send_id: int, status: str, error: str | None = None) -> None:
-        self._update(send_id, status=status, error=error)
+        self._update(send_id, status=status, error=None if error is None else _redacted(error))
 
     def _update(self, send_id: int, **values: Any) -> None:
         with self.engine.begin() as conn:

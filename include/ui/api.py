@@ -187,7 +187,7 @@ def send(
     text: Annotated[str | None, Body(max_length=5000)] = None,
 ) -> dict[str, str]:
     """Send Message to the published version: the YAML campaign, or `title`/`text`."""
-    from include.campaign.message import _message as message_for
+    from include.campaign.message import message_for
     from include.campaign.send import send_key
     from include.store import sends as ledger
 

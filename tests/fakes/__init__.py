@@ -1,6 +1,7 @@
 """Real HTTP fakes of the vendor APIs (Mixpanel, Amplitude, Netmera) for connector tests.
 
-See `tests.fakes.server` for the fault API shared by every fake.
+See `include.demo.fake_server` for the fault API shared by every fake (Netmera's fake and the
+server base live in `include/demo/`: the demo's Netmera sandbox is built on them).
 """
 
 from tests.fakes.amplitude import FakeAmplitude, FakeStorage, make_rows
