@@ -64,7 +64,8 @@ ui: $(STAMP)
 	mkdir -p $(LOCAL)
 	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
 	$(BIN)/python -m include.orchestration.pools
-	test -f $(LOCAL)/netmera.db || $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db
+	# A first `make ui` without `make demo` seeds and refreshes the examples, so the page has data.
+	test -f $(LOCAL)/netmera.db || { $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db && $(SANDBOX) $(BIN)/python -m include.demo.refresh_all; }
 	@$(BIN)/python -m include.demo.ui_logins
 	$(SANDBOX) $(BIN)/airflow standalone
 

@@ -187,11 +187,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def airflow_api_server(log_path: Path, *, standalone: bool = False, **env: str) -> Iterator[str]:
+def airflow_api_server(
+    log_path: Path, *, standalone: bool = False, sub_path: str = "", **env: str
+) -> Iterator[str]:
     """`airflow api-server` (one worker, this repo's plugins) on a free port of 127.0.0.1, with
-    the current environment plus `env`; yields its base URL once healthy, stops it after.
-    `standalone`: `airflow standalone` instead (scheduler, DAG processor and triggerer too,
-    LocalExecutor), so that triggered runs really run."""
+    the current environment plus `env`; yields its base URL (with `sub_path`, e.g. "/airflow")
+    once healthy, stops it after. `standalone`: `airflow standalone` instead (scheduler, DAG
+    processor and triggerer too, LocalExecutor), so that triggered runs really run."""
     import requests
 
     port = free_port()
@@ -201,17 +203,18 @@ def airflow_api_server(log_path: Path, *, standalone: bool = False, **env: str) 
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}{sub_path}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         **env,
     }
     command = (
         ["standalone"] if standalone else ["api-server", "--port", str(port), "--workers", "1"]
     )
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-m", "airflow", *command],
             env=env,
+            cwd=ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

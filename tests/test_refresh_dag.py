@@ -310,3 +310,26 @@ def test_stale_means_older_than_one_interval_plus_the_grace():
     assert not is_stale(nightly, None, now, hour)  # never published: its status says why
     assert not is_stale("@once", now - 100 * hour, now, hour)
     assert not is_stale(None, now - 100 * hour, now, hour)
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_its_schema(tmp_path):
+    # Several first refreshes starting together each migrate the store on first use; SQLite's
+    # DDL is not transactional under pysqlite, so without the file lock they each created
+    # half the tables ("table cs_segments already exists").
+    import subprocess
+    import sys
+
+    database = tmp_path / "netmera.db"
+    code = (
+        "import sqlalchemy as sa, sys; from include.store.repository import SegmentStore; "
+        "SegmentStore(sa.create_engine('sqlite:///' + sys.argv[1])).list_segments()"
+    )
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(database)], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    errors = [racer.communicate()[1].decode() for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 6, errors
+    with sqlite3.connect(database) as conn:
+        (version,) = conn.execute("SELECT version_num FROM cs_alembic_version").fetchone()
+    assert version == "0004"

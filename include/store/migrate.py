@@ -1,12 +1,15 @@
 """Bring the store's schema to the latest migration, once per process and engine.
 
 Runs on first use by any task or CLI command, so a new deployment needs no manual DDL. On
-PostgreSQL an advisory lock serialises concurrent first runs; on SQLite a losing racer retries.
+PostgreSQL an advisory lock serialises concurrent first runs; on SQLite a file lock does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -39,6 +42,24 @@ def heads_and_pending(current: set[str]) -> tuple[set[str], list[str]]:
     ]
 
 
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: sa.Engine) -> Iterator[None]:
+    """An exclusive lock on `<database>.cs-migrate.lock` for a SQLite file: its DDL is not
+    transactional under pysqlite, so first runs racing each other (several refreshes starting
+    at once on a new store) would each create half the tables. SQLite is local: flock is
+    enough. Anything else passes through."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    with open(f"{database}.cs-migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade(engine: sa.Engine) -> None:
     key = engine.url.render_as_string(hide_password=True)
     if key in _done:
@@ -47,18 +68,10 @@ def upgrade(engine: sa.Engine) -> None:
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # keeps CLI stdout clean
 
-    for attempt in (1, 2):
-        try:
-            with engine.begin() as connection:
-                if engine.dialect.name == "postgresql":
-                    connection.execute(
-                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY}
-                    )
-                command.upgrade(_alembic_config(connection), "head")
-            break
-        except sa.exc.DBAPIError:
-            # SQLite: another process migrated at the same instant ("table already exists");
-            # the second attempt finds the schema at head and does nothing.
-            if attempt == 2:
-                raise
+    with _sqlite_file_lock(engine), engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY}
+            )
+        command.upgrade(_alembic_config(connection), "head")
     _done.add(key)

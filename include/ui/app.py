@@ -1,20 +1,58 @@
 """The FastAPI app the Airflow API server mounts at `/connector-segments` (see the plugin).
 
-The webhook app (its own Basic auth, Mixpanel-shaped replies) with the JSON API mounted at
-`/api` as a sub-app: each keeps its own error replies, and only the API is behind the login.
+Three parts, each with its own error replies:
+
+- `/webhooks/...`: the Mixpanel webhook app, handed the request unchanged (its own routes,
+  Basic auth and Mixpanel-shaped replies; outside Airflow's login);
+- `/api/...`: the JSON API, a sub-app behind the login (`{"detail"}` errors);
+- the rest: the page (`/`, its assets, the chart), behind the login, with FastAPI's own
+  error replies; an unknown path is a plain 404.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import NoReturn
 
+from fastapi import FastAPI
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from include.ui import page
 from include.ui.api import create_api_app
 from include.webhooks.app import create_app as create_webhook_app
 
+WEBHOOKS = "/webhooks"
+
+
+class PrefixRoute(BaseRoute):
+    """Every path at or under `prefix`, to `app` with the scope untouched: unlike a Mount,
+    the app sees its full path, so the webhook app keeps its routes as they are (a Mount
+    would strip the prefix) and answers its own 404/405 in Mixpanel's shape."""
+
+    def __init__(self, prefix: str, app: ASGIApp) -> None:
+        self.prefix, self.app = prefix, app
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        path, root = scope["path"], scope.get("root_path", "")
+        route = path[len(root) :] if root and path.startswith(root) else path
+        if route == self.prefix or route.startswith(self.prefix + "/"):
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: object) -> NoReturn:
+        raise NoMatchFound(name, path_params)
+
 
 def create_app() -> FastAPI:
-    app = create_webhook_app()
+    app = FastAPI(title="Connector Segments", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.routes.append(PrefixRoute(WEBHOOKS, create_webhook_app()))
     app.mount("/api", create_api_app())
+    app.include_router(page.router)
     return app
 
 

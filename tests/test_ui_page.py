@@ -1,0 +1,618 @@
+"""The Connector Segments page, in headless Chromium against a real `airflow standalone`.
+
+One Airflow for the module (scheduler, DAG processor, API server; LocalExecutor) on the demo
+data: the seeded Netmera user table (100,000 users), the example segments (manual, so the
+scheduler starts nothing by itself) and a small `winback` segment whose second refresh is
+Held; a fake Netmera on 127.0.0.1 as `netmera_default`. Every refresh, send, approval and
+restore below is a real DAG run the page triggers. What must hold: the page is in Airflow's
+nav and shows what the CLI shows; its actions run and the page follows them without a reload;
+its routes need the login; it works under a sub-path. Screenshots: tests/artifacts/.
+
+The chart's drawing is checked without a browser (`include.ui.chart` is a pure function).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import pytest
+import requests
+import yaml
+
+from include.ui.chart import SERIES, runs_chart
+from tests.browser import (
+    VIEW_NAME,
+    Airflow,
+    airflow,
+    browser_missing,
+    chromium,
+    log_in,
+    open_page,
+    screenshot,
+    wait_for,
+)
+from tests.conftest import ROOT, cli_json, sqlite_conn, write_csv
+from tests.fakes import FakeNetmera
+
+pytestmark = pytest.mark.dagrun
+
+KEY = "netmera-rest-key-page"
+DEMO_SEGMENTS = ("cart_abandoners", "churn_risk", "vip_customers")
+WINBACK = "winback"  # published with 400 users, then Held when its source shrinks to 100
+RUN_TIMEOUT = 150  # seconds for one DAG run through the scheduler on 2 busy cores
+STANDALONE_ENV = {
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+    "AIRFLOW__CORE__PARALLELISM": "4",
+}
+
+
+# -- the chart, without a browser ----------------------------------------------------------------
+
+
+def run_row(status: str, day: int, version: int | None, counts: tuple, **extra) -> dict[str, Any]:
+    connector, netmera, reachable = counts
+    when = datetime(2026, 11, day, 2, 0, tzinfo=UTC)
+    return {
+        "status": status,
+        "started_at": when,
+        "finished_at": when + timedelta(minutes=1),
+        "version": version,
+        "connector_users": connector,
+        "netmera_users": netmera,
+        "reachable": reachable,
+        **extra,
+    }
+
+
+def test_the_chart_draws_each_published_run_oldest_first_with_tooltips():
+    runs = [  # newest first, as the store answers
+        run_row("published", 4, 3, (3_000, 2_691, 1_617)),
+        run_row("held", 3, None, (900, 850, 400)),
+        run_row("failed", 2, None, (None, None, None)),
+        run_row("published", 1, 1, (2_500, 2_200, None)),
+    ]
+    svg = runs_chart(runs)
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.endswith("</svg>")
+    tips = re.findall(r"<circle [^>]*><title>([^<]*)</title>", svg)
+    # Two published runs; the first had no reachable count (push_permitted unmapped).
+    assert tips == [
+        "Connector Users: 2,500 (v1, 2026-11-01 02:01 UTC)",
+        "Connector Users: 3,000 (v3, 2026-11-04 02:01 UTC)",
+        "Netmera Users: 2,200 (v1, 2026-11-01 02:01 UTC)",
+        "Netmera Users: 2,691 (v3, 2026-11-04 02:01 UTC)",
+        "Reachable: 1,617 (v3, 2026-11-04 02:01 UTC)",
+    ]
+    for _, label, _ in SERIES:
+        assert f">{label}</text>" in svg  # the legend
+    assert ">5,000</text>" in svg and ">0</text>" in svg  # the y axis, thousands separated
+    assert ">Nov 01</text>" in svg and ">Nov 04</text>" in svg  # the x axis
+    x = [float(v) for v in re.findall(r'<circle cx="([\d.]+)"', svg)]
+    assert x[0] < x[1]  # oldest on the left
+
+
+def test_the_chart_without_a_published_run_says_so():
+    svg = runs_chart([run_row("failed", 2, None, (None, None, None))])
+    assert "No published refresh yet" in svg and "<circle" not in svg
+    assert "<circle" not in runs_chart([])
+
+
+# -- the module's Airflow ------------------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    airflow: Airflow
+    folder: Path
+    netmera: FakeNetmera
+    admin: requests.Session
+    winback_v1_members: list[str]
+
+    def api(self, path: str, session: requests.Session | None = None, **params) -> Any:
+        answer = (session or self.admin).get(f"{self.airflow.page}api/{path}", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+def copy_demo_segments(folder: Path) -> None:
+    """The example segments, manual (the scheduler must start nothing by itself) and each
+    with a campaign (the YAMLs' own, or one of ours)."""
+    shutil.copytree(ROOT / "include" / "segments" / "data", folder / "data")
+    for segment_id in DEMO_SEGMENTS:
+        config = yaml.safe_load((ROOT / "include" / "segments" / f"{segment_id}.yaml").read_text())
+        config["schedule"] = None
+        config.setdefault("campaign", {"title": f"Hello from {segment_id}", "text": "Hi"})
+        (folder / f"{segment_id}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def write_winback(folder: Path, users: int) -> None:
+    write_csv(
+        folder / "data" / "winback.csv",
+        ["customer", "ext"],
+        [[f"c{i}", f"ext-{i:07d}"] for i in range(1, users + 1)],
+    )
+
+
+WINBACK_YAML = {
+    "id": WINBACK,
+    "name": 'Win-back <lapsed> & "quiet" users',  # user input: shown as text, never as HTML
+    "description": "Lapsed buyers from the CRM export; <b>bold</b> stays literal.",
+    "schedule": None,
+    "source": {"type": "file", "path": "data/winback.csv"},
+    "user_key": "customer",
+    "identifiers": [{"field": "ext", "kind": "external_id"}],
+    "guardrails": {"max_shrink": 0.5},
+    "campaign": {"title": "We miss you", "text": "Come back for 10 % off."},
+}
+
+
+def trigger(demo_admin: requests.Session, base: str, segment_id: str) -> str:
+    answer = demo_admin.post(
+        f"{base}/api/v2/dags/connector_segment_{segment_id}/dagRuns",
+        json={"logical_date": None},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["dag_run_id"]
+
+
+def wait_for_runs(af: Airflow, session: requests.Session, runs: dict[str, str]) -> None:
+    """Until each (segment -> run id) run succeeded; fails naming a failed one."""
+
+    def state(segment_id: str, run_id: str) -> str:
+        url = f"{af.url}/api/v2/dags/connector_segment_{segment_id}/dagRuns/{quote(run_id)}"
+        return session.get(url, timeout=30).json()["state"]
+
+    def done() -> bool:
+        states = {s: state(s, r) for s, r in runs.items()}
+        assert "failed" not in states.values(), f"{states}\n{af.log_tail()}"
+        return all(v == "success" for v in states.values())
+
+    wait_for(done, RUN_TIMEOUT, f"runs {runs}", every=1)
+
+
+@pytest.fixture(scope="module")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory, module_env: pytest.MonkeyPatch
+) -> Iterator[Demo]:
+    work = tmp_path_factory.mktemp("page")
+    folder = work / "segments"
+    folder.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "include.demo.seed", "--db", str(work / "netmera.db"),
+         "--warehouse", str(work / "warehouse.db")],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    copy_demo_segments(folder)
+    write_winback(folder, 400)
+    (folder / f"{WINBACK}.yaml").write_text(yaml.safe_dump(WINBACK_YAML, sort_keys=False))
+    for name, value in {
+        "CONNECTOR_SEGMENTS_DIR": str(folder),
+        "CONNECTOR_SEGMENTS_STAGING_DIR": str(work / "staging"),
+        "AIRFLOW_CONN_NETMERA_DB": sqlite_conn(work / "netmera.db"),
+        "AIRFLOW_CONN_DEMO_WAREHOUSE": sqlite_conn(work / "warehouse.db"),
+    }.items():
+        module_env.setenv(name, value)
+    with FakeNetmera(api_key=KEY) as netmera:
+        module_env.setenv(
+            "AIRFLOW_CONN_NETMERA_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": f"{netmera.base_url}/rest/3.0",
+                    "password": KEY,
+                    "extra": {"timeout": 5, "backoff_base": 0.01, "max_attempts": 2},
+                }
+            ),
+        )
+        home = work / "airflow-home"
+        with airflow(home, work / "standalone.log", standalone=True, **STANDALONE_ENV) as af:
+            admin = af.session("admin")
+            segments = (*DEMO_SEGMENTS, WINBACK)
+
+            def parsed() -> bool:
+                urls = [f"{af.url}/api/v2/dags/connector_segment_{s}" for s in segments]
+                return all(admin.get(url, timeout=30).status_code == 200 for url in urls)
+
+            wait_for(parsed, 90, "the segment DAGs to be parsed", every=1)
+            wait_for_runs(af, admin, {s: trigger(admin, af.url, s) for s in segments})
+            members = sorted(members_of(WINBACK))
+            write_winback(folder, 100)  # shrinks by 75 %, past max_shrink: Held
+            wait_for_runs(af, admin, {WINBACK: trigger(admin, af.url, WINBACK)})
+            yield Demo(af, folder, netmera, admin, members)
+        assert netmera.errors == []
+
+
+def run_cli(*args: str) -> str:
+    """`python -m include.cli ARGS` in a process of its own (fixtures have no capsys)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "include.cli", *args],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    return out.stdout
+
+
+def members_of(segment_id: str) -> list[str]:
+    return run_cli("members", segment_id).split()
+
+
+# -- the page's routes ---------------------------------------------------------------------------
+
+PAGE_ROUTES = ("", "static/app.js", "static/app.css", "segments/churn_risk/chart.svg")
+
+
+def test_every_page_route_needs_the_login_and_errors_are_plain_http(demo):
+    page = demo.airflow.page
+    for path in PAGE_ROUTES:
+        answer = requests.get(f"{page}{path}", timeout=30)
+        assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"}), path
+        answer = demo.admin.get(f"{page}{path}", timeout=30)
+        assert answer.status_code == 200, path
+        assert "frame-ancestors 'self'" in answer.headers["Content-Security-Policy"], path
+    html = demo.admin.get(page, timeout=30).text
+    assert 'src="static/app.js"' in html and 'href="static/app.css"' in html
+    assert not re.search(r'(src|href)="/', html)  # relative only: a sub-path must work
+    assert (
+        demo.admin.get(f"{page}segments/churn_risk/chart.svg")
+        .headers["Content-Type"]
+        .startswith("image/svg+xml")
+    )
+    # Plain {"detail"} errors for the page (not the webhook's Mixpanel shape)...
+    for path, detail in (
+        ("static/nope.js", "no such file: 'nope.js'"),
+        ("segments/nope/chart.svg", "unknown segment 'nope'"),
+        ("nope", "Not Found"),
+    ):
+        answer = demo.admin.get(f"{page}{path}", timeout=30)
+        assert (answer.status_code, answer.json()) == (404, {"detail": detail}), path
+    # ... while the webhook keeps its own, with or without an Airflow token.
+    for session in (requests, demo.admin):
+        answer = session.post(f"{page}webhooks/mixpanel/{WINBACK}", json={}, timeout=30)
+        assert answer.status_code == 401
+        assert answer.json()["status"] == "failure" and answer.json()["error"]["code"] == 401
+    assert demo.admin.get(f"{page}webhooks/mixpanel/x", timeout=30).json()["status"] == "failure"
+
+
+# -- in the browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium_installed() -> None:
+    """Skip without Chromium (fail instead where CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI)."""
+    reason = browser_missing()
+    if reason and os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI must run these)")
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser(demo, chromium_installed) -> Iterator[Any]:
+    """One Chromium for the module, logged in as admin."""
+    with chromium() as driver:
+        log_in(driver, demo.airflow, "admin")
+        yield driver
+
+
+def by_css(driver: Any, selector: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def all_css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def number(text: str) -> int:
+    return int(re.sub(r"\D", "", text))
+
+
+def table_rows(driver: Any) -> list[dict[str, Any]]:
+    """The list page's rows as the user reads them."""
+    rows = []
+    for tr in all_css(driver, "table.segments tbody tr[data-id]"):
+
+        def cell(field: str, tr: Any = tr) -> str:
+            return tr.find_element("css selector", f"[data-field={field}]").text
+
+        rows.append(
+            {
+                "id": tr.get_attribute("data-id"),
+                "name": cell("name"),
+                "connector_users": number(cell("connector_users")),
+                "netmera_users": number(cell("netmera_users")),
+                "message_sent": number(cell("message_sent")),
+                "status": cell("status"),
+            }
+        )
+    return rows
+
+
+def row_status(driver: Any, segment_id: str) -> str:
+    return by_css(driver, f'tr[data-id="{segment_id}"] [data-field=status] .badge').text
+
+
+def shot(driver: Any, name: str, height: int | None = None) -> Path:
+    """A screenshot of the whole UI (the page in its iframe), taller if asked."""
+    driver.switch_to.default_content()
+    if height:
+        driver.set_window_size(1280, height)
+    try:
+        return screenshot(driver, name)
+    finally:
+        if height:
+            driver.set_window_size(1280, 1000)
+        driver.switch_to.frame(by_css(driver, f'iframe[title="{VIEW_NAME}"]'))
+
+
+def notice(driver: Any) -> str:
+    return wait_for(lambda: by_css(driver, "#notice [data-role=message]").text, 20, "a notice")
+
+
+def listed(driver: Any, demo: Demo) -> list[dict[str, Any]]:
+    """Open the page from the nav; its rows once loaded."""
+    open_page(driver, demo.airflow)
+    return wait_for(lambda: table_rows(driver), 30, "the table's rows")
+
+
+def test_the_nav_opens_the_page_and_its_table_is_the_clis_list(demo, browser, capsys):
+    browser.get(f"{demo.airflow.url}/plugins")  # Admin > Plugins lists it
+    wait_for(lambda: "connector_segments" in by_css(browser, "body").text, 30, "Admin > Plugins")
+    rows = listed(browser, demo)
+    expected = [
+        {k: s[k] for k in ("id", "name", "connector_users", "netmera_users", "message_sent")}
+        | {"status": s["status"]}
+        for s in cli_json(capsys, "list")
+    ]
+    assert rows == expected
+    assert {r["status"] for r in rows} == {"Ready", "Held"}
+    assert [r["id"] for r in rows if r["status"] == "Held"] == [WINBACK]
+    # User input is text: the name's markup characters are shown, not interpreted.
+    assert (
+        by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=name]').text == WINBACK_YAML["name"]
+    )
+    assert not all_css(browser, "table.segments b")
+    assert by_css(browser, "[data-role=range]").text == f"1\N{EN DASH}{len(rows)} of {len(rows)}"
+    # Dates in local time, the ISO text in the title.
+    [first] = [s for s in cli_json(capsys, "list") if s["id"] == rows[0]["id"]]
+    stamp = by_css(browser, f'tr[data-id="{rows[0]["id"]}"] [data-field=last_update_date] time')
+    assert stamp.get_attribute("title") == first["last_update_date"]
+    shot(browser, "list")
+    # Search and the status filter are the API's.
+    search = by_css(browser, "input[name=q]")
+    search.send_keys("CHURN")
+    wait_for(lambda: [r["id"] for r in table_rows(browser)] == ["churn_risk"], 10, "search")
+    search.clear()
+    search.send_keys(" ")  # an input event: back to every segment
+    wait_for(lambda: len(table_rows(browser)) == len(rows), 10, "search cleared")
+    from selenium.webdriver.support.ui import Select
+
+    Select(by_css(browser, "select[name=status]")).select_by_visible_text("Held")
+    wait_for(lambda: [r["id"] for r in table_rows(browser)] == [WINBACK], 10, "status filter")
+    assert by_css(browser, f'tr[data-id="{WINBACK}"] button[data-action=send]').get_attribute(
+        "disabled"
+    )  # no Send Message unless Ready
+
+
+def test_segment_details_shows_the_chart_why_counts_differ_and_links_to_airflow(
+    demo, browser, capsys
+):
+    listed(browser, demo)
+    by_css(browser, 'tr[data-id="churn_risk"] [data-field=name]').click()
+    details = cli_json(capsys, "details", "churn_risk", "--runs", "30")
+    svg = wait_for(lambda: by_css(browser, "[data-role=chart] svg"), 30, "the chart")
+    published = [r for r in details["runs"] if r["status"] == "published"]
+    circles = svg.find_elements("css selector", "g[data-series=netmera_users] circle")
+    assert len(circles) == len(published) >= 1
+    assert by_css(browser, "[data-field=netmera_users]").text == f"{details['netmera_users']:,}"
+    assert by_css(browser, "[data-field=reachable]").text == f"{details['reachable']:,}"
+    explanation = by_css(browser, "[data-role=explanation]").text
+    assert f"Of {details['connector_users']:,} source users" in explanation
+    assert f"{details['matched_source_users']:,} matched" in explanation
+    assert "Several source users can be one Netmera user" in explanation
+    matched_by = {
+        tr.get_attribute("data-kind"): number(tr.find_elements("css selector", "td")[1].text)
+        for tr in all_css(browser, "[data-role=matched-by] tr[data-kind]")
+    }
+    assert matched_by == details["matched_by"]
+    reasons = {
+        tr.get_attribute("data-reason"): number(tr.find_elements("css selector", "td")[1].text)
+        for tr in all_css(browser, "[data-role=unmatched] tr[data-reason]")
+    }
+    assert reasons == details["reasons"]
+    assert "Validation: pass" in by_css(browser, "[data-role=last-run]").text
+    # Airflow's pages, relative to the iframe and opened in the whole window.
+    run_id = details["runs"][0]["airflow_run_id"]
+    link = by_css(browser, "[data-role=last-run] a[data-link=dag-run]")
+    run_url = f"{demo.airflow.url}/dags/connector_segment_churn_risk/runs/{quote(run_id, safe='')}"
+    assert (link.get_attribute("href"), link.get_attribute("target")) == (run_url, "_top")
+    log_link = by_css(browser, "[data-role=last-run] a[data-link=task-match]")
+    assert log_link.get_attribute("href") == f"{run_url}/tasks/match"
+    # The downloads answer the CSVs.
+    for which in ("members-csv", "unmatched-csv"):
+        href = by_css(browser, f"a[data-link={which}]").get_attribute("href")
+        answer = demo.admin.get(href, timeout=30)
+        assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/csv")
+    members = demo.admin.get(by_css(browser, "a[data-link=members-csv]").get_attribute("href"))
+    assert len(members.text.strip().splitlines()) == details["netmera_users"] + 1  # a header
+    shot(browser, "details", height=2600)
+    link.click()
+    browser.switch_to.default_content()
+    opened = wait_for(
+        lambda: "/runs/" in browser.current_url and browser.current_url, 30, "the DAG run page"
+    )
+    assert unquote(opened) == unquote(run_url)
+
+
+def test_refresh_shows_calculating_then_ready_without_a_reload(demo, browser, capsys):
+    listed(browser, demo)
+    browser.execute_script("window.sameDocument = true")
+    by_css(browser, 'tr[data-id="churn_risk"] button[data-action=refresh]').click()
+    message = notice(browser)
+    run_id = message.removeprefix("Refresh started (run ").removesuffix(")")
+    assert message == f"Refresh started (run {run_id})" and run_id.startswith("refresh__")
+    assert row_status(browser, "churn_risk") == "Calculating"
+    shot(browser, "refresh-calculating")
+    wait_for(lambda: row_status(browser, "churn_risk") == "Ready", RUN_TIMEOUT, "Ready")
+    assert browser.execute_script("return window.sameDocument") is True  # no reload
+    last = cli_json(capsys, "details", "churn_risk")["runs"][0]
+    assert (last["airflow_run_id"], last["status"]) == (run_id, "published")
+
+
+def test_send_message_through_the_form_reaches_netmera_and_the_report(demo, browser, capsys):
+    listed(browser, demo)
+    campaign = demo.api("segments/cart_abandoners/campaign")
+    by_css(browser, 'tr[data-id="cart_abandoners"] button[data-action=send]').click()
+    confirm = wait_for(lambda: by_css(browser, ".modal [data-action=confirm-send]"), 20, "form")
+    assert by_css(browser, ".modal [data-field=recipients]").text == f"{campaign['recipients']:,}"
+    assert by_css(browser, ".modal [data-field=not_addressable]").text == (
+        f"{campaign['not_addressable']:,}"
+    )
+    title = by_css(browser, ".modal input[name=title]")
+    assert title.get_attribute("value") == campaign["title"]
+    assert by_css(browser, ".modal textarea[name=text]").get_attribute("value") == campaign["text"]
+    title.clear()
+    title.send_keys("Your cart <misses> you & more")
+    shot(browser, "send-form")
+    confirm.click()
+    assert notice(browser).startswith("Send Message started (run send")
+    by_css(browser, 'tr[data-id="cart_abandoners"] button[data-action=report]').click()
+
+    def sent() -> Any:
+        rows = all_css(browser, "[data-role=report] tbody tr[data-send]")
+        return rows and rows[0].find_element("css selector", "[data-field=status]").text == "sent"
+
+    wait_for(sent, RUN_TIMEOUT, "the send in Message Report, without a reload")
+    (report,) = cli_json(capsys, "report", "cart_abandoners")
+    row = by_css(browser, "[data-role=report] tbody tr[data-send]")
+    assert row.find_element("css selector", "[data-field=title]").text == report["title"]
+    assert report["title"] == "Your cart <misses> you & more"
+    assert (
+        number(row.find_element("css selector", "[data-field=recipients]").text)
+        == (report["recipients"])
+    )
+    assert report["recipients"] == campaign["recipients"] == len(set(demo.netmera.delivered()))
+    stats = row.find_element("css selector", "[data-field=stats]").text
+    for platform in report["stats"]:
+        assert f"{platform['platform']} sent {platform['sent']:,}" in stats
+    shot(browser, "message-report")
+
+
+def held_run(details: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in details["runs"] if r["status"] == "held")
+
+
+def test_approve_shows_what_the_held_refresh_would_change_then_publishes(demo, browser, capsys):
+    before = cli_json(capsys, "details", WINBACK)
+    held = held_run(before)
+    listed(browser, demo)
+    by_css(browser, f'tr[data-id="{WINBACK}"] button[data-action=approve]').click()
+    reason = wait_for(lambda: by_css(browser, ".modal [data-field=hold_reason]"), 20, "modal")
+    assert reason.text == held["hold_reason"] and "max_shrink" in reason.text
+    text = by_css(browser, ".modal").text
+    assert f"{before['netmera_users']:,} now → {held['netmera_users']:,}" in text
+    figures = held["validation"]["counts"]
+    assert figures["shrink"] > 0.5
+    assert (
+        f"Match rate {figures['match_rate'] * 100:.1f} % · shrink {figures['shrink'] * 100:.1f} %"
+        in text
+    )
+    shot(browser, "approve")
+    by_css(browser, ".modal [data-action=confirm]").click()
+    assert notice(browser).startswith("Approve started (run ")
+    wait_for(lambda: row_status(browser, WINBACK) == "Ready", RUN_TIMEOUT, "published")
+    after = cli_json(capsys, "details", WINBACK)
+    assert (after["netmera_users"], after["current_version"]) == (held["netmera_users"], 2)
+
+
+def test_restore_makes_the_earlier_version_current_again(demo, browser, capsys):
+    listed(browser, demo)
+    by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=name]').click()
+    button = wait_for(
+        lambda: by_css(browser, '[data-role=versions] tr[data-version="1"] button'), 30, "v1"
+    )
+    assert not button.get_attribute("disabled")
+    button.click()
+    by_css(browser, ".modal [data-action=confirm]").click()
+    assert notice(browser).startswith("Restore started (run ")
+    wait_for(
+        lambda: (
+            by_css(browser, ".page-head .badge").text == "Ready"
+            and cli_json(capsys, "details", WINBACK)["status"] == "Ready"
+            and members_of(WINBACK) == demo.winback_v1_members
+        ),
+        RUN_TIMEOUT,
+        "version 1's members back",
+    )
+    wait_for(
+        lambda: (
+            by_css(browser, "[data-field=netmera_users]").text
+            == f"{len(demo.winback_v1_members):,}"
+        ),
+        20,
+        "the page's counts",
+    )
+    shot(browser, "restored", height=2200)
+
+
+def test_a_viewer_reads_every_page_and_gets_the_apis_403_when_acting(demo, chromium_installed):
+    viewer = demo.airflow.session("viewer")
+    refused = viewer.post(f"{demo.airflow.page}api/segments/vip_customers/refresh", timeout=30)
+    assert refused.status_code == 403
+    with chromium() as driver:
+        log_in(driver, demo.airflow, "viewer")
+        rows = listed(driver, demo)
+        assert {r["id"] for r in rows} == {*DEMO_SEGMENTS, WINBACK}
+        button = by_css(driver, 'tr[data-id="vip_customers"] button[data-action=refresh]')
+        if button.get_attribute("disabled"):  # the API offers a viewer no action at all
+            assert not all_css(driver, "table.segments button[data-action=send]:enabled")
+        else:
+            button.click()
+            assert notice(driver) == refused.json()["detail"]
+        driver.execute_script("location.hash = '#/segments/vip_customers'")
+        wait_for(lambda: by_css(driver, "[data-role=chart] svg"), 30, "the viewer's details")
+        driver.execute_script("location.hash = '#/segments/vip_customers/report'")
+        wait_for(lambda: by_css(driver, "[data-role=report]"), 30, "the viewer's report")
+
+
+def test_the_page_loads_its_data_under_a_sub_path(demo, chromium_installed, tmp_path):
+    """A second API server on the same metadata DB and store, at http://host:port/airflow."""
+    with (
+        airflow(
+            demo.airflow.home,
+            tmp_path / "api-server.log",
+            standalone=False,
+            sub_path="/airflow",
+            **STANDALONE_ENV,
+        ) as sub,
+        chromium() as driver,
+    ):
+        assert sub.url.endswith("/airflow")
+        log_in(driver, sub, "admin")
+        open_page(driver, sub)
+        rows = wait_for(lambda: table_rows(driver), 30, "rows")
+        api = demo.api("segments")["segments"]
+        assert [(r["id"], r["netmera_users"]) for r in rows] == [
+            (s["id"], s["netmera_users"]) for s in api
+        ]
+        assert driver.execute_script("return location.pathname") == "/airflow/connector-segments/"
+        driver.execute_script("location.hash = '#/segments/churn_risk'")
+        link = wait_for(lambda: by_css(driver, "a[data-link=dag-run]"), 30, "details")
+        assert link.get_attribute("href").startswith(
+            f"{sub.url}/dags/connector_segment_churn_risk/"
+        )
+        shot(driver, "sub-path")
