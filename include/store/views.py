@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from include.config.catalog import SegmentSummary
 from include.config.segments import SegmentConfigError, find_segment, load_segments
 from include.store.repository import CALCULATING, HELD, READY, RUN_RESULTS
 from include.store.staleness import Staleness
 from include.store.staleness import grace as stale_grace
 
 if TYPE_CHECKING:
-    from include.config.segments import SegmentConfig
     from include.orchestration.dag_state import DagState
     from include.store.repository import SegmentStore
 
@@ -37,7 +37,7 @@ class Listed:
     stale: bool
     source_type: str
     row: dict[str, Any] | None
-    config: SegmentConfig | None
+    config: SegmentSummary | None
 
     def entry(self) -> dict[str, Any]:
         """Its `list --json` object."""
@@ -55,12 +55,12 @@ class Listed:
         }
 
 
-def listed(store: SegmentStore, configs: list[SegmentConfig] | None = None) -> list[Listed]:
+def listed(store: SegmentStore, configs: list[SegmentSummary] | None = None) -> list[Listed]:
     """Every configured segment (never-run ones too) and every segment the store knows, by
     name. `configs`: the valid YAMLs, read from the segments folder when not given."""
     stored = {row["id"]: row for row in store.list_segments()}
     if configs is None:
-        configs = load_segments().segments
+        configs = [SegmentSummary.of(c) for c in load_segments().segments]
     configured = {c.id: c for c in configs}
     stale = Staleness(datetime.now(UTC), stale_grace())
     found = []
@@ -74,7 +74,7 @@ def listed(store: SegmentStore, configs: list[SegmentConfig] | None = None) -> l
                 stale=stale(
                     config.schedule if config else None, row["last_update_date"] if row else None
                 ),
-                source_type=config.source.type if config else row["source_type"],
+                source_type=config.source_type if config else row["source_type"],
                 row=row,
                 config=config,
             )
