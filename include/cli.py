@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.clients.http import VendorError
-from include.config.segments import SegmentConfigError, load_segments
+from include.config.segments import SegmentConfigError, dag_id_of, load_segments
 
 if TYPE_CHECKING:
     from include.clients.connection import ConnectionInfo
@@ -271,15 +271,25 @@ def _restore_here(segment_id: str, version: int) -> dict | None:
     import sqlalchemy as sa
     from airflow.dag_processing.dagbag import DagBag
 
+    from include.orchestration.dag_state import dag_states
+
     store = _store()
     store.check_restorable(segment_id, version)  # refused before any run: RestoreRefused
-    dag_id = f"connector_segment_{segment_id}"
+    dag_id = dag_id_of(segment_id)
     with _stdout_to_stderr():  # Airflow's task logs: stdout is for the outcome (--json)
         try:
             dag = DagBag(dag_folder=str(DAG_FILE)).get_dag(dag_id)
             if dag is None:
                 raise LookupError(
                     f"segment {segment_id!r} has no DAG: its YAML is missing or invalid"
+                )
+            # dag.test() does not queue behind the scheduler's runs (max_active_runs): a
+            # refresh in flight would be marked abandoned by the restore's start.
+            state = dag_states([dag_id]).get(dag_id)
+            if state and state.active_run:
+                raise LookupError(
+                    f"segment {segment_id!r}: run {state.active_run['dag_run_id']} is "
+                    f"{state.active_run['state']}; restore once it has ended"
                 )
             dag_run = dag.test(run_conf={"restore_version": version})
         except sa.exc.OperationalError as exc:  # e.g. "no such table: dag"

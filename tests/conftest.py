@@ -180,6 +180,20 @@ def cli_json(capsys: pytest.CaptureFixture, *args: str):
 # -- the real API server ------------------------------------------------------------------------
 
 
+def netmera_conn(fake, key: str, **extra) -> str:
+    """`AIRFLOW_CONN_NETMERA_DEFAULT` for a FakeNetmera: its REST base, the key, short retries
+    (`extra` overrides them)."""
+    settings = {"timeout": 2, "backoff_base": 0.01, "max_attempts": 2, **extra}
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": f"{fake.base_url}/rest/3.0",
+            "password": key,
+            "extra": settings,
+        }
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

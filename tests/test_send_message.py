@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import cli, cli_json, run_segment, write_csv, write_users
+from tests.conftest import cli, cli_json, netmera_conn, run_segment, write_csv, write_users
 from tests.fakes import FakeNetmera
 
 pytestmark = pytest.mark.dagrun
@@ -38,18 +38,8 @@ def netmera(monkeypatch):
 
 
 def connect(monkeypatch, fake: FakeNetmera, key: str, **extra) -> None:
-    settings = {"timeout": 2, "backoff_base": 0.01, "backoff_max": 0.1, "max_attempts": 3, **extra}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NETMERA_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": f"{fake.base_url}/rest/3.0",
-                "password": key,
-                "extra": settings,
-            }
-        ),
-    )
+    settings = {"backoff_max": 0.1, "max_attempts": 3, **extra}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, key, **settings))
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from tests.conftest import (
     cli,
     cli_json,
     core_url,
+    netmera_conn,
     run_segment,
     token_session,
     write_csv,
@@ -40,9 +41,9 @@ ACTIONS = ("refresh", "send", "approve", "restore")
 
 def write_audience(ws: Path, segment_id: str, members: list[int], unknown: int = 0) -> None:
     """A CSV of source users s<i> with extIds ext-<i>, plus `unknown` users no one matches
-    (one with no extId at all)."""
+    (one with no extId at all, and a user key a spreadsheet would run as a formula)."""
     rows = [[f"s{i}", f"ext-{i}"] for i in members]
-    rows += [[f"u{i}", f"nobody-{i}"] for i in range(1, unknown)] + [["u0", ""]] * bool(unknown)
+    rows += [[f"u{i}", f"nobody-{i}"] for i in range(1, unknown)] + [["=u0", ""]] * bool(unknown)
     write_csv(ws / f"{segment_id}.csv", ["uid", "ext"], rows)
 
 
@@ -75,17 +76,7 @@ def netmera(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[
     write_audience(ws, "guarded", list(range(1, 21)))
     segment_yaml(ws, "guarded")
     with FakeNetmera(api_key=KEY) as fake:
-        module_env.setenv(
-            "AIRFLOW_CONN_NETMERA_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": f"{fake.base_url}/rest/3.0",
-                    "password": KEY,
-                    "extra": {"timeout": 2, "backoff_base": 0.01, "max_attempts": 2},
-                }
-            ),
-        )
+        module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, KEY))
         assert run_segment("shop") == "success"
         assert run_segment("guarded") == "success"
         yield fake
@@ -171,22 +162,34 @@ def test_actions_need_the_login_and_refuse_cross_site_requests(api, admin):
             answer = post(admin, api, "shop", action, headers={"Sec-Fetch-Site": site})
             assert answer.status_code == 403, (action, site)
             assert answer.json()["detail"] == f"cross-site request refused (Sec-Fetch-Site: {site})"
-    for path in ("members.csv", "unmatched.csv", "campaign"):
+    for path in ("members.csv", "unmatched.csv", "campaign", "chart.svg"):
         assert requests.get(f"{api}/api/segments/shop/{path}", timeout=30).status_code == 401
+    # A browser too old to say where it comes from, with the UI's login cookie: only JSON,
+    # which a form on another site cannot send.
+    cookie = requests.Session()
+    cookie.cookies.set("_token", admin.headers["Authorization"].removeprefix("Bearer "))
+    for action in ACTIONS:
+        answer = post(cookie, api, "shop", action, data={"version": "1"})
+        assert answer.status_code == 403, (action, answer.text)
+        assert answer.json()["detail"] == "a request with the login cookie must be application/json"
     assert runs_of(admin, api, "shop") == before  # nothing was triggered
+    answer = post(cookie, api, "shop", "restore", json={"version": 99})  # past every check
+    assert answer.status_code == 409, answer.text
 
 
-def test_a_viewer_may_read_everything_but_act_on_nothing(api, admin, viewer, capsys):
+def test_a_viewer_may_read_everything_but_act_on_nothing(api, admin, viewer):
     before = runs_of(admin, api, "shop")
     for action in ACTIONS:
         body = {"version": 1} if action == "restore" else None
         answer = post(viewer, api, "shop", action, json=body)
         assert answer.status_code == 403, (action, answer.text)
+        assert answer.json()["detail"] == "viewer may not trigger runs of connector_segment_shop"
     assert runs_of(admin, api, "shop") == before
-    for path in ("", "/report", "/campaign", "/members.csv", "/unmatched.csv"):
+    for path in ("", "/report", "/campaign", "/members.csv", "/unmatched.csv", "/chart.svg"):
         assert viewer.get(f"{api}/api/segments/shop{path}", timeout=30).status_code == 200, path
-    assert row(viewer, api, "shop")["actions"] == []  # theirs: none
-    assert row(admin, api, "shop")["actions"] == ["refresh", "send"]  # the state's
+    theirs, admins = row(viewer, api, "shop"), row(admin, api, "shop")
+    assert (theirs["may_trigger"], theirs["actions"]) == (False, [])
+    assert (admins["may_trigger"], admins["actions"]) == (True, ["refresh", "send"])
 
 
 def test_refresh_is_a_run_by_the_user_and_one_at_a_time(api, admin):
@@ -209,6 +212,15 @@ def test_refresh_is_a_run_by_the_user_and_one_at_a_time(api, admin):
         ["refresh", "send", "restore"],  # version 2 is current: version 1 is kept
     )
     assert airflow_run(admin, api, "shop", run_id)["conf"] == {}
+    # Airflow's audit log names the user, as for a trigger through its own API.
+    logs = admin.get(
+        f"{core_url(api)}/api/v2/eventLogs",
+        params={"dag_id": "connector_segment_shop", "event": "trigger_dag_run"},
+        timeout=30,
+    ).json()["event_logs"]
+    (logged,) = [e for e in logs if e["run_id"] == run_id]
+    assert logged["owner"] == "admin"
+    assert json.loads(logged["extra"])["action"] == "refresh"
 
 
 def test_the_downloads_are_the_members_and_the_last_refreshs_unmatched(api, viewer, capsys):
@@ -221,7 +233,12 @@ def test_the_downloads_are_the_members_and_the_last_refreshs_unmatched(api, view
     assert read_csv(viewer, f"{api}/api/segments/guarded/unmatched.csv") == [["user_key", "reason"]]
     header, *unmatched = read_csv(viewer, f"{api}/api/segments/shop/unmatched.csv")
     assert header == ["user_key", "reason"]
-    assert sorted(unmatched) == [["u0", "no_identifier"], ["u1", "not_found"], ["u2", "not_found"]]
+    # A value a spreadsheet would run as a formula comes quoted as text.
+    assert sorted(unmatched) == [
+        ["'=u0", "no_identifier"],
+        ["u1", "not_found"],
+        ["u2", "not_found"],
+    ]
     for path in ("members.csv", "unmatched.csv"):
         assert viewer.get(f"{api}/api/segments/nope/{path}", timeout=30).status_code == 404
 

@@ -8,7 +8,6 @@ Basic auth), and a logged-in viewer gets exactly the CLI's `--json` objects.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.conftest import (
     airflow_api_server,
     cli_json,
     core_url,
+    netmera_conn,
     run_segment,
     token_session,
     write_csv,
@@ -75,17 +75,7 @@ def store(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[Pa
     for segment_id, config in SEGMENTS.items():
         (ws / "segments" / f"{segment_id}.yaml").write_text(yaml.safe_dump(config(ws)))
     with FakeNetmera(api_key=KEY) as netmera:
-        module_env.setenv(
-            "AIRFLOW_CONN_NETMERA_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": f"{netmera.base_url}/rest/3.0",
-                    "password": KEY,
-                    "extra": {"timeout": 2, "backoff_base": 0.01, "max_attempts": 2},
-                }
-            ),
-        )
+        module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(netmera, KEY))
         assert run_segment("buyers", send_message=True) == "success"
         assert run_segment("churners") == "success"
         assert run_segment("warehouse") == "failed"

@@ -197,12 +197,17 @@ class SegmentConfig(_Strict):
 
     @property
     def dag_id(self) -> str:
-        return f"connector_segment_{self.id}"
+        return dag_id_of(self.id)
 
     @property
     def source_fields(self) -> list[str]:
         """Columns to read from the source: the user key, then identifier fields, each once."""
         return list(dict.fromkeys([self.user_key, *(i.field for i in self.identifiers)]))
+
+
+def dag_id_of(segment_id: str) -> str:
+    """A segment's DAG id (also for a segment whose YAML is gone)."""
+    return f"connector_segment_{segment_id}"
 
 
 class SegmentConfigError(ValueError):

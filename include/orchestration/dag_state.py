@@ -3,6 +3,7 @@ trigger: this runs inside the API server (the UI's JSON API), on Airflow's own s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,21 +45,21 @@ def dag_states(dag_ids: list[str] | None = None) -> dict[str, DagState]:
     return {dag_id: DagState(bool(p), runs.get(dag_id)) for dag_id, p in paused.items()}
 
 
-def paused_dags(dag_ids: list[str]) -> dict[str, bool]:
-    """`is_paused` of those of `dag_ids` Airflow knows (a DAG not parsed yet is left out)."""
-    return {dag_id: state.paused for dag_id, state in dag_states(dag_ids).items()}
-
-
 def trigger_run(
     dag_id: str, *, action: str, user: str, conf: dict[str, Any], note: str, exclusive: bool
 ) -> str:
-    """Trigger a run of the DAG as `user` (Airflow's audit log and the run record name them)
-    and return its run id. `exclusive`: refuse (RunInProgress) while another run is queued or
-    running; the check and the trigger share one transaction holding the DAG's row."""
+    """Trigger a run of the DAG as `user` and return its run id. The run's triggering user and
+    an entry of Airflow's audit log (`trigger_dag_run`, as the core API writes: its
+    `action_logging` runs only on the core routes) name them. `exclusive`: refuse
+    (RunInProgress) while another run is queued or running; the check and the trigger share
+    one transaction, holding the DAG's row on PostgreSQL (SQLite has no row locks: two
+    requests at the same instant may both trigger, and `max_active_runs=1` runs them one
+    after the other)."""
     import sqlalchemy as sa
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.models.dag import DagModel
     from airflow.models.dagrun import DagRun
+    from airflow.models.log import Log
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
     from airflow.utils.types import DagRunTriggeredByType
@@ -91,6 +92,17 @@ def trigger_run(
             conf=conf,
             note=note,
             session=session,
+        )
+        extra = {"action": action, "conf": conf, "method": "POST", "via": "connector-segments"}
+        session.add(
+            Log(
+                event="trigger_dag_run",
+                owner=user,
+                owner_display_name=user,
+                extra=json.dumps(extra),
+                dag_id=dag_id,
+                run_id=run.run_id,
+            )
         )
         return run.run_id
 

@@ -177,16 +177,6 @@ class SegmentStore:
         with self.engine.connect() as conn:
             self._restorable_run(conn, segment_id, version)
 
-    def restorable_versions(self, segment_id: str) -> list[int]:
-        """The versions `restore` accepts, newest first: kept, published, not current."""
-        with self.engine.connect() as conn:
-            current = self._current_version(conn, segment_id)
-            return [
-                v["version"]
-                for v in self._kept_versions(conn, segment_id)
-                if v["version"] != current
-            ]
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start_run(
@@ -373,7 +363,8 @@ class SegmentStore:
         """Make kept version `version` current again in ONE transaction, as a NEW version
         (numbers stay monotonic, so pruning and the send ledger's once-per-version rule hold)
         with the counts of the run that published it; the run records it as a publish, with
-        `restored_from`. Raises RestoreRefused unless the version is in restorable_versions."""
+        `restored_from`. Raises RestoreRefused unless the version is kept, published and not
+        current (`check_restorable`)."""
         done = self._published(segment_id, run_id)
         if done:
             return done

@@ -18,21 +18,18 @@ from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import (
-    GetUserDep,
-    requires_access_dag,
-    requires_authenticated,
-)
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from include.config.catalog import SegmentCatalog
-from include.config.segments import SegmentConfig, SegmentConfigError, find_segment
+from include.config.segments import SegmentConfig, SegmentConfigError, dag_id_of, find_segment
 from include.store.repository import CALCULATING, HELD, READY
 from include.store.views import details, is_known, listed, never_ran, page_rows, search
 
 DETAILS_RUNS = 5  # as `details` (its --runs default)
 REPORT_SENDS = 20  # as `report` (its --limit default)
+CHART_RUNS = 30  # the chart's published runs are among the segment's last 30 runs
 SEGMENT_ID = re.compile(r"^[a-z0-9_]{1,200}$")  # as the YAML's `id`
 
 router = APIRouter(dependencies=[Depends(requires_authenticated())])
@@ -63,23 +60,31 @@ def list_segments(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     """`list --json`'s objects with source type, schedule, reachable users, DAG, paused, its
-    active run and the actions this user may take now, filtered (q: name or id, any case;
-    id: exactly that segment) and paged; `total` counts every match."""
+    active run, whether this user may trigger it and the actions they may take now, filtered
+    (q: name or id, any case; id: exactly that segment) and paged; `total` counts every match.
+    Only the segments whose DAG the user may read (and those Airflow has no DAG for)."""
     from include.orchestration.dag_state import dag_states
 
     states = dag_states()
     found = search(listed(_store(), _catalog.segments()), states, q, status, source_type)
-    if id is not None:
-        found = [segment for segment in found if segment.id == id]
+    readable = _readable_dags(user)
+    found = [
+        s
+        for s in found
+        if (id is None or s.id == id)
+        and (dag_id_of(s.id) in readable or dag_id_of(s.id) not in states)
+    ]
     page = page_rows(found[offset : offset + limit], states)
+    may_trigger = _authorized(user, [row["dag_id"] for row in page if row["dag_id"]], "POST")
     for row in page:
-        if row["actions"] and not _allowed(row["dag_id"], user):
+        row["may_trigger"] = row["dag_id"] in may_trigger
+        if not row["may_trigger"]:
             row["actions"] = []
     return {"segments": page, "total": len(found)}
 
 
 @router.get("/segments/{segment_id}")
-def segment_details(segment_id: str) -> dict[str, Any]:
+def segment_details(segment_id: Readable) -> dict[str, Any]:
     """As `details ID --json`."""
     found = details(_store(), segment_id, DETAILS_RUNS)
     if found is None:
@@ -88,17 +93,16 @@ def segment_details(segment_id: str) -> dict[str, Any]:
 
 
 @router.get("/segments/{segment_id}/report")
-def segment_report(segment_id: str) -> list[dict[str, Any]]:
+def segment_report(segment_id: Readable) -> list[dict[str, Any]]:
     """As `report ID --json`: without a usable Netmera Connection the sends come without
     stats, as in the CLI (which also warns on stderr)."""
     from include.campaign.report import message_report
 
-    _require_known(segment_id)
     return message_report(segment_id, REPORT_SENDS)[0]
 
 
 @router.get("/segments/{segment_id}/campaign")
-def segment_campaign(segment_id: str) -> dict[str, Any]:
+def segment_campaign(segment_id: Readable) -> dict[str, Any]:
     """What Send Message would send, before the user confirms: the YAML campaign (title and
     text may be null: the form asks for them) and the published version's recipients."""
     from include.campaign.send import DEFAULT_PLATFORMS, audience
@@ -119,20 +123,27 @@ def segment_campaign(segment_id: str) -> dict[str, Any]:
 
 
 @router.get("/segments/{segment_id}/members.csv")
-def members_csv(segment_id: str) -> StreamingResponse:
+def members_csv(segment_id: Readable) -> StreamingResponse:
     """The current members' Netmera user ids (as `members ID`)."""
-    _require_known(segment_id)
     rows = ((user_id,) for user_id in _store().member_ids(segment_id))
     return _csv(f"{segment_id}-members.csv", ("user_id",), rows)
 
 
 @router.get("/segments/{segment_id}/unmatched.csv")
-def unmatched_csv(segment_id: str) -> StreamingResponse:
+def unmatched_csv(segment_id: Readable) -> StreamingResponse:
     """The last refresh's unmatched source users: their source user key and why."""
-    _require_known(segment_id)
     return _csv(
         f"{segment_id}-unmatched.csv", ("user_key", "reason"), _store().unmatched(segment_id)
     )
+
+
+@router.get("/segments/{segment_id}/chart.svg")
+def chart(segment_id: Readable) -> Response:
+    """Connector, Netmera and Reachable users per published run (see `include.ui.chart`)."""
+    from include.ui.chart import runs_chart
+
+    svg = runs_chart(_store().runs(segment_id, CHART_RUNS))
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -141,32 +152,26 @@ def unmatched_csv(segment_id: str) -> StreamingResponse:
 def refuse_cross_site(request: Request) -> None:
     """Airflow has no CSRF token and its `_token` cookie is SameSite-Lax: a form on another
     site (another port of this host included) would send it. Browsers say where a request
-    comes from in `Sec-Fetch-Site`; scripts send none."""
+    comes from in `Sec-Fetch-Site`; scripts send none. A browser too old to send it is held to
+    JSON: a cross-site form cannot send `application/json` without a CORS preflight, which
+    this app never grants (scripts with a Bearer token are not asked)."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         raise HTTPException(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+    if "authorization" not in request.headers and not request.headers.get(
+        "content-type", ""
+    ).startswith("application/json"):
+        raise HTTPException(403, "a request with the login cookie must be application/json")
 
 
 actions = APIRouter(dependencies=[Depends(refuse_cross_site)])
 
 
-def _allowed(dag_id: str, user: BaseUser) -> bool:
-    """The check `_may_trigger` makes, as a yes or no (for the list's actions)."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
-    return get_auth_manager().is_authorized_dag(
-        method="POST", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id), user=user
-    )
-
-
-def _may_trigger(segment_id: str, request: Request, user: GetUserDep) -> tuple[SegmentConfig, str]:
+def _may_trigger(segment_id: str, user: GetUserDep) -> tuple[SegmentConfig, str]:
     """The segment (404 unknown) and the user's name, if they may trigger its DAG's runs."""
     config = _config(segment_id)
-    check = requires_access_dag(
-        method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=config.dag_id
-    )
-    check(request, user)
+    if not _authorized(user, [config.dag_id], "POST"):
+        raise HTTPException(403, f"{user.get_name()} may not trigger runs of {config.dag_id}")
     return config, user.get_name()
 
 
@@ -270,9 +275,46 @@ def _config(segment_id: str) -> SegmentConfig:
         raise HTTPException(404, str(exc)) from None
 
 
-def _require_known(segment_id: str) -> None:
+def _may_read(segment_id: str, user: GetUserDep) -> str:
+    """The segment's id (404 unknown), if the user may read its DAG's runs (403 otherwise):
+    its members and unmatched users are readable by those who may read its runs."""
     if not SEGMENT_ID.match(segment_id) or not is_known(_store(), segment_id):
         raise HTTPException(404, f"unknown segment {segment_id!r}")
+    dag_id = dag_id_of(segment_id)
+    if not _authorized(user, [dag_id], "GET"):
+        raise HTTPException(403, f"{user.get_name()} may not read runs of {dag_id}")
+    return segment_id
+
+
+Readable = Annotated[str, Depends(_may_read)]
+
+
+def _authorized(user: BaseUser, dag_ids: list[str], method: str) -> set[str]:
+    """Those of `dag_ids` whose runs the user may read (GET) or trigger (POST): Airflow's
+    own check (`requires_access_dag`'s), teams included."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+
+    teams = DagModel.get_dag_id_to_team_name_mapping(dag_ids) if dag_ids else {}
+    manager = get_auth_manager()
+    return {
+        dag_id
+        for dag_id in dag_ids
+        if manager.is_authorized_dag(
+            method=method,
+            access_entity=DagAccessEntity.RUN,
+            details=DagDetails(id=dag_id, team_name=teams.get(dag_id)),
+            user=user,
+        )
+    }
+
+
+def _readable_dags(user: BaseUser) -> set[str]:
+    """Every DAG the user may read, in one query (the list's filter)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
 
 
 def _segment_row(segment_id: str) -> dict[str, Any]:
@@ -295,13 +337,18 @@ def _published_version(segment_id: str) -> int:
     return row["current_version"]
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (a source user key is
+# source data: "=HYPERLINK(...)" must stay text). Such a value gets a leading "'".
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv(filename: str, header: tuple[str, ...], rows: Iterable[tuple]) -> StreamingResponse:
     def lines() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(header)
         for n, row in enumerate(rows, 1):
-            writer.writerow(row)
+            writer.writerow([f"'{v}" if v.startswith(FORMULA_START) else v for v in row])
             if n % 10_000 == 0:
                 yield buffer.getvalue()
                 buffer.seek(0)

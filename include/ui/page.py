@@ -1,4 +1,4 @@
-"""The Connector Segments page: its HTML, script and style, and the Segment Details chart.
+"""The Connector Segments page: its HTML, script and style.
 
 Served at `/connector-segments/` inside Airflow's UI (an iframe; the plugin's external view).
 Every route is behind Airflow's login on the router, as the JSON API is. The page is static:
@@ -12,13 +12,10 @@ from pathlib import Path
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import FileResponse, Response
-
-from include.ui.chart import runs_chart
+from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
-CHART_RUNS = 30  # the chart's published runs are among the segment's last 30 runs
 # Only this app's own files; framed by Airflow's UI (same origin) and nobody else.
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -41,16 +38,3 @@ def asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise HTTPException(404, f"no such file: {name!r}")
     return FileResponse(STATIC / name, media_type=ASSETS[name], headers=HEADERS)
-
-
-@router.get("/segments/{segment_id}/chart.svg")
-def chart(segment_id: str) -> Response:
-    """Connector, Netmera and Reachable users per published run (see `include.ui.chart`)."""
-    from include.orchestration.connections import netmera_database
-    from include.store.views import is_known
-
-    store = netmera_database().store
-    if not is_known(store, segment_id):
-        raise HTTPException(404, f"unknown segment {segment_id!r}")
-    svg = runs_chart(store.runs(segment_id, CHART_RUNS))
-    return Response(svg, media_type="image/svg+xml", headers=HEADERS)
