@@ -32,7 +32,16 @@ pytestmark = pytest.mark.dagrun
 
 KEY = "netmera-rest-key-ui"
 USERS = [(f"nm-{i}", f"ext-{i}", None, None, None, i % 2 == 0) for i in range(1, 41)]
-ADDED = ("source_type", "schedule", "reachable", "paused", "dag_id", "active_run", "actions")
+ADDED = (
+    "source_type",
+    "schedule",
+    "reachable",
+    "paused",
+    "dag_id",
+    "active_run",
+    "actions",
+    "may_trigger",
+)
 
 
 def file_segment(ws: Path, segment_id: str, name: str, members: range, **extra) -> dict:

@@ -13,7 +13,6 @@ The chart's drawing is checked without a browser (`include.ui.chart` is a pure f
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -42,7 +41,7 @@ from tests.browser import (
     screenshot,
     wait_for,
 )
-from tests.conftest import ROOT, cli_json, sqlite_conn, write_csv
+from tests.conftest import ROOT, cli_json, netmera_conn, sqlite_conn, write_csv
 from tests.fakes import FakeNetmera
 
 pytestmark = pytest.mark.dagrun
@@ -205,17 +204,7 @@ def demo(
     }.items():
         module_env.setenv(name, value)
     with FakeNetmera(api_key=KEY) as netmera:
-        module_env.setenv(
-            "AIRFLOW_CONN_NETMERA_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": f"{netmera.base_url}/rest/3.0",
-                    "password": KEY,
-                    "extra": {"timeout": 5, "backoff_base": 0.01, "max_attempts": 2},
-                }
-            ),
-        )
+        module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(netmera, KEY, timeout=5))
         home = work / "airflow-home"
         with airflow(home, work / "standalone.log", standalone=True, **STANDALONE_ENV) as af:
             admin = af.session("admin")
@@ -249,38 +238,81 @@ def members_of(segment_id: str) -> list[str]:
 
 # -- the page's routes ---------------------------------------------------------------------------
 
-PAGE_ROUTES = ("", "static/app.js", "static/app.css", "segments/churn_risk/chart.svg")
+KNOWN = "churn_risk"  # fills every path parameter
+PATH_PARAM = re.compile(r"\{\w+(?::[^}]*)?\}")  # `{segment_id}`, `{segment_id:converter}`
+ASSETS = ("", "static/app.js", "static/app.css")
+NOT_AUTHENTICATED = (401, {"detail": "Not authenticated"})
+NO_TRIGGER = (
+    "You may look at this segment but not act on it (your Airflow role cannot trigger its DAG)"
+)
 
 
-def test_every_page_route_needs_the_login_and_errors_are_plain_http(demo):
+def app_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route the plugin's app serves: its own, the mounted JSON API's
+    and the webhook app's (which sees its full path), read from the apps themselves so that
+    a route added later is covered too."""
+    from starlette.routing import Mount
+
+    from include.ui.app import PrefixRoute, app
+
+    def walk(routes: list[Any], prefix: str) -> Iterator[tuple[str, str]]:
+        for route in routes:
+            if isinstance(route, Mount):
+                yield from walk(route.routes, prefix + route.path)
+            elif isinstance(route, PrefixRoute):
+                yield from walk(route.app.routes, prefix)
+            else:
+                for method in sorted(set(route.methods or ()) - {"HEAD"}):
+                    yield method, prefix + route.path
+
+    return list(walk(app.routes, ""))
+
+
+def test_every_route_of_the_app_needs_the_login_and_errors_are_plain_http(demo):
+    from include.ui.app import WEBHOOKS
+
     page = demo.airflow.page
-    for path in PAGE_ROUTES:
-        answer = requests.get(f"{page}{path}", timeout=30)
-        assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"}), path
+    routes = app_routes()
+    filled = {(method, PATH_PARAM.sub(KNOWN, path)) for method, path in routes}
+    for expected in (
+        ("GET", "/"),
+        ("GET", "/api/segments"),
+        ("GET", f"/api/segments/{KNOWN}/chart.svg"),
+        ("POST", f"/api/segments/{KNOWN}/refresh"),
+    ):
+        assert expected in filled, routes  # the walk sees the page, the API and its actions
+    webhooks = [(m, p) for m, p in routes if p.startswith(WEBHOOKS + "/")]
+    assert webhooks, routes
+    for method, path in routes:
+        url = page + PATH_PARAM.sub(KNOWN, path).removeprefix("/")
+        body = {"json": {}} if method == "POST" else {}  # the login is refused, not the body
+        if (method, path) in webhooks:  # outside the login, with its own Basic auth
+            for session in (requests, demo.admin):  # with or without an Airflow token
+                answer = session.request(method, url, timeout=30, **body)
+                assert answer.status_code == 401, (method, path)
+                assert answer.headers["WWW-Authenticate"].startswith("Basic "), (method, path)
+                assert answer.json()["status"] == "failure", (method, path)
+                assert answer.json()["error"]["code"] == 401, (method, path)
+            continue
+        answer = requests.request(method, url, timeout=30, **body)
+        assert (answer.status_code, answer.json()) == NOT_AUTHENTICATED, (method, path)
+    for path in ASSETS:
         answer = demo.admin.get(f"{page}{path}", timeout=30)
         assert answer.status_code == 200, path
         assert "frame-ancestors 'self'" in answer.headers["Content-Security-Policy"], path
     html = demo.admin.get(page, timeout=30).text
     assert 'src="static/app.js"' in html and 'href="static/app.css"' in html
     assert not re.search(r'(src|href)="/', html)  # relative only: a sub-path must work
-    assert (
-        demo.admin.get(f"{page}segments/churn_risk/chart.svg")
-        .headers["Content-Type"]
-        .startswith("image/svg+xml")
-    )
-    # Plain {"detail"} errors for the page (not the webhook's Mixpanel shape)...
+    chart = demo.admin.get(f"{page}api/segments/{KNOWN}/chart.svg", timeout=30)
+    assert chart.status_code == 200 and chart.headers["Content-Type"].startswith("image/svg+xml")
+    # Plain {"detail"} errors for the page and the API (not the webhook's Mixpanel shape).
     for path, detail in (
         ("static/nope.js", "no such file: 'nope.js'"),
-        ("segments/nope/chart.svg", "unknown segment 'nope'"),
+        ("api/segments/nope/chart.svg", "unknown segment 'nope'"),
         ("nope", "Not Found"),
     ):
         answer = demo.admin.get(f"{page}{path}", timeout=30)
         assert (answer.status_code, answer.json()) == (404, {"detail": detail}), path
-    # ... while the webhook keeps its own, with or without an Airflow token.
-    for session in (requests, demo.admin):
-        answer = session.post(f"{page}webhooks/mixpanel/{WINBACK}", json={}, timeout=30)
-        assert answer.status_code == 401
-        assert answer.json()["status"] == "failure" and answer.json()["error"]["code"] == 401
     assert demo.admin.get(f"{page}webhooks/mixpanel/x", timeout=30).json()["status"] == "failure"
 
 
@@ -403,9 +435,11 @@ def test_the_nav_opens_the_page_and_its_table_is_the_clis_list(demo, browser, ca
 
     Select(by_css(browser, "select[name=status]")).select_by_visible_text("Held")
     wait_for(lambda: [r["id"] for r in table_rows(browser)] == [WINBACK], 10, "status filter")
-    assert by_css(browser, f'tr[data-id="{WINBACK}"] button[data-action=send]').get_attribute(
-        "disabled"
-    )  # no Send Message unless Ready
+    send = by_css(browser, f'tr[data-id="{WINBACK}"] button[data-action=send]')
+    assert send.get_attribute("disabled")  # no Send Message unless Ready, and it says why
+    assert (
+        send.get_attribute("title") == "Send Message needs a Ready segment with a published version"
+    )
 
 
 def test_segment_details_shows_the_chart_why_counts_differ_and_links_to_airflow(
@@ -569,22 +603,34 @@ def test_restore_makes_the_earlier_version_current_again(demo, browser, capsys):
     shot(browser, "restored", height=2200)
 
 
-def test_a_viewer_reads_every_page_and_gets_the_apis_403_when_acting(demo, chromium_installed):
+def disabled_with_reason(driver: Any, selector: str) -> list[tuple[str | None, str | None]]:
+    """(disabled, title) of every action button the selector finds."""
+    return [
+        (b.get_attribute("disabled"), b.get_attribute("title")) for b in all_css(driver, selector)
+    ]
+
+
+def test_a_viewer_reads_every_page_but_its_action_buttons_say_why_it_may_not_act(
+    demo, chromium_installed
+):
     viewer = demo.airflow.session("viewer")
     refused = viewer.post(f"{demo.airflow.page}api/segments/vip_customers/refresh", timeout=30)
-    assert refused.status_code == 403
+    assert refused.status_code == 403  # the API refuses, whatever the page shows
+    listed_rows = demo.api("segments", viewer)["segments"]
+    assert {(r["may_trigger"], tuple(r["actions"])) for r in listed_rows} == {(False, ())}
+    assert all(r["may_trigger"] for r in demo.api("segments")["segments"])  # admin may
+    buttons = "button[data-action=send], button[data-action=refresh], button[data-action=approve]"
     with chromium() as driver:
         log_in(driver, demo.airflow, "viewer")
         rows = listed(driver, demo)
         assert {r["id"] for r in rows} == {*DEMO_SEGMENTS, WINBACK}
-        button = by_css(driver, 'tr[data-id="vip_customers"] button[data-action=refresh]')
-        if button.get_attribute("disabled"):  # the API offers a viewer no action at all
-            assert not all_css(driver, "table.segments button[data-action=send]:enabled")
-        else:
-            button.click()
-            assert notice(driver) == refused.json()["detail"]
+        in_list = disabled_with_reason(driver, f"table.segments {buttons}")
+        assert len(in_list) >= 2 * len(rows)  # Send Message and Refresh on every row
+        assert set(in_list) == {("true", NO_TRIGGER)}
         driver.execute_script("location.hash = '#/segments/vip_customers'")
         wait_for(lambda: by_css(driver, "[data-role=chart] svg"), 30, "the viewer's details")
+        in_details = disabled_with_reason(driver, f".page-head {buttons}")
+        assert len(in_details) == 2 and set(in_details) == {("true", NO_TRIGGER)}
         driver.execute_script("location.hash = '#/segments/vip_customers/report'")
         wait_for(lambda: by_css(driver, "[data-role=report]"), 30, "the viewer's report")
 

@@ -87,10 +87,13 @@
     return String(text).toLowerCase().replace(/[^a-z0-9]+/g, "-");
   }
 
-  /** The badge the page shows for a segment row (see the API contract). */
+  /** The badge the page shows for a segment row: Not Active (paused), Calculating, then the
+   * store's Failed or Held (a stale segment that failed shows why it is stale), Stale, Ready,
+   * Never run. */
   function badgeOf(row) {
     if (row.paused) return "Not Active";
     if (row.status === "Calculating" || row.active_run) return "Calculating";
+    if (row.status === "Failed" || row.status === "Held") return row.status;
     if (row.stale) return "Stale";
     return row.status || "Never run";
   }
@@ -122,35 +125,51 @@
     return JSON.stringify(detail);
   }
 
-  async function api(path, options = {}) {
-    const init = { credentials: "same-origin", headers: { Accept: "application/json" } };
-    if (options.method) init.method = options.method;
-    if (options.body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(options.body);
-    }
-    const response = await fetch(`api/${path}`, init);
+  /** The API's answer to `api/PATH`; an ApiError with its `{"detail"}` (or the status) when
+   * it refuses. */
+  async function request(path, init = {}) {
+    const response = await fetch(`api/${path}`, { credentials: "same-origin", ...init });
+    if (response.ok) return response;
     let data = null;
     try {
       data = await response.json();
     } catch (_) {
       data = null;
     }
-    if (!response.ok) {
-      const message = data && data.detail !== undefined ? detailText(data.detail)
-        : `${response.status} ${response.statusText}`;
-      throw new ApiError(response.status, message);
-    }
-    return data;
+    const message = data && data.detail !== undefined ? detailText(data.detail)
+      : `${response.status} ${response.statusText}`.trim();
+    throw new ApiError(response.status, message);
   }
 
-  const post = (path, body) => api(path, { method: "POST", body });
+  async function api(path, options = {}) {
+    const init = { headers: { Accept: "application/json" } };
+    if (options.method) init.method = options.method;
+    if (options.body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(options.body);
+    }
+    return (await request(path, init)).json();
+  }
+
+  // Always a JSON body: the API refuses a cookie-authenticated POST without
+  // `Content-Type: application/json`, which a cross-site form cannot send.
+  const post = (path, body = {}) => api(path, { method: "POST", body });
   const segmentPath = (id) => `segments/${encodeURIComponent(id)}`;
 
   /** The list row of one segment (paused, stale, actions...), or null if unknown. */
   async function listRow(id) {
-    const found = await api(`segments?${new URLSearchParams({ q: id, limit: 500 })}`);
+    const found = await api(`segments?${new URLSearchParams({ id })}`);
     return found.segments.find((s) => s.id === id) || null;
+  }
+
+  /** `api(path)`, or null after saying why not (for a modal that needs it to open). */
+  async function apiOrSay(path) {
+    try {
+      return await api(path);
+    } catch (error) {
+      say(error.message, true);
+      return null;
+    }
   }
 
   // -- notices, modals, polling ------------------------------------------------------------
@@ -196,7 +215,10 @@
 
   // -- actions -----------------------------------------------------------------------------
 
+  const NO_TRIGGER = "You may look at this segment but not act on it (your Airflow role cannot trigger its DAG)";
+
   function whyNot(row, action) {
+    if (row.may_trigger === false) return NO_TRIGGER;
     if (!row.dag_id || row.paused === null) return "Airflow does not know this segment's DAG yet";
     if (row.paused) return "Its DAG is paused (Not Active): unpause it in Airflow first";
     if (row.active_run || row.status === "Calculating") return "A run is in progress";
@@ -228,55 +250,16 @@
     }
   }
 
-  async function sendMessage(row, after) {
-    let campaign;
-    try {
-      campaign = await api(`${segmentPath(row.id)}/campaign`);
-    } catch (error) {
-      say(error.message, true);
-      return;
-    }
-    const title = h("input", { type: "text", name: "title", required: true, maxlength: 500 });
-    title.value = campaign.title || "";
-    const text = h("textarea", { name: "text", required: true, maxlength: 4000 });
-    text.value = campaign.text || "";
+  /** A modal form whose confirm button runs `onconfirm`: disabled meanwhile, the modal
+   * closed when it succeeds, the API's refusal shown in the modal otherwise (the user may
+   * change the form and confirm again). */
+  function confirmBox(title, body, label, onconfirm, action = "confirm") {
     const problem = h("p", { class: "error", role: "alert", hidden: true });
-    const confirm = h("button", { type: "submit", class: "primary", "data-action": "confirm-send",
-      text: `Send to ${count(campaign.recipients)} users` });
-    const form = h("form", {},
-      h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
-        ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
-      h("div", { class: "summary" },
-        h("div", {}, "Recipients: ", h("strong", { "data-field": "recipients", text: count(campaign.recipients) })),
-        h("div", {}, "Not addressable: ", h("strong", { "data-field": "not_addressable", text: count(campaign.not_addressable) }),
-          h("span", { class: "muted small", text: " (matched users without an extId: Netmera's REST API cannot reach them)" }))),
-      h("label", { text: "Title" }), title,
-      h("label", { text: "Message" }), text,
-      problem,
-      h("div", { class: "buttons" },
-        h("button", { type: "button", text: "Cancel", onclick: closeModal }), confirm));
+    const button = h("button", { type: "submit", class: "primary", "data-action": action, text: label });
+    const form = h("form", {}, body, problem,
+      h("div", { class: "buttons" }, h("button", { type: "button", text: "Cancel", onclick: closeModal }), button));
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      confirm.disabled = true;
-      try {
-        const answer = await post(`${segmentPath(row.id)}/send`, { title: title.value, text: text.value });
-        closeModal();
-        started("Send Message", answer);
-        after(row.id);
-      } catch (error) {
-        problem.hidden = false;
-        problem.textContent = error.message;
-        confirm.disabled = false;
-      }
-    });
-    openModal(`Send Message: ${row.name}`, form);
-    title.focus();
-  }
-
-  function confirmBox(title, body, label, onconfirm) {
-    const problem = h("p", { class: "error", role: "alert", hidden: true });
-    const button = h("button", { type: "button", class: "primary", "data-action": "confirm", text: label });
-    button.addEventListener("click", async () => {
       button.disabled = true;
       try {
         await onconfirm();
@@ -287,18 +270,37 @@
         button.disabled = false;
       }
     });
-    openModal(title, body, problem,
-      h("div", { class: "buttons" }, h("button", { type: "button", text: "Cancel", onclick: closeModal }), button));
+    openModal(title, form);
+  }
+
+  async function sendMessage(row, after) {
+    const campaign = await apiOrSay(`${segmentPath(row.id)}/campaign`);
+    if (!campaign) return;
+    // The API's limits (longer is refused with 422).
+    const title = h("input", { type: "text", name: "title", required: true, maxlength: 500 });
+    title.value = campaign.title || "";
+    const text = h("textarea", { name: "text", required: true, maxlength: 5000 });
+    text.value = campaign.text || "";
+    const body = [
+      h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
+        ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
+      h("div", { class: "summary" },
+        h("div", {}, "Recipients: ", h("strong", { "data-field": "recipients", text: count(campaign.recipients) })),
+        h("div", {}, "Not addressable: ", h("strong", { "data-field": "not_addressable", text: count(campaign.not_addressable) }),
+          h("span", { class: "muted small", text: " (matched users without an extId: Netmera's REST API cannot reach them)" }))),
+      h("label", { text: "Title" }), title,
+      h("label", { text: "Message" }), text,
+    ];
+    confirmBox(`Send Message: ${row.name}`, body, `Send to ${count(campaign.recipients)} users`, async () => {
+      started("Send Message", await post(`${segmentPath(row.id)}/send`, { title: title.value, text: text.value }));
+      after(row.id);
+    }, "confirm-send");
+    title.focus();
   }
 
   async function approve(row, after) {
-    let details;
-    try {
-      details = await api(segmentPath(row.id));
-    } catch (error) {
-      say(error.message, true);
-      return;
-    }
+    const details = await apiOrSay(segmentPath(row.id));
+    if (!details) return;
     const held = (details.runs || []).find((r) => r.status === "held");
     const body = held ? h("div", {},
       h("div", { class: "reason held", "data-field": "hold_reason", text: held.hold_reason || "Held by a guardrail" }),
@@ -659,8 +661,7 @@
 
   async function loadChart(holder, id, gen) {
     try {
-      const response = await fetch(`${segmentPath(id)}/chart.svg`, { credentials: "same-origin" });
-      if (!response.ok) throw new Error(`chart: ${response.status}`);
+      const response = await request(`${segmentPath(id)}/chart.svg`);
       // Inline (not <img>) so the points' <title> tooltips work; parsed as XML, never as HTML.
       const doc = new DOMParser().parseFromString(await response.text(), "image/svg+xml");
       const svg = doc.documentElement;
@@ -708,7 +709,11 @@
         row.status === "Held" ? actionButton(row, "approve", "Approve", (r) => approve(r, after)) : null,
         row.dag_id ? airflowLink(encodeURIComponent(row.dag_id), "Open in Airflow", { class: "button", "data-link": "dag" }) : null));
     if (d instanceof Error) {
-      replace(view, head, h("div", { class: "card empty", "data-role": "never-ran", text: `${d.message}. Press Refresh to run it.` }));
+      // Only a 404 means "never ran"; a refusal (401, 403) or a failure says what the API said.
+      const problem = d.status === 404
+        ? h("div", { class: "card empty", "data-role": "never-ran", text: `${d.message}. Press Refresh to run it.` })
+        : h("div", { class: "notice error", "data-role": "error", text: d.message });
+      replace(view, head, problem);
       schedule(gen, label === "Calculating", reload);
       return;
     }
