@@ -52,7 +52,12 @@ def _sqlite_file_lock(engine: sa.Engine) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    with open(f"{database}.cs-migrate.lock", "a") as lock:
+    try:
+        lock = open(f"{database}.cs-migrate.lock", "a")  # noqa: SIM115 (closed below)
+    except OSError:  # no such folder, read-only: SQLite's own error says it better
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
