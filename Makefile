@@ -1,12 +1,13 @@
 # Connector Segments: `make demo` runs the main job on the embedded default, `make test` the
-# whole test suite. Both create .venv (Python 3.11) and install requirements.txt when needed,
+# whole test suite. Both create .venv (Python 3.11) and install requirements-dev.txt (the
+# product's requirements.txt and the test tools) when needed,
 # and are safe to run again.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 LOCAL := $(CURDIR)/.local
-STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
 # The embedded default: Airflow home, Netmera DB (user table + segment store), demo warehouse
 # and staging all live in .local/ (git-ignored).
@@ -38,12 +39,12 @@ ui: export AIRFLOW__API__HOST ?= 127.0.0.1
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 not found)"; exit 1; }
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "need Python 3.11, got " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
