@@ -107,13 +107,26 @@ def _on_failure(context) -> None:
     record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or "unknown error")
 
 
+# The segments with an `alerts` block, by DAG id: what the run-failure callback looks up (the
+# Slack and SMTP providers load only when an alert fires, never while parsing).
+_ALERTING: dict[str, SegmentConfig] = {}
+
+
 def _on_run_failure(context) -> None:
-    """The run failed without a step reporting it (a killed worker, a state set from the UI):
-    a run record left "calculating" becomes Failed, so the status never sticks."""
+    """Once per failed run. A run that failed without a step reporting it (a killed worker, a
+    state set from the UI): a run record left "calculating" becomes Failed, so the status
+    never sticks. Then the segment's Failed alert, if it has one (and the run left it Failed)."""
     from include.orchestration.refresh import abandon_run
 
     run = context["dag_run"]
-    abandon_run(run.dag_id.removeprefix("connector_segment_"), run.run_id)
+    try:
+        abandon_run(run.dag_id.removeprefix("connector_segment_"), run.run_id)
+    finally:
+        config = _ALERTING.get(run.dag_id)
+        if config is not None:
+            from include.orchestration.alerts import alert_failed_run
+
+            alert_failed_run(config, run.run_id)
 
 
 def _run() -> tuple[str, dict]:
@@ -129,6 +142,8 @@ _to_xcom = dataclasses.asdict
 
 def build_dag(config: SegmentConfig) -> DAG:
     """One segment's DAG. The config is bound here, not read from a loop variable at run time."""
+    if config.alerts is not None:
+        _ALERTING[config.dag_id] = config
     doc = (
         f"### {config.name}\n\n{config.description}\n\nSource: `{config.source.type}`, "
         f"config `{config.config_path.name if config.config_path else config.id}`."

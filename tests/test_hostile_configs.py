@@ -180,7 +180,7 @@ def test_a_hostile_file_breaks_only_itself(tmp_path, monkeypatch, case):
 
     monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(folder))
     bag = DagBag(dag_folder=str(DAGS))
-    assert set(bag.dag_ids) == EXAMPLE_DAGS
+    assert set(bag.dag_ids) == EXAMPLE_DAGS | {"connector_segments_stale_check"}
     assert list(bag.import_errors) == [str(DAGS / "connector_segments_config_check.py")]
     reported = bag.import_errors[str(DAGS / "connector_segments_config_check.py")]
     assert error.removeprefix("ERROR  ") in reported

@@ -138,6 +138,70 @@ class Campaign(_Strict):
     send_on_refresh: bool = False
 
 
+AlertEvent = Literal["failed", "held", "stale"]
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("failed", "held", "stale")
+# One address: something@domain, no spaces, lists or display names; the SMTP server decides
+# the rest (the audience's email rules do not apply to who gets the alerts).
+_ALERT_ADDRESS = re.compile(r"[^@\s,;:<>()\[\]\"]+@[^@\s,;:<>()\[\]\"]+\.[^@\s,;:<>()\[\]\"]+")
+
+
+class SlackAlert(_Strict):
+    """A Slack incoming webhook: the Airflow Connection (type `slackwebhook`) holds its URL."""
+
+    conn_id: str = Field(default="slack_default", min_length=1)
+
+
+class EmailAlert(_Strict):
+    """Mail through the SMTP Connection `conn_id` (its extra `from_email` is the sender)."""
+
+    to: tuple[str, ...] = Field(min_length=1, max_length=50)
+    conn_id: str = Field(default="smtp_default", min_length=1)
+
+    @field_validator("to")
+    @classmethod
+    def _one_address_each(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for number, address in enumerate(value, 1):
+            if len(address) > 254 or not _ALERT_ADDRESS.fullmatch(address):
+                # Not quoted: an address is a person's, and this message reaches the UI.
+                raise ValueError(f"entry {number} is not one address (name@domain, no list)")
+        return value
+
+
+class Alerts(_Strict):
+    """Who hears when the segment turns Failed, Held or Stale (default: all three)."""
+
+    on: tuple[AlertEvent, ...] = Field(default=ALERT_EVENTS, min_length=1)
+    slack: SlackAlert | None = None
+    email: EmailAlert | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_11_on(cls, value: object) -> object:
+        # YAML 1.1 (PyYAML) reads the bare keys `on` and `off` as booleans: give them back
+        # their names, so `on:` works unquoted and `off:` is reported as the unknown key it is.
+        if not isinstance(value, dict) or not any(isinstance(k, bool) for k in value):
+            return value
+        renamed = {
+            ("on" if k else "off") if isinstance(k, bool) else k: v for k, v in value.items()
+        }
+        if len(renamed) != len(value):
+            raise ValueError("key 'on' or 'off' is given twice (once quoted, once not)")
+        return renamed
+
+    @field_validator("on")
+    @classmethod
+    def _events_once(cls, value: tuple[AlertEvent, ...]) -> tuple[AlertEvent, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("an event is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_channel(self) -> Alerts:
+        if self.slack is None and self.email is None:
+            raise ValueError("name at least one channel: 'slack' or 'email'")
+        return self
+
+
 class SegmentConfig(_Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=200)
     name: str = Field(min_length=1, max_length=200)  # also the DAG's display name
@@ -153,6 +217,7 @@ class SegmentConfig(_Strict):
     default_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     guardrails: Guardrails = Guardrails()
     campaign: Campaign | None = None
+    alerts: Alerts | None = None  # none: nobody is alerted (the status still shows it)
 
     # Set by the loader, not by the YAML: where this config came from.
     config_path: Path | None = Field(default=None, exclude=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from include import staging
 from include.config.segments import SegmentConfig
+from include.orchestration import alerts
 from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
 from include.staging import AUDIENCE_FILE, StagedAudience, run_dir
 
@@ -179,6 +180,7 @@ def validate(
             added,
             removed,
         )
+        alerts.alert_held(config, run_id, hold_reason)  # logs, never raises, if undelivered
         return "held"
     if decision.outcome == HOLD:
         log.warning(
