@@ -39,10 +39,21 @@ def _run_path(segment_id: str, run_id: str) -> Path:
     return staging_root() / segment_id / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
 
+def keep_private() -> None:
+    """From here on this process creates files and folders for its own user only. Staged
+    files hold personal data and are written by several libraries (pyarrow, DuckDB, the
+    connectors' checkpoints), each with the process umask; a task runs in a process of its
+    own, so each step that writes staged files calls this first."""
+    os.umask(0o077)
+
+
 def run_dir(segment_id: str, run_id: str) -> Path:
-    """The run's folder, created if needed."""
+    """The run's folder, created if needed, readable by the service user only."""
+    keep_private()
     path = _run_path(segment_id, run_id)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (path.parent, path):  # made earlier under another umask, perhaps
+        folder.chmod(0o700)
     return path
 
 

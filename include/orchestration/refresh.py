@@ -104,6 +104,7 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
 
     db = netmera_database()
     audience = Path(staged.path)
+    staging.keep_private()  # the lookups and members are written beside the audience
     result = match_audience(config, audience, db.engine, db.users, db.info.extra, audience.parent)
     store = db.store
     store.record_unmatched(

@@ -1,0 +1,568 @@
+"""A real multi-process Airflow: scheduler, dag-processor, API server and two Celery workers
+(CeleryExecutor, Redis broker, PostgreSQL metadata in a fresh database), no `dag.test()`.
+
+Twenty segments (file, SQL, Mixpanel pull and one Mixpanel webhook fed through the API
+server) are triggered together through the REST API and must all reach Ready with the counts
+their data implies; the `mixpanel_api` pool must hold against the Mixpanel test server's own
+record of concurrent requests; a Send Message must reach Netmera once per user; no log may hold
+a secret or a user's email or phone; staged files and folders must be the service user's only
+(0700 folders, 0600 files, whatever the umask the workers start with); and every process must
+be gone at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import stat
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import yaml
+
+from tests.cluster import ROOT, Cluster, port_is_free
+from tests.conftest import USERS_DDL, free_port, netmera_conn, sqlite_conn, write_csv
+from tests.fakes import FakeMixpanel, FakeNetmera
+from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, members
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.postgres]
+
+REDIS_URL = "redis://127.0.0.1:6379/13"  # a db of its own, flushed at start
+POOL_SLOTS = 2  # mixpanel_api; the workers have 2 x 2 slots, so only the pool can hold them
+ENGAGE_DELAY = 0.4  # seconds per Mixpanel request: extracts last ~6 s, long enough to overlap
+RUN_TIMEOUT = 330  # 20 runs x 7 task processes on 4 worker slots; ~3 min on 2 busy cores
+
+# Secrets set in the Connections (none may reach a log).
+MIXPANEL_SECRET = f"mp-secret-{secrets.token_hex(8)}"
+NETMERA_KEY = f"nm-key-{secrets.token_hex(8)}"
+WEBHOOK_PASSWORD = f"wh-pass-{secrets.token_hex(8)}"
+DB_PASSWORD = f"db-pass-{secrets.token_hex(8)}"
+
+
+def person(i: int) -> tuple[str, str]:
+    """Person i's email and phone, as the Netmera table and the sources hold them."""
+    return f"person{i}@example.com", f"+90555{i:07d}"
+
+
+# Netmera users nm-i (extId ext-i), all push-permitted; the sources below name persons 1..400.
+USERS = [(f"nm-{i}", f"ext-{i}", *person(i), f"inst-{i}", True) for i in range(1, 401)]
+
+
+@dataclass
+class Segment:
+    id: str
+    source: dict
+    people: list[int]  # persons known to Netmera
+    unknown: int = 0  # source users no Netmera user matches
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dag_id(self) -> str:
+        return f"connector_segment_{self.id}"
+
+
+def plan() -> list[Segment]:
+    """8 file, 5 SQL, 6 Mixpanel (one project) and 1 webhook segment; disjoint persons."""
+    segments = [
+        Segment(f"file{k}", {"type": "file", "path": f"file{k}.csv"}, _span(k * 20, 10 + k), 2)
+        for k in range(8)
+    ]
+    segments[0].extra["campaign"] = {"title": "Cluster sale", "text": "Only today"}
+    segments += [
+        Segment(
+            f"sql{k}",
+            {
+                "type": "sql",
+                "conn_id": "warehouse",
+                "query": f"SELECT uid, ext FROM audience WHERE seg = 'sql{k}'",
+            },
+            _span(160 + k * 20, 8 + k),
+            1,
+        )
+        for k in range(5)
+    ]
+    segments += [
+        Segment(f"mix{k}", {"type": "mixpanel", "cohort_id": 600 + k}, _span(260 + k * 15, 12), 1)
+        for k in range(6)
+    ]
+    segments.append(
+        Segment("push", {"type": "mixpanel_webhook", "conn_id": "mixpanel_push"}, _span(360, 30))
+    )
+    return segments
+
+
+def _span(start: int, n: int) -> list[int]:
+    return list(range(start + 1, start + 1 + n))
+
+
+def write_sources(ws: Path, segments: list[Segment], mixpanel: FakeMixpanel) -> None:
+    """Each segment's YAML and source data: CSVs, the SQLite warehouse, Mixpanel cohorts (the
+    webhook's members are sent later, through the API server)."""
+    (ws / "segments").mkdir()
+    with sqlite3.connect(ws / "warehouse.db") as warehouse:
+        warehouse.execute("CREATE TABLE audience (seg TEXT, uid TEXT, ext TEXT)")
+    for seg in segments:
+        kind = seg.source["type"]
+        config = {
+            "id": seg.id,
+            "name": seg.id.capitalize(),
+            "schedule": None,
+            "source": seg.source,
+            "user_key": "uid",
+            "identifiers": [{"field": "ext", "kind": "external_id"}],
+            "default_region": "TR",
+            **seg.extra,
+        }
+        rows = [[f"s{i}", f"ext-{i}", person(i)[0]] for i in seg.people]
+        rows += [
+            [f"x{seg.id}-{j}", f"nobody-{j}", f"nobody{j}@example.net"] for j in range(seg.unknown)
+        ]
+        if kind == "file":
+            write_csv(ws / "segments" / seg.source["path"], ["uid", "ext", "email"], rows)
+            config["identifiers"].append({"field": "email", "kind": "email"})
+        elif kind == "sql":
+            with sqlite3.connect(ws / "warehouse.db") as warehouse:
+                warehouse.executemany(
+                    "INSERT INTO audience VALUES (?, ?, ?)", [(seg.id, r[0], r[1]) for r in rows]
+                )
+        elif kind == "mixpanel":  # matched by email only: distinct ids are Mixpanel's own
+            cohort = [
+                {"$distinct_id": f"mp-{uid}", "$properties": {"$email": email, "$phone": "x"}}
+                for uid, _, email in rows
+            ]
+            mixpanel.add_cohort(seg.source["cohort_id"], seg.id, cohort)
+            config["user_key"] = "$distinct_id"
+            config["identifiers"] = [{"field": "$email", "kind": "email"}]
+        else:
+            config["user_key"] = "mixpanel_distinct_id"
+            config["identifiers"] = [
+                {"field": "email", "kind": "email"},
+                {"field": "phone_number", "kind": "msisdn"},
+            ]
+        (ws / "segments" / f"{seg.id}.yaml").write_text(yaml.safe_dump(config))
+
+
+class TimedMixpanel(FakeMixpanel):
+    """FakeMixpanel that also records each request's (start, end) and answers a little slowly,
+    so the concurrency Mixpanel saw can be read off overlapping intervals."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.intervals: list[tuple[float, float]] = []
+
+    def route(self, req):
+        start = time.monotonic()
+        time.sleep(ENGAGE_DELAY)
+        response = super().route(req)
+        self.intervals.append((start, time.monotonic()))
+        return response
+
+    def most_concurrent(self) -> int:
+        edges = sorted([(s, 1) for s, _ in self.intervals] + [(e, -1) for _, e in self.intervals])
+        level = peak = 0
+        for _, step in edges:  # an end sorts before a start at the same instant
+            level += step
+            peak = max(peak, level)
+        return peak
+
+
+class StagingWatcher(threading.Thread):
+    """Samples the mode of everything under the staging root while runs are in flight (runs
+    delete their staged files when done, so looking afterwards would see nothing)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.modes: dict[str, int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            with contextlib.suppress(OSError):  # a run removed it between listing and stat
+                for path in self.root.rglob("*"):
+                    self.modes[str(path.relative_to(self.root))] = path.stat().st_mode
+
+
+# -- PostgreSQL and Redis ------------------------------------------------------------------------
+
+
+def redis_or_skip() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).flushdb()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}"
+        if os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (CI must run the multi-process test)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def pg_role(pg_server: str) -> Iterator[dict]:
+    """A login role with a password and two fresh databases it owns: Airflow's metadata and
+    `netmera_db` (the Netmera user table and the segment store), dropped afterwards."""
+    import sqlalchemy as sa
+
+    tag = uuid.uuid4().hex[:10]
+    role, meta, netmera = f"cs_mp_{tag}", f"cs_mp_meta_{tag}", f"cs_mp_netmera_{tag}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
+        for name in (meta, netmera):
+            conn.exec_driver_sql(f"CREATE DATABASE {name} OWNER {role}")
+    url = sa.make_url(pg_server).set(username=role, password=DB_PASSWORD)
+    yield {"role": role, "meta": url.set(database=meta), "netmera": url.set(database=netmera)}
+    with admin.connect() as conn:
+        for name in (meta, netmera):
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+    admin.dispose()
+
+
+def load_users(url) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(USERS_DDL)
+        conn.execute(
+            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
+            [dict(zip("uxemip", row, strict=True)) for row in USERS],
+        )
+    engine.dispose()
+
+
+def cluster_env(home: Path, ws: Path, pg: dict, port: int, fakes: dict) -> dict[str, str]:
+    meta = pg["meta"].render_as_string(hide_password=False)
+    netmera = pg["netmera"]
+    mixpanel, netmera_fake = fakes["mixpanel"], fakes["netmera"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONNECTOR_"))}
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            "PYTHONPATH": str(ROOT),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
+            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            # Parsed once: re-parsing every 30 s would take CPU from the tasks.
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            "CONNECTOR_SEGMENTS_RETRIES": "0",
+            "CONNECTOR_SEGMENTS_DIR": str(ws / "segments"),
+            "CONNECTOR_SEGMENTS_STAGING_DIR": str(ws / "staging"),
+            "CONNECTOR_SEGMENTS_POOL_MIXPANEL_API": str(POOL_SLOTS),
+            "AIRFLOW_CONN_NETMERA_DB": json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": netmera.host,
+                    "port": netmera.port,
+                    "login": netmera.username,
+                    "password": DB_PASSWORD,
+                    "schema": netmera.database,
+                }
+            ),
+            "AIRFLOW_CONN_NETMERA_DEFAULT": netmera_conn(netmera_fake, NETMERA_KEY),
+            "AIRFLOW_CONN_WAREHOUSE": sqlite_conn(ws / "warehouse.db"),
+            "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": mixpanel.base_url,
+                    "login": mixpanel.username,
+                    "password": MIXPANEL_SECRET,
+                    "extra": {"project_id": mixpanel.project_id, "queries_per_hour": 36_000},
+                }
+            ),
+            "AIRFLOW_CONN_MIXPANEL_PUSH": json.dumps(
+                {"conn_type": "http", "login": "mixpanel-sync", "password": WEBHOOK_PASSWORD}
+            ),
+        }
+    )
+    return env
+
+
+# -- the cluster and its runs -------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    cluster: Cluster
+    api: str
+    admin: requests.Session
+    segments: list[Segment]
+    runs: dict[str, dict]  # segment id -> its finished DAG run
+    mixpanel: TimedMixpanel
+    netmera: FakeNetmera
+    staging: StagingWatcher
+    home: Path
+    timings: dict[str, float]
+
+
+def rest(session: requests.Session, method: str, url: str, **kw) -> dict:
+    answer = session.request(method, url, timeout=30, **kw)
+    assert answer.status_code in (200, 201), f"{method} {url}: {answer.status_code} {answer.text}"
+    return answer.json()
+
+
+def wait_runs(cluster: Cluster, admin, api: str, runs: dict[str, tuple[str, str]]) -> dict:
+    """Poll (one listing of every DAG's runs) until each (dag_id, run_id) has finished;
+    return the finished runs by segment id."""
+    done: dict[str, dict] = {}
+
+    def all_finished() -> bool:
+        listed = rest(admin, "GET", f"{api}/api/v2/dags/~/dagRuns", params={"limit": 100})
+        by_key = {(r["dag_id"], r["dag_run_id"]): r for r in listed["dag_runs"]}
+        for seg_id, key in runs.items():
+            if key in by_key and by_key[key]["state"] in ("success", "failed"):
+                done[seg_id] = by_key[key]
+        return len(done) == len(runs)
+
+    try:
+        cluster.wait_for("the runs", all_finished, RUN_TIMEOUT, every=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; unfinished: {sorted(set(runs) - set(done))}") from None
+    return done
+
+
+@pytest.fixture(scope="module")
+def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    redis_or_skip()
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+    ws = tmp_path_factory.mktemp("cluster")
+    home, logs = ws / "airflow-home", ws / "logs"
+    home.mkdir()
+    logs.mkdir()
+    (ws / "staging").mkdir(mode=0o700)
+    segments = plan()
+    load_users(pg_role["netmera"])
+    mixpanel = TimedMixpanel(username="svc-user", secret=MIXPANEL_SECRET, page_size=1)
+    with mixpanel, FakeNetmera(api_key=NETMERA_KEY) as netmera:
+        write_sources(ws, segments, mixpanel)
+        port = free_port()
+        env = cluster_env(home, ws, pg_role, port, {"mixpanel": mixpanel, "netmera": netmera})
+        cluster = Cluster(env, logs)
+        try:
+            cluster.airflow("db", "migrate")
+            cluster.run([sys.executable, "-m", "include.orchestration.pools"])
+            timings["migrate"] = time.monotonic() - clock
+            cluster.start("api-server", "api-server", "--port", str(port), "--workers", "1")
+            cluster.start("scheduler", "scheduler")
+            cluster.start("dag-processor", "dag-processor")
+            for name in ("worker1", "worker2"):
+                cluster.start(
+                    name,
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--concurrency",
+                    "2",
+                    "--skip-serve-logs",
+                )
+            api = env["AIRFLOW__API__BASE_URL"]
+            cluster.wait_for(
+                "api-server health",
+                lambda: requests.get(f"{api}/api/v2/monitor/health", timeout=2).ok,
+                120,
+            )
+            admin = admin_session(api, home)
+            wanted = {seg.dag_id for seg in segments}
+
+            def parsed() -> bool:
+                dags = rest(admin, "GET", f"{api}/api/v2/dags", params={"limit": 100})["dags"]
+                return wanted <= {d["dag_id"] for d in dags}
+
+            cluster.wait_for("the 20 segment DAGs parsed", parsed, 120)
+            timings["cluster up"] = time.monotonic() - clock
+            staging = StagingWatcher(ws / "staging")
+            staging.start()
+            runs = trigger_all(admin, api, segments)
+            finished = wait_runs(cluster, admin, api, runs)
+            timings["20 runs"] = time.monotonic() - clock - timings["cluster up"]
+            yield Outcome(
+                cluster, api, admin, segments, finished, mixpanel, netmera, staging, home, timings
+            )
+            staging.done.set()
+        finally:
+            cluster.stop()
+            redis.Redis.from_url(REDIS_URL).flushdb()  # no queued work left for a later run
+            print("timings:", {k: round(v, 1) for k, v in timings.items()})
+
+
+def admin_session(api: str, home: Path) -> requests.Session:
+    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    token = rest(
+        requests.Session(),
+        "POST",
+        f"{api}/auth/token",
+        json={"username": "admin", "password": passwords["admin"]},
+    )["access_token"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def trigger_all(admin, api: str, segments: list[Segment]) -> dict[str, tuple[str, str]]:
+    """The webhook segment by a full export through the API server (which triggers its run),
+    every other segment by `POST .../dagRuns`, all at once: the Mixpanel ones first, so that
+    their extracts are ready together and only the pool keeps them from all running at once."""
+    runs = {}
+    push = next(s for s in segments if s.source["type"] == "mixpanel_webhook")
+    sender = MixpanelWebhookSender(
+        f"{api}/connector-segments/webhooks/mixpanel/{push.id}",
+        auth=("mixpanel-sync", WEBHOOK_PASSWORD),
+        page_size=10,
+    )
+    sender.export(members(push.people))
+    pulled = sorted(
+        (s for s in segments if s is not push), key=lambda s: s.source["type"] != "mixpanel"
+    )
+    for seg in pulled:
+        run = rest(
+            admin, "POST", f"{api}/api/v2/dags/{seg.dag_id}/dagRuns", json={"logical_date": None}
+        )
+        runs[seg.id] = (seg.dag_id, run["dag_run_id"])
+    (run,) = rest(admin, "GET", f"{api}/api/v2/dags/{push.dag_id}/dagRuns")["dag_runs"]
+    runs[push.id] = (push.dag_id, run["dag_run_id"])
+    return runs
+
+
+def cli_list(cluster: Cluster) -> dict[str, dict]:
+    done = cluster.run([sys.executable, "-m", "include.cli", "list", "--json"])
+    return {row["id"]: row for row in json.loads(done.stdout)}
+
+
+# -- item 2: the run ----------------------------------------------------------------------------
+
+
+def test_twenty_segments_triggered_together_reach_ready_with_exact_counts(outcome: Outcome):
+    assert {k: r["state"] for k, r in outcome.runs.items()} == {
+        seg.id: "success" for seg in outcome.segments
+    }
+    listed = cli_list(outcome.cluster)
+    assert {
+        seg.id: (r["status"], r["connector_users"], r["netmera_users"])
+        for seg in outcome.segments
+        if (r := listed[seg.id])
+    } == {
+        seg.id: ("Ready", len(seg.people) + seg.unknown, len(seg.people))
+        for seg in outcome.segments
+    }
+    # Both workers ran tasks (task instances name the machine, not the Celery host: the
+    # workers' own logs say what each received).
+    received = {
+        name: (outcome.cluster.logs / f"{name}.log").read_text().count("] received")
+        for name in ("worker1", "worker2")
+    }
+    print("tasks received:", received, "timings:", outcome.timings)
+    assert all(received.values()), received
+
+
+def test_the_mixpanel_pool_is_never_exceeded(outcome: Outcome):
+    mixpanel = outcome.mixpanel
+    assert mixpanel.errors == []
+    engage = [r for r in mixpanel.requests if r.path.endswith("/engage")]
+    assert len(engage) >= 6 * 13  # 13 members a cohort, 1 a page
+    peak = mixpanel.most_concurrent()
+    print("most concurrent Mixpanel requests:", peak)
+    assert 1 <= peak <= POOL_SLOTS
+
+
+def test_send_message_reaches_netmera_once_per_user(outcome: Outcome):
+    seg = outcome.segments[0]
+    assert "campaign" in seg.extra
+    netmera = outcome.netmera
+    assert netmera.delivered() == []
+    run = rest(
+        outcome.admin,
+        "POST",
+        f"{outcome.api}/api/v2/dags/{seg.dag_id}/dagRuns",
+        json={"logical_date": None, "conf": {"refresh": False, "send_message": True}},
+    )
+    (done,) = wait_runs(
+        outcome.cluster, outcome.admin, outcome.api, {seg.id: (seg.dag_id, run["dag_run_id"])}
+    ).values()
+    assert done["state"] == "success"
+    assert sorted(netmera.delivered()) == sorted(f"ext-{i}" for i in seg.people)
+    assert cli_list(outcome.cluster)[seg.id]["message_sent"] == len(seg.people)
+    assert netmera.errors == []
+
+
+# -- item 4: leaks and permissions --------------------------------------------------------------
+
+
+def every_log(outcome: Outcome) -> list[Path]:
+    task_logs = [p for p in (outcome.home / "logs").rglob("*") if p.is_file()]
+    return task_logs + sorted(outcome.cluster.logs.iterdir())
+
+
+def test_no_log_holds_a_secret_or_a_users_email_or_phone(outcome: Outcome):
+    logs = every_log(outcome)
+    task_logs = [p for p in logs if outcome.home in p.parents]
+    assert len(task_logs) >= 20 * 4, "expected the task logs of every run"
+    forbidden = [MIXPANEL_SECRET, NETMERA_KEY, WEBHOOK_PASSWORD, DB_PASSWORD]
+    forbidden += [value for row in USERS for value in row[2:4]]
+    found = {}
+    for path in logs:
+        text = path.read_text(errors="replace")
+        hits = [value for value in forbidden if value in text]
+        if hits:
+            found[str(path)] = hits[:5]
+    assert found == {}
+
+
+def staged_modes(outcome: Outcome) -> dict[str, str]:
+    seen = outcome.staging.modes
+    assert seen, "nothing was staged while the runs were in flight"
+    return {path: oct(stat.S_IMODE(mode)) for path, mode in seen.items()}
+
+
+def test_the_staging_root_keeps_everyone_but_the_service_user_out(outcome: Outcome):
+    """What protects staged personal data today: the root's 0700, which no run loosened, and
+    every staged path lies under it."""
+    root = Path(outcome.cluster.env["CONNECTOR_SEGMENTS_STAGING_DIR"])
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert root.stat().st_uid == os.getuid()
+    assert any(path.endswith(".parquet") for path in staged_modes(outcome))
+
+
+def test_staged_files_and_folders_are_the_service_users_only(outcome: Outcome):
+    loose = {path: mode for path, mode in staged_modes(outcome).items() if int(mode, 8) & 0o077}
+    assert loose == {}
+
+
+# -- item 2: the end ----------------------------------------------------------------------------
+
+
+def test_every_process_stops_and_nothing_is_left(outcome: Outcome):
+    cluster = outcome.cluster
+    cluster.assert_running()
+    cluster.stop()
+    assert cluster.leftovers() == []
+    port = int(cluster.env["AIRFLOW__API__PORT"])
+    assert port_is_free(port)  # the workers serve no logs (--skip-serve-logs): no other port
+    print("needed SIGKILL:", cluster.killed)
