@@ -311,15 +311,16 @@ def create_from(table: str, source: str) -> str:
 
 
 def copy_members(path: Path) -> str:
-    return f"COPY (SELECT user_id, matched_by FROM cs_members) TO {_quoted(path)} (FORMAT parquet)"
+    return _copy_out("SELECT user_id, matched_by FROM cs_members", path)
 
 
 def copy_unmatched(path: Path) -> str:
     """Every unmatched source user's key and its one reason, out to Parquet."""
-    return (
-        "COPY (SELECT user_key, reason FROM cs_source_users WHERE NOT matched)"
-        f" TO {_quoted(path)} (FORMAT parquet)"
-    )
+    return _copy_out("SELECT user_key, reason FROM cs_source_users WHERE NOT matched", path)
+
+
+def _copy_out(query: str, path: Path) -> str:
+    return f"COPY ({query}) TO {_quoted(path)} (FORMAT parquet)"
 
 
 def _quoted(path: Path) -> str:

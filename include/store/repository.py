@@ -73,6 +73,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _insert_batches(
+    conn: sa.Connection, table: sa.Table, batches: Iterable[list[dict[str, Any]]], **keys: Any
+) -> None:
+    """Each batch of rows into `table` with one executemany, every row given `keys`."""
+    for batch in batches:
+        if batch:
+            conn.execute(table.insert(), [{**keys, **row} for row in batch])
+
+
 class PublishAborted(RuntimeError):
     """Raised inside the publish transaction to roll it back (dry runs, previews)."""
 
@@ -249,10 +258,7 @@ class SegmentStore:
         run's counts: until those land, readers still see the refresh before."""
         with self.engine.begin() as conn:
             conn.execute(unmatched.delete().where(*self._unmatched_of(segment_id, run_id)))
-            for batch in batches:
-                rows = [{"segment_id": segment_id, "airflow_run_id": run_id, **r} for r in batch]
-                if rows:
-                    conn.execute(unmatched.insert(), rows)
+            _insert_batches(conn, unmatched, batches, segment_id=segment_id, airflow_run_id=run_id)
             others = conn.execute(
                 sa.select(runs.c.airflow_run_id)
                 .where(
@@ -498,10 +504,7 @@ class SegmentStore:
     @staticmethod
     def _inserted(segment_id: str, member_batches: Iterable[list[dict[str, str]]]) -> Fill:
         def fill(conn: sa.Connection, version: int) -> None:
-            for batch in member_batches:
-                rows = [{"segment_id": segment_id, "version": version, **m} for m in batch]
-                if rows:
-                    conn.execute(members.insert(), rows)
+            _insert_batches(conn, members, member_batches, segment_id=segment_id, version=version)
 
         return fill
 

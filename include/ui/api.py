@@ -108,7 +108,7 @@ def segment_campaign(segment_id: Readable) -> dict[str, Any]:
     from include.campaign.send import DEFAULT_PLATFORMS, audience
 
     config = _config(segment_id)
-    version = _published_version(segment_id)
+    version = _published_version(_segment_row(segment_id))
     db = _db()
     target = audience(db.engine, db.users, segment_id, version)
     campaign = config.campaign
@@ -207,7 +207,7 @@ def send(
         message = message_for(config, params)
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
-    version = _published_version(config.id)
+    version = _published_version(row)
     earlier = _db().sends.find(send_key(config.id, version, message, None))
     if earlier and earlier["status"] != ledger.FAILED:
         raise HTTPException(
@@ -330,10 +330,10 @@ def _require_not_calculating(segment_id: str) -> None:
         raise HTTPException(409, f"segment {segment_id!r} is Calculating: wait for it to end")
 
 
-def _published_version(segment_id: str) -> int:
-    row = _segment_row(segment_id)
+def _published_version(row: dict[str, Any]) -> int:
+    """The current version of the segment's store row; 409 if nothing is published."""
     if not row["current_version"]:
-        raise HTTPException(409, f"segment {segment_id!r} has no published membership")
+        raise HTTPException(409, f"segment {row['id']!r} has no published membership")
     return row["current_version"]
 
 
