@@ -1,22 +1,31 @@
 """A multi-process Airflow for tests: scheduler, dag-processor, API server and Celery workers,
-each a separate process in its own process group with its own log file, all sharing one
-environment (CeleryExecutor, PostgreSQL metadata, Redis broker, a fresh AIRFLOW_HOME).
+each a separate process in its own session with its own log file, all sharing one environment
+(CeleryExecutor, PostgreSQL metadata, Redis broker, a fresh AIRFLOW_HOME).
 
-`Cluster.stop()` ends every group (SIGTERM, then SIGKILL after a grace) and `leftovers()`
-names any process of those groups or sessions still alive, so a test can assert none is.
+`Cluster.boot()` migrates and starts them; `stop()` ends every group (SIGTERM, then SIGKILL
+after a grace) and `leftovers()` names any process of those groups or sessions still alive, so
+a test can assert none is. `kill()` is a machine dying: SIGKILL to every process of one
+daemon's session at once. Used by tests/test_multiprocess.py and tests/test_faults.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +95,22 @@ class Cluster:
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(every)
 
+    def kill(self, process: Process) -> None:
+        """SIGKILL every live process of `process`'s session at once (its task processes
+        included), as when the machine dies; it is then no longer one of the cluster's."""
+        for pid, _ in _members(process.popen.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.popen.wait(10)
+        self.processes.remove(process)
+
+    def owner_of(self, pid: int) -> Process:
+        """The daemon whose session `pid` (a task's process) belongs to."""
+        for process in self.processes:
+            if pid in {p for p, _ in _members(process.popen.pid)}:
+                return process
+        raise AssertionError(f"pid {pid} belongs to no process of the cluster")
+
     def stop(self, grace: float = 30) -> None:
         """SIGTERM every group at once (workers finish their tasks warmly), SIGKILL after
         `grace` seconds whatever group is still there."""
@@ -141,3 +166,212 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# -- booting one, and talking to it ----------------------------------------------------------
+
+
+def redis_or_skip(url: str) -> None:
+    """Flush the test's own Redis db, or skip (fail under CI) when Redis is unreachable."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).flushdb()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {url}: {type(exc).__name__}"
+        if os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (CI must run the multi-process tests)")
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def pg_databases(pg_server: str, password: str) -> Iterator[dict]:
+    """A login role with `password` and two fresh databases it owns: Airflow's metadata and
+    `netmera_db` (the Netmera user table and the segment store), dropped afterwards."""
+    import sqlalchemy as sa
+
+    tag = uuid.uuid4().hex[:10]
+    role, meta, netmera = f"cs_mp_{tag}", f"cs_mp_meta_{tag}", f"cs_mp_netmera_{tag}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        for name in (meta, netmera):
+            conn.exec_driver_sql(f"CREATE DATABASE {name} OWNER {role}")
+    url = sa.make_url(pg_server).set(username=role, password=password)
+    try:
+        yield {"role": role, "meta": url.set(database=meta), "netmera": url.set(database=netmera)}
+    finally:
+        with admin.connect() as conn:
+            for name in (meta, netmera):
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()
+
+
+def load_users(url, users: list[tuple]) -> None:
+    """The Netmera user table (tests/conftest.py's USERS_DDL) holding `users`."""
+    import sqlalchemy as sa
+
+    from tests.conftest import USERS_DDL
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(USERS_DDL)
+        conn.execute(
+            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
+            [dict(zip("uxemip", row, strict=True)) for row in users],
+        )
+    engine.dispose()
+
+
+def airflow_env(home: Path, ws: Path, pg: dict, port: int, broker: str) -> dict[str, str]:
+    """The environment every daemon shares: CeleryExecutor with `broker`, the metadata in
+    `pg["meta"]`, the API server on 127.0.0.1:`port`, the segments in `ws/segments`, staging
+    in `ws/staging`, and `netmera_db` on `pg["netmera"]`. Tests add their other Connections."""
+    meta = pg["meta"].render_as_string(hide_password=False)
+    netmera = pg["netmera"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONNECTOR_"))}
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            "PYTHONPATH": str(ROOT),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
+            "AIRFLOW__CELERY__BROKER_URL": broker,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            # Parsed once: re-parsing every 30 s would take CPU from the tasks.
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            "CONNECTOR_SEGMENTS_RETRIES": "0",
+            "CONNECTOR_SEGMENTS_DIR": str(ws / "segments"),
+            "CONNECTOR_SEGMENTS_STAGING_DIR": str(ws / "staging"),
+            "AIRFLOW_CONN_NETMERA_DB": json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": netmera.host,
+                    "port": netmera.port,
+                    "login": netmera.username,
+                    "password": netmera.password,
+                    "schema": netmera.database,
+                }
+            ),
+        }
+    )
+    return env
+
+
+def rest(session: requests.Session, method: str, url: str, **kw) -> dict:
+    answer = session.request(method, url, timeout=30, **kw)
+    assert answer.status_code in (200, 201), f"{method} {url}: {answer.status_code} {answer.text}"
+    return answer.json()
+
+
+@dataclass
+class Airflow:
+    """A booted cluster and an admin's REST session to its API server."""
+
+    cluster: Cluster
+    api: str
+    admin: requests.Session
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        body = {"logical_date": None, **({"conf": conf} if conf else {})}
+        return rest(self.admin, "POST", f"{self.api}/api/v2/dags/{dag_id}/dagRuns", json=body)[
+            "dag_run_id"
+        ]
+
+    def task(self, dag_id: str, run_id: str, task_id: str) -> dict:
+        return rest(
+            self.admin,
+            "GET",
+            f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
+        )
+
+    def wait_runs(self, runs: dict[str, tuple[str, str]], timeout: float) -> dict[str, dict]:
+        """Poll (one listing of every DAG's runs) until each (dag_id, run_id) has finished;
+        return the finished runs by the caller's key."""
+        done: dict[str, dict] = {}
+
+        def all_finished() -> bool:
+            listed = rest(
+                self.admin, "GET", f"{self.api}/api/v2/dags/~/dagRuns", params={"limit": 100}
+            )
+            by_key = {(r["dag_id"], r["dag_run_id"]): r for r in listed["dag_runs"]}
+            for key, run in runs.items():
+                if run in by_key and by_key[run]["state"] in ("success", "failed"):
+                    done[key] = by_key[run]
+            return len(done) == len(runs)
+
+        try:
+            self.cluster.wait_for("the runs", all_finished, timeout, every=2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; unfinished: {sorted(set(runs) - set(done))}") from None
+        return done
+
+    def cli_list(self) -> dict[str, dict]:
+        done = self.cluster.run([sys.executable, "-m", "include.cli", "list", "--json"])
+        return {row["id"]: row for row in json.loads(done.stdout)}
+
+
+def start_worker(cluster: Cluster, name: str, concurrency: int = 2) -> Process:
+    return cluster.start(
+        name,
+        "celery",
+        "worker",
+        "--celery-hostname",
+        f"{name}@%h",
+        "--concurrency",
+        str(concurrency),
+        "--skip-serve-logs",  # the workers serve no logs: no port of theirs is left behind
+    )
+
+
+def boot(cluster: Cluster, dag_ids: set[str], workers: int = 2) -> Airflow:
+    """Migrate, create the pools, start the API server, scheduler, dag-processor and `workers`
+    Celery workers, and wait until the API server answers and `dag_ids` are parsed."""
+    env = cluster.env
+    cluster.airflow("db", "migrate")
+    cluster.run([sys.executable, "-m", "include.orchestration.pools"])
+    cluster.start("api-server", "api-server", "--port", env["AIRFLOW__API__PORT"], "--workers", "1")
+    cluster.start("scheduler", "scheduler")
+    cluster.start("dag-processor", "dag-processor")
+    for n in range(1, workers + 1):
+        start_worker(cluster, f"worker{n}")
+    api = env["AIRFLOW__API__BASE_URL"]
+    cluster.wait_for(
+        "api-server health", lambda: requests.get(f"{api}/api/v2/monitor/health", timeout=2).ok, 120
+    )
+    admin = admin_session(api, Path(env["AIRFLOW_HOME"]))
+
+    def parsed() -> bool:
+        dags = rest(admin, "GET", f"{api}/api/v2/dags", params={"limit": 100})["dags"]
+        return dag_ids <= {d["dag_id"] for d in dags}
+
+    cluster.wait_for(f"the {len(dag_ids)} segment DAGs parsed", parsed, 120)
+    return Airflow(cluster, api, admin)
+
+
+def admin_session(api: str, home: Path) -> requests.Session:
+    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    token = rest(
+        requests.Session(),
+        "POST",
+        f"{api}/auth/token",
+        json={"username": "admin", "password": passwords["admin"]},
+    )["access_token"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session

@@ -18,21 +18,28 @@ import os
 import secrets
 import sqlite3
 import stat
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
-import requests
 import yaml
 
-from tests.cluster import ROOT, Cluster, port_is_free
-from tests.conftest import USERS_DDL, free_port, netmera_conn, sqlite_conn, write_csv
+from tests.cluster import (
+    Airflow,
+    Cluster,
+    airflow_env,
+    boot,
+    load_users,
+    pg_databases,
+    port_is_free,
+    redis_or_skip,
+    rest,
+)
+from tests.conftest import free_port, netmera_conn, sqlite_conn, write_csv
 from tests.fakes import FakeMixpanel, FakeNetmera
 from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, members
 
@@ -194,97 +201,21 @@ class StagingWatcher(threading.Thread):
                     self.modes[str(path.relative_to(self.root))] = path.stat().st_mode
 
 
-# -- PostgreSQL and Redis ------------------------------------------------------------------------
-
-
-def redis_or_skip() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).flushdb()
-    except redis.RedisError as exc:
-        reason = f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}"
-        if os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason} (CI must run the multi-process test)")
-        pytest.skip(reason)
+# -- the cluster and its runs -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def pg_role(pg_server: str) -> Iterator[dict]:
-    """A login role with a password and two fresh databases it owns: Airflow's metadata and
-    `netmera_db` (the Netmera user table and the segment store), dropped afterwards."""
-    import sqlalchemy as sa
-
-    tag = uuid.uuid4().hex[:10]
-    role, meta, netmera = f"cs_mp_{tag}", f"cs_mp_meta_{tag}", f"cs_mp_netmera_{tag}"
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
-        for name in (meta, netmera):
-            conn.exec_driver_sql(f"CREATE DATABASE {name} OWNER {role}")
-    url = sa.make_url(pg_server).set(username=role, password=DB_PASSWORD)
-    yield {"role": role, "meta": url.set(database=meta), "netmera": url.set(database=netmera)}
-    with admin.connect() as conn:
-        for name in (meta, netmera):
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
-    admin.dispose()
-
-
-def load_users(url) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(USERS_DDL)
-        conn.execute(
-            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
-            [dict(zip("uxemip", row, strict=True)) for row in USERS],
-        )
-    engine.dispose()
+    with pg_databases(pg_server, DB_PASSWORD) as pg:
+        yield pg
 
 
 def cluster_env(home: Path, ws: Path, pg: dict, port: int, fakes: dict) -> dict[str, str]:
-    meta = pg["meta"].render_as_string(hide_password=False)
-    netmera = pg["netmera"]
     mixpanel, netmera_fake = fakes["mixpanel"], fakes["netmera"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONNECTOR_"))}
+    env = airflow_env(home, ws, pg, port, REDIS_URL)
     env.update(
         {
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-            "PYTHONPATH": str(ROOT),
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "8",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
-            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            # Parsed once: re-parsing every 30 s would take CPU from the tasks.
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
-            "CONNECTOR_SEGMENTS_RETRIES": "0",
-            "CONNECTOR_SEGMENTS_DIR": str(ws / "segments"),
-            "CONNECTOR_SEGMENTS_STAGING_DIR": str(ws / "staging"),
             "CONNECTOR_SEGMENTS_POOL_MIXPANEL_API": str(POOL_SLOTS),
-            "AIRFLOW_CONN_NETMERA_DB": json.dumps(
-                {
-                    "conn_type": "postgres",
-                    "host": netmera.host,
-                    "port": netmera.port,
-                    "login": netmera.username,
-                    "password": DB_PASSWORD,
-                    "schema": netmera.database,
-                }
-            ),
             "AIRFLOW_CONN_NETMERA_DEFAULT": netmera_conn(netmera_fake, NETMERA_KEY),
             "AIRFLOW_CONN_WAREHOUSE": sqlite_conn(ws / "warehouse.db"),
             "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
@@ -304,14 +235,9 @@ def cluster_env(home: Path, ws: Path, pg: dict, port: int, fakes: dict) -> dict[
     return env
 
 
-# -- the cluster and its runs -------------------------------------------------------------------
-
-
 @dataclass
 class Outcome:
-    cluster: Cluster
-    api: str
-    admin: requests.Session
+    airflow: Airflow
     segments: list[Segment]
     runs: dict[str, dict]  # segment id -> its finished DAG run
     mixpanel: TimedMixpanel
@@ -320,36 +246,14 @@ class Outcome:
     home: Path
     timings: dict[str, float]
 
-
-def rest(session: requests.Session, method: str, url: str, **kw) -> dict:
-    answer = session.request(method, url, timeout=30, **kw)
-    assert answer.status_code in (200, 201), f"{method} {url}: {answer.status_code} {answer.text}"
-    return answer.json()
-
-
-def wait_runs(cluster: Cluster, admin, api: str, runs: dict[str, tuple[str, str]]) -> dict:
-    """Poll (one listing of every DAG's runs) until each (dag_id, run_id) has finished;
-    return the finished runs by segment id."""
-    done: dict[str, dict] = {}
-
-    def all_finished() -> bool:
-        listed = rest(admin, "GET", f"{api}/api/v2/dags/~/dagRuns", params={"limit": 100})
-        by_key = {(r["dag_id"], r["dag_run_id"]): r for r in listed["dag_runs"]}
-        for seg_id, key in runs.items():
-            if key in by_key and by_key[key]["state"] in ("success", "failed"):
-                done[seg_id] = by_key[key]
-        return len(done) == len(runs)
-
-    try:
-        cluster.wait_for("the runs", all_finished, RUN_TIMEOUT, every=2)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; unfinished: {sorted(set(runs) - set(done))}") from None
-    return done
+    @property
+    def cluster(self) -> Cluster:
+        return self.airflow.cluster
 
 
 @pytest.fixture(scope="module")
 def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    redis_or_skip()
+    redis_or_skip(REDIS_URL)
     timings: dict[str, float] = {}
     clock = time.monotonic()
     ws = tmp_path_factory.mktemp("cluster")
@@ -358,7 +262,7 @@ def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     logs.mkdir()
     (ws / "staging").mkdir(mode=0o700)
     segments = plan()
-    load_users(pg_role["netmera"])
+    load_users(pg_role["netmera"], USERS)
     mixpanel = TimedMixpanel(username="svc-user", secret=MIXPANEL_SECRET, page_size=1)
     with mixpanel, FakeNetmera(api_key=NETMERA_KEY) as netmera:
         write_sources(ws, segments, mixpanel)
@@ -366,46 +270,14 @@ def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         env = cluster_env(home, ws, pg_role, port, {"mixpanel": mixpanel, "netmera": netmera})
         cluster = Cluster(env, logs)
         try:
-            cluster.airflow("db", "migrate")
-            cluster.run([sys.executable, "-m", "include.orchestration.pools"])
-            timings["migrate"] = time.monotonic() - clock
-            cluster.start("api-server", "api-server", "--port", str(port), "--workers", "1")
-            cluster.start("scheduler", "scheduler")
-            cluster.start("dag-processor", "dag-processor")
-            for name in ("worker1", "worker2"):
-                cluster.start(
-                    name,
-                    "celery",
-                    "worker",
-                    "--celery-hostname",
-                    f"{name}@%h",
-                    "--concurrency",
-                    "2",
-                    "--skip-serve-logs",
-                )
-            api = env["AIRFLOW__API__BASE_URL"]
-            cluster.wait_for(
-                "api-server health",
-                lambda: requests.get(f"{api}/api/v2/monitor/health", timeout=2).ok,
-                120,
-            )
-            admin = admin_session(api, home)
-            wanted = {seg.dag_id for seg in segments}
-
-            def parsed() -> bool:
-                dags = rest(admin, "GET", f"{api}/api/v2/dags", params={"limit": 100})["dags"]
-                return wanted <= {d["dag_id"] for d in dags}
-
-            cluster.wait_for("the 20 segment DAGs parsed", parsed, 120)
+            airflow = boot(cluster, {seg.dag_id for seg in segments})
             timings["cluster up"] = time.monotonic() - clock
             staging = StagingWatcher(ws / "staging")
             staging.start()
-            runs = trigger_all(admin, api, segments)
-            finished = wait_runs(cluster, admin, api, runs)
+            runs = trigger_all(airflow, segments)
+            finished = airflow.wait_runs(runs, RUN_TIMEOUT)
             timings["20 runs"] = time.monotonic() - clock - timings["cluster up"]
-            yield Outcome(
-                cluster, api, admin, segments, finished, mixpanel, netmera, staging, home, timings
-            )
+            yield Outcome(airflow, segments, finished, mixpanel, netmera, staging, home, timings)
             staging.done.set()
         finally:
             cluster.stop()
@@ -413,23 +285,11 @@ def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             print("timings:", {k: round(v, 1) for k, v in timings.items()})
 
 
-def admin_session(api: str, home: Path) -> requests.Session:
-    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-    token = rest(
-        requests.Session(),
-        "POST",
-        f"{api}/auth/token",
-        json={"username": "admin", "password": passwords["admin"]},
-    )["access_token"]
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
-    return session
-
-
-def trigger_all(admin, api: str, segments: list[Segment]) -> dict[str, tuple[str, str]]:
+def trigger_all(airflow: Airflow, segments: list[Segment]) -> dict[str, tuple[str, str]]:
     """The webhook segment by a full export through the API server (which triggers its run),
     every other segment by `POST .../dagRuns`, all at once: the Mixpanel ones first, so that
     their extracts are ready together and only the pool keeps them from all running at once."""
+    admin, api = airflow.admin, airflow.api
     runs = {}
     push = next(s for s in segments if s.source["type"] == "mixpanel_webhook")
     sender = MixpanelWebhookSender(
@@ -442,18 +302,10 @@ def trigger_all(admin, api: str, segments: list[Segment]) -> dict[str, tuple[str
         (s for s in segments if s is not push), key=lambda s: s.source["type"] != "mixpanel"
     )
     for seg in pulled:
-        run = rest(
-            admin, "POST", f"{api}/api/v2/dags/{seg.dag_id}/dagRuns", json={"logical_date": None}
-        )
-        runs[seg.id] = (seg.dag_id, run["dag_run_id"])
+        runs[seg.id] = (seg.dag_id, airflow.trigger(seg.dag_id))
     (run,) = rest(admin, "GET", f"{api}/api/v2/dags/{push.dag_id}/dagRuns")["dag_runs"]
     runs[push.id] = (push.dag_id, run["dag_run_id"])
     return runs
-
-
-def cli_list(cluster: Cluster) -> dict[str, dict]:
-    done = cluster.run([sys.executable, "-m", "include.cli", "list", "--json"])
-    return {row["id"]: row for row in json.loads(done.stdout)}
 
 
 # -- item 2: the run ----------------------------------------------------------------------------
@@ -463,7 +315,7 @@ def test_twenty_segments_triggered_together_reach_ready_with_exact_counts(outcom
     assert {k: r["state"] for k, r in outcome.runs.items()} == {
         seg.id: "success" for seg in outcome.segments
     }
-    listed = cli_list(outcome.cluster)
+    listed = outcome.airflow.cli_list()
     assert {
         seg.id: (r["status"], r["connector_users"], r["netmera_users"])
         for seg in outcome.segments
@@ -497,18 +349,11 @@ def test_send_message_reaches_netmera_once_per_user(outcome: Outcome):
     assert "campaign" in seg.extra
     netmera = outcome.netmera
     assert netmera.delivered() == []
-    run = rest(
-        outcome.admin,
-        "POST",
-        f"{outcome.api}/api/v2/dags/{seg.dag_id}/dagRuns",
-        json={"logical_date": None, "conf": {"refresh": False, "send_message": True}},
-    )
-    (done,) = wait_runs(
-        outcome.cluster, outcome.admin, outcome.api, {seg.id: (seg.dag_id, run["dag_run_id"])}
-    ).values()
+    run_id = outcome.airflow.trigger(seg.dag_id, {"refresh": False, "send_message": True})
+    (done,) = outcome.airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
     assert done["state"] == "success"
     assert sorted(netmera.delivered()) == sorted(f"ext-{i}" for i in seg.people)
-    assert cli_list(outcome.cluster)[seg.id]["message_sent"] == len(seg.people)
+    assert outcome.airflow.cli_list()[seg.id]["message_sent"] == len(seg.people)
     assert netmera.errors == []
 
 
