@@ -5,6 +5,9 @@ configs (pydantic + YAML, no heavy imports) and wires `start → extract → mat
 publish → send_message` (the send is skipped unless asked; with `refresh: false` it is the only
 step), and `start → restore → send_message`: with `restore_version` set, the run restores that
 kept version instead of refreshing (extract and what follows it skip).
+Airflow 3 parses this file again for every task, so the bound config is what the YAML says when
+the task runs: `start` records the config its run starts with, and every later step runs with
+that one (`refresh.config_for_run`); an edited YAML takes effect from the next run.
 A YAML that fails validation is skipped here and reported as an import error of
 `connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
 """
@@ -141,7 +144,8 @@ _to_xcom = dataclasses.asdict
 
 
 def build_dag(config: SegmentConfig) -> DAG:
-    """One segment's DAG. The config is bound here, not read from a loop variable at run time."""
+    """One segment's DAG. The config is bound here, not read from a loop variable at run time;
+    the steps after `start` run with the config their run started with, not this parse's."""
     if config.alerts is not None:
         _ALERTING[config.dag_id] = config
     doc = (
@@ -199,7 +203,10 @@ def build_dag(config: SegmentConfig) -> DAG:
                 raise AirflowSkipException("no restore_version: a refresh")
             try:
                 outcome = refresh.restore(
-                    config, run_id, params["restore_version"], dry_run=params["dry_run"]
+                    refresh.config_for_run(config, run_id),
+                    run_id,
+                    params["restore_version"],
+                    dry_run=params["dry_run"],
                 )
             except RestoreRefused as exc:
                 raise AirflowFailException(str(exc)) from None  # a retry cannot fix it
@@ -214,14 +221,16 @@ def build_dag(config: SegmentConfig) -> DAG:
             run_id, params = _run()
             if params["restore_version"] is not None:
                 raise AirflowSkipException("restore_version set: a restore, not a refresh")
-            return _to_xcom(refresh.extract(config, run_id))
+            return _to_xcom(refresh.extract(refresh.config_for_run(config, run_id), run_id))
 
         @task
         def match(staged: dict) -> dict:
             from include.orchestration import refresh
             from include.staging import StagedAudience
 
-            return _to_xcom(refresh.match(config, _run()[0], StagedAudience(**staged)))
+            run_id = _run()[0]
+            started_with = refresh.config_for_run(config, run_id)
+            return _to_xcom(refresh.match(started_with, run_id, StagedAudience(**staged)))
 
         @task
         def validate(matched: dict) -> dict:
@@ -233,7 +242,7 @@ def build_dag(config: SegmentConfig) -> DAG:
             run_id, params = _run()
             try:
                 verdict = refresh.validate(
-                    config,
+                    refresh.config_for_run(config, run_id),
                     run_id,
                     MatchResult(**matched),
                     dry_run=params["dry_run"],
@@ -254,7 +263,10 @@ def build_dag(config: SegmentConfig) -> DAG:
 
             run_id, params = _run()
             outcome = refresh.publish(
-                config, run_id, MatchResult(**matched), dry_run=params["dry_run"]
+                refresh.config_for_run(config, run_id),
+                run_id,
+                MatchResult(**matched),
+                dry_run=params["dry_run"],
             )
             if params["dry_run"]:
                 raise AirflowSkipException(f"Dry run: nothing published ({outcome})")
@@ -270,7 +282,7 @@ def build_dag(config: SegmentConfig) -> DAG:
 
             run_id, params = _run()
             try:
-                return refresh.send_message(config, run_id, params)
+                return refresh.send_message(refresh.config_for_run(config, run_id), run_id, params)
             except SendRefused as exc:
                 raise AirflowSkipException(str(exc)) from None
             except (NetmeraError, ValueError) as exc:

@@ -4,15 +4,17 @@
     start → restore  (a rollback to an earlier kept version, instead of a refresh)
 
 Each step takes the segment config and the run key (the Airflow run id) and talks to the
-connector, the staging folder, the matcher, GX and the store. Nothing here imports Airflow
-except through `include.orchestration.connections`; the DAG file only wires these steps together.
-Task logs get counts and reasons, never identifiers.
+connector, the staging folder, the matcher, GX and the store. `start` records the config its run
+starts with, and every later step is given that one (`config_for_run`), whatever the YAML says
+by then. Nothing here imports Airflow except through `include.orchestration.connections`; the
+DAG file only wires these steps together. Task logs get counts and reasons, never identifiers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include import staging
@@ -56,6 +58,32 @@ def start(
         approve,
         restore_version,
     )
+
+
+def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
+    """The config the run started with, recorded by `start`: Airflow 3 parses the DAG file
+    again for every task, so `config` is what the YAML says now, and a file edited mid-run
+    would have the later steps match, validate, publish and send with other settings than the
+    audience was staged with. `config` itself when the run recorded none (a send-only run has
+    no start step; a run from before snapshots were kept). One row read."""
+    from include.store.repository import CONFIG_PATH_KEY, config_snapshot
+
+    snapshot = _store().run_config(config.id, run_id)
+    if snapshot is None:
+        return config
+    if snapshot != config_snapshot(config):
+        log.warning(
+            "segment %s: config file %s changed after this run started; the run keeps the "
+            "config it started with, the next run uses the edited file",
+            config.id,
+            config.config_path or "(none)",
+        )
+    # Validated again on every step, not only after an edit: a snapshot that no longer
+    # round-trips fails every run at once instead of the rare one that meets an edit.
+    fields = {k: v for k, v in snapshot.items() if k != CONFIG_PATH_KEY}
+    path = snapshot.get(CONFIG_PATH_KEY)
+    started_with = SegmentConfig.model_validate(fields)
+    return started_with.model_copy(update={"config_path": Path(path) if path else None})
 
 
 def _parquet_rows(path: str, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
