@@ -51,10 +51,12 @@ def trigger_run(
     """Trigger a run of the DAG as `user` and return its run id. The run's triggering user and
     an entry of Airflow's audit log (`trigger_dag_run`, as the core API writes: its
     `action_logging` runs only on the core routes) name them. `exclusive`: refuse
-    (RunInProgress) while another run is queued or running; the check and the trigger share
-    one transaction, holding the DAG's row on PostgreSQL (SQLite has no row locks: two
-    requests at the same instant may both trigger, and `max_active_runs=1` runs them one
-    after the other)."""
+    (RunInProgress) while another run is queued or running. The check holds the DAG's row
+    (on PostgreSQL; SQLite has no row locks: two requests at the same instant may both
+    trigger, and `max_active_runs=1` runs them one after the other) until the new run is
+    committed. The lock lives in a session of its own: Airflow's helpers commit the thread's
+    scoped session on their way (`DagRun.find_duplicate` inside `trigger_dag`), which would
+    release it before the run exists."""
     import sqlalchemy as sa
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.models.dag import DagModel
@@ -64,8 +66,8 @@ def trigger_run(
     from airflow.utils.state import DagRunState
     from airflow.utils.types import DagRunTriggeredByType
 
-    with create_session() as session:
-        dag = session.execute(
+    with create_session(scoped=False) as lock, create_session() as session:
+        dag = lock.execute(
             sa.select(DagModel.is_paused).where(DagModel.dag_id == dag_id).with_for_update()
         ).first()
         if dag is None:
@@ -76,7 +78,7 @@ def trigger_run(
         if dag.is_paused:
             raise DagNotReady(f"{dag_id} is paused (Not Active): unpause it in Airflow first")
         if exclusive:
-            running = session.scalars(
+            running = lock.scalars(
                 sa.select(DagRun.run_id).where(
                     DagRun.dag_id == dag_id,
                     DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING]),
