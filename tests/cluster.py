@@ -208,22 +208,6 @@ def pg_databases(pg_server: str, password: str) -> Iterator[dict]:
         admin.dispose()
 
 
-def load_users(url, users: list[tuple]) -> None:
-    """The Netmera user table (tests/conftest.py's USERS_DDL) holding `users`."""
-    import sqlalchemy as sa
-
-    from tests.conftest import USERS_DDL
-
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(USERS_DDL)
-        conn.execute(
-            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
-            [dict(zip("uxemip", row, strict=True)) for row in users],
-        )
-    engine.dispose()
-
-
 def airflow_env(home: Path, ws: Path, pg: dict, port: int, broker: str) -> dict[str, str]:
     """The environment every daemon shares: CeleryExecutor with `broker`, the metadata in
     `pg["meta"]`, the API server on 127.0.0.1:`port`, the segments in `ws/segments`, staging

@@ -314,12 +314,18 @@ def pg_server() -> str:
 def use_pg_netmera_db(monkeypatch: pytest.MonkeyPatch, pg: dict, users: list[tuple]) -> None:
     """Load a Netmera user table into the test's PostgreSQL database and point netmera_db at
     it (the store's tables follow on first use)."""
-    import sqlalchemy as sa
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_NETMERA_DB", json.dumps({k: v for k, v in pg.items() if k != "url"})
     )
-    engine = sa.create_engine(pg["url"])
+    load_pg_users(pg["url"], users)
+
+
+def load_pg_users(url, users: list[tuple]) -> None:
+    """A Netmera user table (USERS_DDL) holding `users`, in the PostgreSQL database `url`."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(USERS_DDL)
         conn.execute(

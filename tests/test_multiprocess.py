@@ -33,13 +33,12 @@ from tests.cluster import (
     Cluster,
     airflow_env,
     boot,
-    load_users,
     pg_databases,
     port_is_free,
     redis_or_skip,
     rest,
 )
-from tests.conftest import free_port, netmera_conn, sqlite_conn, write_csv
+from tests.conftest import free_port, load_pg_users, netmera_conn, sqlite_conn, write_csv
 from tests.fakes import FakeMixpanel, FakeNetmera
 from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, members
 
@@ -262,7 +261,7 @@ def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     logs.mkdir()
     (ws / "staging").mkdir(mode=0o700)
     segments = plan()
-    load_users(pg_role["netmera"], USERS)
+    load_pg_users(pg_role["netmera"], USERS)
     mixpanel = TimedMixpanel(username="svc-user", secret=MIXPANEL_SECRET, page_size=1)
     with mixpanel, FakeNetmera(api_key=NETMERA_KEY) as netmera:
         write_sources(ws, segments, mixpanel)
