@@ -6,6 +6,10 @@ and sends the Stale alert of each one whose YAML `alerts` block asks for it (`on
 `stale`), once per stale episode: a segment is alerted again only after a publish and a new
 spell of staleness. An alert no channel took is tried again at the next check; one that
 cannot be delivered is logged (`include/orchestration/alerts.py`).
+
+It also marks **Failed** the run records left "calculating" by Airflow runs that failed with
+no step or callback reporting, e.g. a segment YAML made invalid while its run was in flight
+(`include/orchestration/abandoned_runs.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from airflow.sdk import dag, task
 @dag(
     dag_id="connector_segments_stale_check",
     dag_display_name="Connector Segments: stale check",
-    description="Alerts the Stale connector segments whose alerts ask for it, once per episode.",
+    description="Alerts the Stale connector segments whose alerts ask for it, once per episode; "
+    "marks runs that failed unreported Failed.",
     doc_md=__doc__,
     schedule="@hourly",
     start_date=datetime(2026, 1, 1),
@@ -39,7 +44,16 @@ def connector_segments_stale_check():
 
         return alert_stale_segments()
 
+    @task
+    def fail_abandoned_runs() -> dict:
+        from airflow.sdk import get_current_context
+
+        from include.orchestration.abandoned_runs import fail_abandoned_runs
+
+        return fail_abandoned_runs(get_current_context()["ti"].get_dagrun_state)
+
     alert_stale_segments()
+    fail_abandoned_runs()
 
 
 connector_segments_stale_check()

@@ -238,6 +238,46 @@ def test_a_run_left_calculating_by_a_dead_worker_is_marked_failed_by_the_next(
     assert snapshot(capsys)["status"] == "Ready"
 
 
+def test_the_hourly_check_fails_only_records_whose_airflow_run_failed(published, workspace, capsys):
+    """`fail_abandoned_runs` is given Airflow's state of each "calculating" run: only a failed
+    one is marked Failed (a running or unknown one is left alone), with the file's error when
+    the YAML is invalid now; the membership stays."""
+    from include.config.segments import find_segment
+    from include.orchestration.abandoned_runs import fail_abandoned_runs
+    from include.orchestration.connections import netmera_database
+
+    store = netmera_database().store
+    store.start_run(find_segment(SEGMENT), "manual__lost", dry_run=False, approve=False)
+    path = workspace / "segments" / f"{SEGMENT}.yaml"
+    path.write_text(path.read_text() + "colour: red\n")
+    asked = []
+
+    def state_is(state: str | None):
+        def run_state(dag_id: str, run_id: str) -> str:
+            asked.append((dag_id, run_id))
+            if state is None:
+                raise LookupError("404: no such run")  # what Airflow says of a deleted run
+            return state
+
+        return run_state
+
+    def status() -> str:
+        runs = cli_json(capsys, "details", SEGMENT)["runs"]
+        return next(r["status"] for r in runs if r["airflow_run_id"] == "manual__lost")
+
+    for alive in ("running", "queued", None):
+        assert fail_abandoned_runs(state_is(alive)) == {"checked": 1, "marked_failed": 0}
+        assert status() == "calculating"
+    assert fail_abandoned_runs(state_is("failed")) == {"checked": 1, "marked_failed": 1}
+    assert set(asked) == {(f"connector_segment_{SEGMENT}", "manual__lost")}
+    assert status() == "failed"
+    after = snapshot(capsys)
+    assert after["status"] == "Failed"
+    assert f"{SEGMENT}.yaml" in after["status_reason"] and "colour" in after["status_reason"]
+    unchanged(published, after)
+    assert fail_abandoned_runs(state_is("failed")) == {"checked": 0, "marked_failed": 0}
+
+
 def test_recorded_errors_carry_no_emails_or_phone_numbers():
     from include.store.redaction import redact_personal_data
 

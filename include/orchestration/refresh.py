@@ -66,7 +66,7 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
     would have the later steps match, validate, publish and send with other settings than the
     audience was staged with. `config` itself when the run recorded none (a send-only run has
     no start step; a run from before snapshots were kept). One row read."""
-    from include.store.repository import CONFIG_PATH_KEY, config_snapshot
+    from include.store.repository import config_snapshot
 
     snapshot = _store().run_config(config.id, run_id)
     if snapshot is None:
@@ -80,6 +80,13 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
         )
     # Validated again on every step, not only after an edit: a snapshot that no longer
     # round-trips fails every run at once instead of the rare one that meets an edit.
+    return config_from_snapshot(snapshot)
+
+
+def config_from_snapshot(snapshot: dict[str, Any]) -> SegmentConfig:
+    """The config a run recorded at its start (`SegmentStore.run_config`)."""
+    from include.store.repository import CONFIG_PATH_KEY
+
     fields = {k: v for k, v in snapshot.items() if k != CONFIG_PATH_KEY}
     path = snapshot.get(CONFIG_PATH_KEY)
     started_with = SegmentConfig.model_validate(fields)
@@ -273,10 +280,14 @@ def record_failure(segment_id: str, run_id: str, step: str, error: BaseException
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
 
 
-def abandon_run(segment_id: str, run_id: str) -> None:
-    """Called when the Airflow run failed: a record still "calculating" becomes Failed."""
-    _store().abandon_run(segment_id, run_id, "the Airflow run failed before a step reported")
+def abandon_run(
+    segment_id: str, run_id: str, why: str = "the Airflow run failed before a step reported"
+) -> bool:
+    """Called when the Airflow run failed: a record still "calculating" becomes Failed.
+    Returns whether it was still calculating."""
+    abandoned = _store().abandon_run(segment_id, run_id, why)
     staging.remove_run(segment_id, run_id)
+    return abandoned
 
 
 def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> dict[str, Any]:

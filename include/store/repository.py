@@ -311,17 +311,17 @@ class SegmentStore:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
         return error
 
-    def abandon_run(self, segment_id: str, run_id: str, why: str) -> None:
+    def abandon_run(self, segment_id: str, run_id: str, why: str) -> bool:
         """A run that ended without its steps reporting (killed worker, state set from the UI):
-        Failed, but only if its record still says calculating."""
+        Failed, but only if its record still says calculating. Returns whether it did."""
         with self.engine.begin() as conn:
             status = conn.execute(
-                sa.select(runs.c.status).where(
-                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
-                )
+                sa.select(runs.c.status)
+                .where(runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id)
+                .with_for_update()  # the failure callback and the hourly check may race
             ).scalar()
             if status != "calculating":
-                return
+                return False
             owns_status = self._owns_status(conn, segment_id, run_id)
             conn.execute(
                 self._run_update(segment_id, run_id).values(
@@ -330,6 +330,15 @@ class SegmentStore:
             )
             if owns_status:
                 self._set_status(conn, segment_id, FAILED, f"run: {why}")
+        return True
+
+    def calculating_runs(self) -> list[tuple[str, str]]:
+        """(segment id, Airflow run id) of every run record still "calculating"."""
+        query = sa.select(runs.c.segment_id, runs.c.airflow_run_id).where(
+            runs.c.status == "calculating"
+        )
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
 
     def hold_run(self, segment_id: str, run_id: str, reason: str) -> None:
         """Held: not published until approved; membership and counts stay as they were."""
