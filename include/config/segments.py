@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -268,6 +268,23 @@ class SegmentConfig(_Strict):
     def source_fields(self) -> list[str]:
         """Columns to read from the source: the user key, then identifier fields, each once."""
         return list(dict.fromkeys([self.user_key, *(i.field for i in self.identifiers)]))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as a run records it at its start (`cs_runs.config`): its JSON dump plus
+        the YAML's path (excluded from dumps, and what a file source's path is relative to)."""
+        path = str(self.config_path) if self.config_path else None
+        return {**self.model_dump(mode="json"), _SNAPSHOT_PATH: path}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any]) -> SegmentConfig:
+        """The config a run recorded (`snapshot`), validated again."""
+        path = snapshot.get(_SNAPSHOT_PATH)
+        config = cls.model_validate({k: v for k, v in snapshot.items() if k != _SNAPSHOT_PATH})
+        return config.model_copy(update={"config_path": Path(path) if path else None})
+
+
+# Where a snapshot keeps the YAML's path: no config field starts with "_".
+_SNAPSHOT_PATH = "_config_path"
 
 
 def dag_id_of(segment_id: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from include.config.segments import SegmentConfigError, dag_id_of, find_segment
+from include.config.segments import SegmentConfig, SegmentConfigError, dag_id_of, find_segment
 from include.orchestration import alerts, refresh
 from include.orchestration.connections import netmera_database
 
@@ -43,7 +43,7 @@ def fail_abandoned_runs(run_state: Callable[[str, str], str]) -> dict[str, int]:
             log.error("segment %s: run %s had failed unreported: now Failed", segment_id, run_id)
             snapshot = store.run_config(segment_id, run_id)
             if snapshot is not None:
-                alerts.alert_failed_run(refresh.config_from_snapshot(snapshot), run_id)
+                alerts.alert_failed_run(SegmentConfig.from_snapshot(snapshot), run_id)
     return {"checked": len(pending), "marked_failed": marked}
 
 

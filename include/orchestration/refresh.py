@@ -66,12 +66,10 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
     would have the later steps match, validate, publish and send with other settings than the
     audience was staged with. `config` itself when the run recorded none (a send-only run has
     no start step; a run from before snapshots were kept). One row read."""
-    from include.store.repository import config_snapshot
-
     snapshot = _store().run_config(config.id, run_id)
     if snapshot is None:
         return config
-    if snapshot != config_snapshot(config):
+    if snapshot != config.snapshot():
         log.warning(
             "segment %s: config file %s changed after this run started; the run keeps the "
             "config it started with, the next run uses the edited file",
@@ -80,17 +78,7 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
         )
     # Validated again on every step, not only after an edit: a snapshot that no longer
     # round-trips fails every run at once instead of the rare one that meets an edit.
-    return config_from_snapshot(snapshot)
-
-
-def config_from_snapshot(snapshot: dict[str, Any]) -> SegmentConfig:
-    """The config a run recorded at its start (`SegmentStore.run_config`)."""
-    from include.store.repository import CONFIG_PATH_KEY
-
-    fields = {k: v for k, v in snapshot.items() if k != CONFIG_PATH_KEY}
-    path = snapshot.get(CONFIG_PATH_KEY)
-    started_with = SegmentConfig.model_validate(fields)
-    return started_with.model_copy(update={"config_path": Path(path) if path else None})
+    return SegmentConfig.from_snapshot(snapshot)
 
 
 def _parquet_rows(path: str, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
@@ -133,7 +121,6 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
     users (key, reason) and the counts on the run record (unmatched first: until the counts
     land, readers see the refresh before). The path (database or worker) follows the
     `netmera_db` extra `match_path`."""
-    from pathlib import Path
 
     from include.matching.pipeline import match_audience
 

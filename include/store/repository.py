@@ -58,8 +58,6 @@ RUN_RESULTS = (
     "removed",
     "restored_from",
 )
-# Where a run's config snapshot keeps the YAML's path: no config field starts with "_".
-CONFIG_PATH_KEY = "_config_path"
 KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
 # Unmatched source users are personal data: kept for the last few refreshes only.
 KEEP_UNMATCHED_RUNS = 3
@@ -82,13 +80,6 @@ def _insert_batches(
     for batch in batches:
         if batch:
             conn.execute(table.insert(), [{**keys, **row} for row in batch])
-
-
-def config_snapshot(config: SegmentConfig) -> dict[str, Any]:
-    """The config as a run records it: its JSON dump plus the YAML's path (excluded from dumps,
-    and what a file source's relative path is resolved against)."""
-    path = config.config_path
-    return {**config.model_dump(mode="json"), CONFIG_PATH_KEY: str(path) if path else None}
 
 
 class PublishAborted(RuntimeError):
@@ -135,7 +126,7 @@ class SegmentStore:
         return dict(row._mapping) if row else None
 
     def run_config(self, segment_id: str, run_id: str) -> dict[str, Any] | None:
-        """The config snapshot the run started with (`config_snapshot`); None for a run with no
+        """The config the run started with (`SegmentConfig.snapshot`); None for a run with no
         record, or one recorded before snapshots were (a send-only run, an older run)."""
         query = sa.select(runs.c.config).where(
             runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
@@ -250,7 +241,7 @@ class SegmentStore:
                 "started_at": now,
                 **dict.fromkeys(RUN_RESULTS),
                 "restored_from": restore_version,
-                "config": config_snapshot(config),
+                "config": config.snapshot(),
             }
             existing = conn.execute(
                 sa.select(runs.c.id).where(

@@ -51,7 +51,7 @@ runs = sa.Table(
     sa.Column("added", sa.Integer),
     sa.Column("removed", sa.Integer),
     sa.Column("restored_from", sa.Integer),  # the version a restore run made current again
-    # The config the run started with (`config_snapshot`): its later steps use this one.
+    # The config the run started with (`SegmentConfig.snapshot`): its later steps use this one.
     sa.Column("config", sa.JSON),
 )
 
