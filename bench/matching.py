@@ -13,7 +13,7 @@ Groups (each figure measured in a child process of its own: wall time, peak RSS;
   over the user table) vs pandas `merge`;
 - database: the users in PostgreSQL, indexed as `doctor` recommends: the database path (a) vs
   the worker path (b) vs pandas `read_sql` + `merge`;
-- dags: parsing dags/connector_segments.py with 500 segment files vs one;
+- dags: parsing the segment DAG files (every shard) with 500 segment files vs one;
 - sqlite: the embedded default at a small tenant's size (`--sqlite-users`, `--sqlite-audience`:
   1,000,000 x 200,000, every identifier kind), users in SQLite with the indexes `doctor`
   recommends and without any on the identifier columns: the worker path vs the database path
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(f"database: {size}, users in PostgreSQL", rows), "\n", flush=True)
         if "dags" in groups:
             rows = dags_group(work, args.repeat)
-            title = f"dags: parse dags/connector_segments.py (DagBag), best of {args.repeat}"
+            title = f"dags: parse dags/connector_segments_*.py (DagBag), best of {args.repeat}"
             print(table(title, rows[:2]), "\n", flush=True)
             print(table(title, rows[2:]), "\n", flush=True)
         if "sqlite" in groups:

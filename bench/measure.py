@@ -30,6 +30,7 @@ TASKS = {
     "database.path_b": ("bench.database", "path_b"),
     "database.pandas": ("bench.database", "pandas_read_sql"),
     "dags.parse": ("bench.dags", "parse"),
+    "dags.parse_file": ("bench.dags", "parse_file"),
     "sqlite.run": ("bench.sqlite", "run"),
 }
 

@@ -93,8 +93,8 @@ def write_dag_rows(count: int) -> None:
             DagModel(
                 dag_id=f"connector_segment_segment_{i:05d}",
                 bundle_name="dags-folder",
-                fileloc="connector_segments.py",
-                relative_fileloc="connector_segments.py",
+                fileloc="connector_segments_00.py",
+                relative_fileloc="connector_segments_00.py",
                 is_paused=i % 10 == 0,
             )
             for i in range(count)

@@ -33,7 +33,6 @@ from include.config.segments import SegmentConfigError, dag_id_of, load_segments
 if TYPE_CHECKING:
     from include.clients.connection import ConnectionInfo
 
-DAG_FILE = Path(__file__).resolve().parents[1] / "dags" / "connector_segments.py"
 # An http Connection: host = the Airflow API server's base URL, login/password = an Airflow user.
 API_CONN_ID = "connector_segments_api"
 
@@ -272,13 +271,14 @@ def _restore_here(segment_id: str, version: int) -> dict | None:
     from airflow.dag_processing.dagbag import DagBag
 
     from include.orchestration.dag_state import dag_states
+    from include.orchestration.segment_dags import dag_file
 
     store = _store()
     store.check_restorable(segment_id, version)  # refused before any run: RestoreRefused
     dag_id = dag_id_of(segment_id)
     with _stdout_to_stderr():  # Airflow's task logs: stdout is for the outcome (--json)
         try:
-            dag = DagBag(dag_folder=str(DAG_FILE)).get_dag(dag_id)
+            dag = DagBag(dag_folder=str(dag_file(segment_id))).get_dag(dag_id)
             if dag is None:
                 raise LookupError(
                     f"segment {segment_id!r} has no DAG: its YAML is missing or invalid"

@@ -146,7 +146,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
 
 
 def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypatch):
-    # The DAG gets its Params after its tasks are built (dags/connector_segments.py): what a
+    # The DAG gets its Params after its tasks are built (orchestration/segment_dags.py): what a
     # task sees at run time, merged by Airflow's own `process_params`, must still be every
     # Param with its default, overridden by a valid conf, and an invalid conf refused.
     from airflow.dag_processing.dagbag import DagBag

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -336,12 +337,23 @@ def load_segment(path: Path) -> SegmentConfig:
     return config.model_copy(update={"config_path": path})
 
 
-def load_segments(directory: Path | None = None) -> LoadResult:
-    """Load every `*.yaml` / `*.yml` in the directory; one bad file never hides the others."""
+def shard_of(segment_id: str, shards: int) -> int:
+    """The segment's shard out of `shards`: stable across processes and releases (not
+    Python's salted `hash`), by the id, which is also the file name."""
+    return zlib.crc32(segment_id.encode()) % shards
+
+
+def load_segments(
+    directory: Path | None = None, *, shard: tuple[int, int] | None = None
+) -> LoadResult:
+    """Load every `*.yaml` / `*.yml` in the directory (of `shard` = (number, shards) only,
+    by file name: other files are not read); one bad file never hides the others."""
     directory = directory or segments_dir()
     segments: list[SegmentConfig] = []
     errors: list[SegmentConfigError] = []
-    for paths in _files_by_id(directory).values():
+    for segment_id, paths in _files_by_id(directory).items():
+        if shard is not None and shard_of(segment_id, shard[1]) != shard[0]:
+            continue
         try:
             segments.append(load_segment(_only_file(paths)))
         except SegmentConfigError as exc:

@@ -1,13 +1,18 @@
-"""Connector segments: one DAG `connector_segment_<id>` per YAML file in the segments folder.
+"""Connector segments: one DAG `connector_segment_<id>` per YAML file in the segments folder,
+built by the shard files `dags/connector_segments_<NN>.py`: each builds the segments whose id
+falls in its shard (`include.config.segments.shard_of`, a stable hash of the id, out of
+`SHARDS`), so that no file builds thousands of DAGs within Airflow's `dagbag_import_timeout`,
+the DAG processor parses the shards in parallel, and a worker running a task reads only its
+shard's YAML files.
 
-Thin glue: the steps live in `include/orchestration/refresh.py`; this file only reads the
+Thin glue: the steps live in `include/orchestration/refresh.py`; this module only reads the
 configs (pydantic + YAML, no heavy imports) and wires `start → extract → match → validate →
 publish → send_message` (the send is skipped unless asked; with `refresh: false` it is the only
 step), and `start → restore → send_message`: with `restore_version` set, the run restores that
 kept version instead of refreshing (extract and what follows it skip).
-Airflow 3 parses this file again for every task, so the bound config is what the YAML says when
-the task runs: `start` records the config its run starts with, and every later step runs with
-that one (`refresh.config_for_run`); an edited YAML takes effect from the next run.
+Airflow 3 parses the DAG file again for every task, so the bound config is what the YAML says
+when the task runs: `start` records the config its run starts with, and every later step runs
+with that one (`refresh.config_for_run`); an edited YAML takes effect from the next run.
 A YAML that fails validation is skipped here and reported as an import error of
 `connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
 """
@@ -19,10 +24,11 @@ import dataclasses
 import logging
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
-from include.config.segments import SegmentConfig, load_segments
+from include.config.segments import SegmentConfig, load_segments, shard_of
 from include.orchestration.pools import pool_for
 
 log = logging.getLogger(__name__)
@@ -303,20 +309,33 @@ def build_dag(config: SegmentConfig) -> DAG:
     return built
 
 
-def _build_all() -> dict[str, DAG]:
-    """Every valid segment's DAG. Invalid YAML files are skipped here and reported by
-    `connector_segments_config_check.py`: an import error on *this* file would make Airflow
-    mark every segment DAG stale."""
+SHARDS = 16  # the number of dags/connector_segments_<NN>.py files; changing it moves DAGs
+DAG_FILES = Path(__file__).resolve().parents[2] / "dags"
+
+
+def dag_file(segment_id: str) -> Path:
+    """The shard file that builds the segment's DAG."""
+    return DAG_FILES / f"connector_segments_{shard_of(segment_id, SHARDS):02d}.py"
+
+
+def shard_dags(path: str) -> dict[str, DAG]:
+    """The DAGs of the shard file at `path` (`connector_segments_<NN>.py`): every valid segment
+    of shard NN. Invalid YAML files are skipped here and reported by
+    `connector_segments_config_check.py`: an import error on a shard file would make Airflow
+    mark every DAG of that shard stale."""
+    shard = int(Path(path).stem.rsplit("_", 1)[1])
+    if not 0 <= shard < SHARDS:
+        raise ValueError(f"{path}: shard {shard} is not one of 0..{SHARDS - 1}")
     wanted = get_parsing_context().dag_id  # set when a worker runs one task: build only that DAG
     built = {}
-    for config in load_segments().segments:
+    for config in load_segments(shard=(shard, SHARDS)).segments:
         if wanted not in (None, config.dag_id):
             continue
         try:
-            built[config.dag_id] = build_dag(config)
+            dag_ = build_dag(config)
         except Exception:  # a config the validation let through: lose this DAG, not all
             log.exception("segment %s: its DAG cannot be built; every other DAG is", config.id)
+            continue
+        dag_.fileloc = path  # @dag records its caller, this module: the DAG is the shard's
+        built[config.dag_id] = dag_
     return built
-
-
-globals().update(_build_all())
