@@ -115,6 +115,18 @@ def module_workspace(
     return _wire_workspace(tmp_path_factory.mktemp("workspace"), module_env)
 
 
+def reserialize_dags(timeout: float = 600) -> None:
+    """`airflow dags reserialize`: what the DAG processor writes to the metadata DB, for the
+    segments folder the environment names."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"],
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
 def run_segment(segment_id: str, **conf) -> str:
     """Parse the DAG folder as the scheduler would and run one segment's DAG; return its state."""
     from airflow.dag_processing.dagbag import DagBag

@@ -5,15 +5,13 @@ still breaks only itself and is reported by the config-check file, naming the fi
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import DAGS
+from tests.conftest import DAGS, reserialize_dags
 
 pytestmark = pytest.mark.dagrun
 
@@ -53,13 +51,7 @@ def test_every_segment_dag_is_written_from_its_own_shard_file(workspace, airflow
     broken = folder / "seg_broken.yaml"
     broken.write_text((folder / "seg_000.yaml").read_text().replace("seg_000", "seg_broken"))
     broken.write_text(broken.read_text() + "colour: red\n")
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "reserialize"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        env=os.environ.copy(),
-    )
+    reserialize_dags()
 
     engine = sa.create_engine(f"sqlite:///{airflow_db / 'airflow.db'}")
     with engine.connect() as conn:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DAGS, ROOT
+from tests.conftest import DAGS, ROOT, reserialize_dags
 
 EXAMPLES = ROOT / "include" / "segments"
 EXAMPLE_DAGS = {f"connector_segment_{p.stem}" for p in EXAMPLES.glob("*.yaml")}
@@ -199,13 +199,7 @@ def test_all_hostile_files_at_once_leave_the_examples_schedulable(
     for case in CASES:
         case.write(folder / f"{case.name}.yaml")
     monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(folder))
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "reserialize"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=os.environ.copy(),
-    )
+    reserialize_dags()
 
     engine = sa.create_engine(f"sqlite:///{airflow_db / 'airflow.db'}")
     with engine.connect() as conn:
