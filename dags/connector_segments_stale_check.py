@@ -44,7 +44,7 @@ def connector_segments_stale_check():
 
         return alert_stale_segments()
 
-    @task
+    @task(trigger_rule="all_done")  # whether or not the alerts went out
     def fail_abandoned_runs() -> dict:
         from airflow.sdk import get_current_context
 
@@ -52,8 +52,8 @@ def connector_segments_stale_check():
 
         return fail_abandoned_runs(get_current_context()["ti"].get_dagrun_state)
 
-    alert_stale_segments()
-    fail_abandoned_runs()
+    # One after the other: on SQLite (`make ui`) concurrent writers fail each other at once.
+    alert_stale_segments() >> fail_abandoned_runs()
 
 
 connector_segments_stale_check()

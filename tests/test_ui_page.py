@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -157,11 +158,18 @@ WINBACK_YAML = {
 
 
 def trigger(demo_admin: requests.Session, base: str, segment_id: str) -> str:
-    answer = demo_admin.post(
-        f"{base}/api/v2/dags/connector_segment_{segment_id}/dagRuns",
-        json={"logical_date": None},
-        timeout=30,
-    )
+    """A run through Airflow's own API. This set-up step is tried three times: `airflow
+    standalone` keeps its metadata in SQLite, which fails a write at once (a 500 "Database
+    error") while another process's write is committing."""
+    for attempt in range(3):
+        answer = demo_admin.post(
+            f"{base}/api/v2/dags/connector_segment_{segment_id}/dagRuns",
+            json={"logical_date": None},
+            timeout=30,
+        )
+        if answer.status_code != 500 or "Database error" not in answer.text or attempt == 2:
+            break
+        time.sleep(1)
     assert answer.status_code == 200, answer.text
     return answer.json()["dag_run_id"]
 
