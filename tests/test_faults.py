@@ -80,10 +80,9 @@ TWICE = Seg("twice", range(121, 181))
 EDITED = Seg("edited", range(181, 241))
 EDITED_TO = Seg("edited", range(241, 271))  # what the edited YAML reads (other columns)
 DISK = Seg("disk", range(271, 331))
-BROKEN = Seg("broken", range(331, 361))
 SEND_KILL = Seg("send_kill", range(1001, 3501), tuple(CAMPAIGN.items()))  # 3 batches of ≤1000
 BUSY = [Seg(f"busy{k}", range(400 + k * 100, 460 + k * 100)) for k in range(4)]
-SEGMENTS = [PUBLISH_KILL, DB_DROP, TWICE, EDITED, DISK, BROKEN, SEND_KILL, *BUSY]
+SEGMENTS = [PUBLISH_KILL, DB_DROP, TWICE, EDITED, DISK, SEND_KILL, *BUSY]
 
 
 def write_segment(ws: Path, seg: Seg, columns: tuple[str, str] = ("uid", "ext")) -> None:
@@ -299,9 +298,6 @@ def faults(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
                 "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
-                # A task whose DAG cannot be built (its YAML broken) is rescheduled once.
-                "AIRFLOW__WORKERS__MISSING_DAG_RETRIES": "1",
-                "AIRFLOW__WORKERS__MISSING_DAG_RETRY_DELAY": "2",
                 # Queued tasks whose broker message was lost with Redis are queued again.
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "30",
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
@@ -461,34 +457,6 @@ def test_a_yaml_edited_while_its_run_is_in_flight_keeps_the_runs_config(faults: 
     assert faults.run(seg)["state"] == "success"
     assert faults.members(seg) == EDITED_TO.user_ids
     assert faults.published_versions(seg) == [1, 2]
-
-
-def test_a_yaml_broken_while_its_run_is_in_flight_ends_failed_naming_the_file(faults: Faults):
-    """The YAML gets a field the schema refuses between extract and match: the DAG can no
-    longer be built, so the run's remaining tasks cannot load it and its failure callback
-    cannot run; the hourly check marks the run Failed, naming the file and the field."""
-    seg, airflow = BROKEN, faults.airflow
-    lock = "LOCK TABLE netmera_users IN ACCESS EXCLUSIVE MODE"
-    path = faults.ws / "segments" / f"{seg.id}.yaml"
-    valid = path.read_text()
-    with faults.holding(lock, {}):
-        run_id = airflow.trigger(seg.dag_id)
-        faults.wait_task(seg, run_id, "extract", "success")
-        path.write_text(valid + "colour: red\n")
-    (run,) = airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
-    assert run["state"] == "failed"
-    assert faults.segment(seg)["status"] == "Calculating"  # nothing could say otherwise
-    check = "connector_segments_stale_check"
-    (done,) = airflow.wait_runs({check: (check, airflow.trigger(check))}, RUN_TIMEOUT).values()
-    assert done["state"] == "success"
-    row = faults.segment(seg)
-    assert row["status"] == "Failed"
-    assert f"{seg.id}.yaml" in row["status_reason"], row["status_reason"]
-    assert "colour" in row["status_reason"], row["status_reason"]
-    path.write_text(valid)  # fixed: the next run publishes
-    assert faults.run(seg)["state"] == "success"
-    assert faults.published_versions(seg) == [1]
-    assert faults.members(seg) == seg.user_ids
 
 
 def test_a_full_disk_while_staging_fails_the_run_and_keeps_the_membership(faults: Faults):
