@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -467,3 +468,47 @@ def test_airflow_api_server_mounts_the_plugin_and_reads_the_connection_from_the_
     assert PASSWORD not in log_path.read_text(errors="replace")
     with create_session() as session:
         session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+
+
+@pytest.mark.dagrun
+def test_two_hundred_rounds_of_diffs_stay_compacted_and_the_audience_exact(backend, sender, capsys):
+    """Mixpanel's every-30-minutes diffs, 200 rounds of them: each publish folds them into
+    the export, so the staged state stays the audience plus a bounded number of tombstones,
+    and the audience stays exactly what the diffs say."""
+    from include.orchestration.connections import netmera_database
+    from include.webhooks.state import TOMBSTONES_KEPT
+
+    rng = random.Random(13)
+    sender.export(members(range(1, 1001)))
+    expected = set(range(1, 1001))
+    late = sender.session("add_members", members(range(3001, 4201)))  # two pages
+    for round_ in range(1, 201):
+        added = set(rng.sample(range(1, 3001), 20))
+        removed = set(rng.sample(sorted(expected | added), 15))
+        sender.add(members(sorted(added)))
+        if round_ == 100:  # its page 2 comes three rounds later
+            sender.deliver(late, order=[1])
+        if round_ == 101:  # arrives after `late` began, so it wins once `late` is complete
+            removed |= set(range(3001, 3011))
+        sender.remove(members(sorted(removed)))
+        expected = (expected | added) - removed
+        if round_ == 103:
+            sender.deliver(late, order=[2])
+            expected |= set(range(3011, 4201))
+        if round_ % 50 == 0:
+            assert run_segment(SEGMENT) == "success"  # publish, then compaction
+            assert published(capsys)["members"] == netmera_ids(i for i in expected if i <= 3000)
+        else:
+            netmera_database().webhooks.compact(SEGMENT)
+        state = staged()
+        live = [s for s in state["sessions"] if s["superseded_at"] is None]
+        if 100 <= round_ < 103:  # folded up to the incomplete diff, which waits
+            assert len(live) == 1 + 2 + 2 * (round_ - 100), round_
+        else:
+            assert len(live) == 1, round_  # the export alone: every diff is folded into it
+            assert state["member_rows"] == len(expected), round_
+            assert len(state["pages"]) == 1, round_
+        assert len(state["sessions"]) <= 1 + TOMBSTONES_KEPT + 6, round_
+        if round_ % 10 == 0 or 99 <= round_ <= 104:
+            got = {int(r["mixpanel_distinct_id"].removeprefix("mp-")) for r in audience()}
+            assert got == expected, round_

@@ -8,16 +8,19 @@ the API is asked for a fresh one.
 
 Connection (`amplitude_default` or the segment's `conn_id`): host = base URL (EU residency and
 test servers), login/password = API key / secret key, extras `poll_interval` (5 s), `max_wait`
-(3600 s), `link_attempts` (5), `requests_per_hour` (360), `timeout`, `max_attempts`,
-`backoff_base`.
+(3600 s), `link_attempts` (5), `requests_per_hour` (360) and `max_concurrent` (4): the project's
+budget, shared by every client of the project (one API key) through the `budgets` it is given;
+`timeout`, `max_attempts`, `backoff_base`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
 
+from include.clients.budget import PROCESS_BUDGETS, Budgets, Limits
 from include.clients.connection import ConnectionInfo
 from include.clients.http import ClientSettings, HTTPStatusError, VendorClient, VendorError
 
@@ -31,10 +34,16 @@ class ExportError(VendorError):
 
 
 class AmplitudeClient:
-    def __init__(self, conn: ConnectionInfo) -> None:
-        # ~60 requests per 10 minutes; polls count too.
-        settings = ClientSettings.from_extra(conn.extra, requests_per_hour=360)
-        self.http = VendorClient("amplitude", conn, DEFAULT_URL, settings)
+    def __init__(self, conn: ConnectionInfo, budgets: Budgets | None = None) -> None:
+        settings = ClientSettings.from_extra(conn.extra)
+        # ~60 requests per 10 minutes and 4-5 at once; polls count too.
+        limits = Limits.from_extra(conn.extra, "requests_per_hour", 360, 4)
+        # An Amplitude project is its API key; the budget names it by a digest only.
+        key = hashlib.sha256((conn.login or "").encode()).hexdigest()[:16]
+        budget = (budgets or PROCESS_BUDGETS).project(
+            "amplitude", f"api key sha256:{key}", limits, settings.lease_seconds
+        )
+        self.http = VendorClient("amplitude", conn, DEFAULT_URL, settings, budget)
         self.poll_interval = float(conn.extra.get("poll_interval", 5))
         self.max_wait = conn.extra.get("max_wait", 3600)
         self.link_attempts = int(conn.extra.get("link_attempts", 5))

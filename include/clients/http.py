@@ -2,7 +2,8 @@
 retries.
 
 Every vendor call goes through `VendorClient.call` or `VendorClient.download`, which
-- space requests to the vendor's budget (`Pacer`: e.g. 60 queries/hour → one every 60 s),
+- spend one slot of the project's budget per request (`include/clients/budget.py`: at most so
+  many at once, starts spaced to the hourly budget, e.g. 60 queries/hour → one every 60 s),
 - retry 429 (honouring Retry-After), 5xx, connection resets, timeouts and truncated bodies with
   exponential backoff (tenacity), and give up with a VendorError after `max_attempts`,
 - turn any other 4xx into an HTTPStatusError (a VendorError) right away,
@@ -14,19 +15,20 @@ failed call means there (sources raise SourceError, Send Message marks the batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import re
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from include.clients.budget import ProjectBudget
 from include.clients.connection import ConnectionInfo
 
 if TYPE_CHECKING:
@@ -69,23 +71,6 @@ class HTTPStatusError(VendorError):
         self.body = body
 
 
-@dataclass
-class Pacer:
-    """Spaces request starts at least `interval` seconds apart (thread-safe)."""
-
-    interval: float
-    _next: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
-
-
 @dataclass(frozen=True)
 class ClientSettings:
     """Tunables from the Connection's extras (defaults suit the real vendors)."""
@@ -94,10 +79,9 @@ class ClientSettings:
     max_attempts: int = 6
     backoff_base: float = 2.0
     backoff_max: float = 300.0
-    requests_per_hour: float | None = None
 
     @classmethod
-    def from_extra(cls, extra: dict[str, Any], requests_per_hour: float | None) -> ClientSettings:
+    def from_extra(cls, extra: dict[str, Any]) -> ClientSettings:
         def number(key: str, default: float | None) -> float | None:
             value = extra.get(key, default)
             return None if value is None else float(value)
@@ -107,8 +91,12 @@ class ClientSettings:
             max_attempts=int(extra.get("max_attempts", cls.max_attempts)),
             backoff_base=number("backoff_base", cls.backoff_base),
             backoff_max=number("backoff_max", cls.backoff_max),
-            requests_per_hour=number("requests_per_hour", requests_per_hour),
         )
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a budget slot outlives a holder that died: a request's timeout and then some."""
+        return self.timeout + 30.0
 
 
 def base_url(conn: ConnectionInfo, default: str) -> str:
@@ -148,7 +136,12 @@ _QUERY = re.compile(r"\?[^\s'\"),]+")
 
 class VendorClient:
     def __init__(
-        self, vendor: str, conn: ConnectionInfo, default_url: str, settings: ClientSettings
+        self,
+        vendor: str,
+        conn: ConnectionInfo,
+        default_url: str,
+        settings: ClientSettings,
+        budget: ProjectBudget,
     ) -> None:
         import requests
 
@@ -158,8 +151,7 @@ class VendorClient:
         self.session = requests.Session()
         if conn.login or conn.password:
             self.session.auth = (conn.login or "", conn.password or "")
-        rate = settings.requests_per_hour
-        self.pacer = Pacer(3600.0 / rate if rate else 0.0)
+        self.budget = budget
 
     # -- public -------------------------------------------------------------------------------
 
@@ -206,7 +198,6 @@ class VendorClient:
     def _send(self, method: str, url_or_path: str, *, auth: bool = True, **kwargs: Any):
         import requests
 
-        self.pacer.wait()
         url = self._url(url_or_path)
         kwargs.setdefault("timeout", self.settings.timeout)
         if auth:
@@ -224,31 +215,37 @@ class VendorClient:
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._send(method, path, **kwargs)
-        if response.status_code >= 400:
-            self._refuse(response)
-        try:
-            payload = response.json()
-        except ValueError as exc:  # a body cut short, or HTML from a proxy
-            raise TransientHTTPError(
-                f"unreadable JSON from {_where(response.url)}", answered=False
-            ) from exc
+        with self.budget.slot():
+            response = self._send(method, path, **kwargs)
+            if response.status_code >= 400:
+                self._refuse(response)
+            try:
+                payload = response.json()
+            except ValueError as exc:  # a body cut short, or HTML from a proxy
+                raise TransientHTTPError(
+                    f"unreadable JSON from {_where(response.url)}", answered=False
+                ) from exc
         return _Answer(payload, response.status_code)
 
     def _download(self, url_or_path: str, destination: Path, auth: bool) -> str | None:
-        response = self._send("GET", url_or_path, auth=auth, stream=True, allow_redirects=False)
-        with response:
-            if response.is_redirect:
-                return response.headers["Location"]
-            if response.status_code >= 400:
-                self._refuse(response)
-            expected = response.headers.get("Content-Length")
-            partial = destination.with_suffix(destination.suffix + ".partial")
-            written = 0
-            with partial.open("wb") as handle:
-                for chunk in response.raw.stream(1 << 20, decode_content=False):
-                    handle.write(chunk)
-                    written += len(chunk)
+        # A link without our credentials (a pre-signed one) is on the vendor's storage, outside
+        # the API's budget.
+        with self.budget.slot() if auth else contextlib.nullcontext() as lease:
+            response = self._send("GET", url_or_path, auth=auth, stream=True, allow_redirects=False)
+            with response:
+                if response.is_redirect:
+                    return response.headers["Location"]
+                if response.status_code >= 400:
+                    self._refuse(response)
+                expected = response.headers.get("Content-Length")
+                partial = destination.with_suffix(destination.suffix + ".partial")
+                written = 0
+                with partial.open("wb") as handle:
+                    for chunk in response.raw.stream(1 << 20, decode_content=False):
+                        handle.write(chunk)
+                        written += len(chunk)
+                        if lease is not None:
+                            lease.renew()
         if expected is not None and written != int(expected):
             raise TransientHTTPError(
                 f"download from {_where(url_or_path)} cut short: {written} of {expected} bytes",

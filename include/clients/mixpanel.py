@@ -8,7 +8,9 @@ must be read again from page 0.
 
 Connection (`mixpanel_default` or the segment's `conn_id`): host = base URL (residency hosts and
 test servers), login/password = service account, extras `project_id` (required),
-`workspace_id`, `queries_per_hour` (60), `timeout`, `max_attempts`, `backoff_base`.
+`workspace_id`, `queries_per_hour` (60) and `max_concurrent` (5): the project's budget, shared by
+every client of the project through the `budgets` it is given; `timeout`, `max_attempts`,
+`backoff_base`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from include.clients.budget import PROCESS_BUDGETS, Budgets, Limits
 from include.clients.connection import ConnectionInfo
 from include.clients.http import (
     ClientSettings,
@@ -52,7 +55,7 @@ class EngagePage:
 
 
 class MixpanelClient:
-    def __init__(self, conn: ConnectionInfo) -> None:
+    def __init__(self, conn: ConnectionInfo, budgets: Budgets | None = None) -> None:
         if "project_id" not in conn.extra:
             raise VendorError(
                 f"connection {conn.conn_id!r}: extra 'project_id' is required for Mixpanel"
@@ -60,9 +63,12 @@ class MixpanelClient:
         self.params = {"project_id": conn.extra["project_id"]}  # carried by every call
         if conn.extra.get("workspace_id"):
             self.params["workspace_id"] = conn.extra["workspace_id"]
-        per_hour = float(conn.extra.get("queries_per_hour", 60))
-        settings = ClientSettings.from_extra(conn.extra, requests_per_hour=per_hour)
-        self.http = VendorClient("mixpanel", conn, DEFAULT_URL, settings)
+        settings = ClientSettings.from_extra(conn.extra)
+        limits = Limits.from_extra(conn.extra, "queries_per_hour", 60, 5)
+        budget = (budgets or PROCESS_BUDGETS).project(
+            "mixpanel", f"project {conn.extra['project_id']}", limits, settings.lease_seconds
+        )
+        self.http = VendorClient("mixpanel", conn, DEFAULT_URL, settings, budget)
 
     def list_cohorts(self) -> list[dict[str, Any]]:
         return self.http.call("POST", "/api/query/cohorts/list", params=self.params).data

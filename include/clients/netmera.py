@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from include.clients.budget import PROCESS_BUDGETS, Limits
 from include.clients.connection import ConnectionInfo
 from include.clients.http import ClientSettings, HTTPStatusError, VendorClient
 
@@ -46,7 +47,10 @@ class NetmeraClient:
     def __init__(self, conn: ConnectionInfo) -> None:
         if not conn.password:
             raise ValueError(f"connection {conn.conn_id!r}: the REST API key goes in 'password'")
-        settings = ClientSettings.from_extra(conn.extra, requests_per_hour=None)
+        settings = ClientSettings.from_extra(conn.extra)
+        # Netmera documents no limits; a connection may still set `requests_per_hour`.
+        limits = Limits.from_extra(conn.extra, "requests_per_hour", None, None)
+        budget = PROCESS_BUDGETS.project("netmera", conn.conn_id, limits, settings.lease_seconds)
         # The key travels in a header; Basic auth would send it twice.
         anonymous = ConnectionInfo(
             conn_id=conn.conn_id,
@@ -55,7 +59,7 @@ class NetmeraClient:
             schema=conn.schema,
             port=conn.port,
         )
-        self.http = VendorClient("netmera", anonymous, DEFAULT_URL, settings)
+        self.http = VendorClient("netmera", anonymous, DEFAULT_URL, settings, budget)
         if urlsplit(self.http.base_url).path in ("", "/"):  # host only: add the API's path
             self.http.base_url = self.http.base_url.rstrip("/") + "/rest/3.0"
         self.http.session.headers["X-netmera-api-key"] = conn.password

@@ -66,6 +66,7 @@ class Recorded:
     body: bytes
     at: float  # time.monotonic() on arrival
     status: int = 0
+    done: float = 0.0  # time.monotonic() once the answer was sent; 0 until then
     fault: str | None = None  # the fault kind applied, if any
 
     def param(self, name: str) -> str | None:
@@ -381,6 +382,7 @@ class FakeServer:
             if req.method != "HEAD":
                 handler.wfile.write(body[: len(body) // 2] if truncate else body)
             handler.wfile.flush()
+            req.done = time.monotonic()
         except OSError:
             handler.close_connection = True  # the client has gone (e.g. after its timeout)
         if truncate:

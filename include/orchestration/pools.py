@@ -1,8 +1,14 @@
-"""Airflow pools that cap concurrent calls to rate-limited vendor APIs, across all segments.
+"""Airflow pools that cap how many worker slots the extracts of a rate-limited vendor take.
+
+Each vendor project's own limits (queries an hour, requests at once) are its shared budget,
+kept in the segment store and honoured by the clients (`include/store/vendor_budgets.py`).
+An extract waiting on that budget still holds a worker slot, so the pool keeps one busy
+project's segments from filling the workers; it is sized for several projects at once, since
+a project's segments beyond its concurrency only wait (docs/decisions.md, "Vendor budgets").
 
 `python -m include.orchestration.pools` creates or updates them (run by `make demo`, `make ui`,
-the tests and the docker-compose init); slots follow the vendors' concurrency limits and can be
-overridden with `CONNECTOR_SEGMENTS_POOL_<NAME>` (e.g. CONNECTOR_SEGMENTS_POOL_MIXPANEL_API=3).
+the tests and the docker-compose init); override slots with `CONNECTOR_SEGMENTS_POOL_<NAME>`
+(e.g. CONNECTOR_SEGMENTS_POOL_MIXPANEL_API=3).
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ import os
 
 # source type -> (pool, default slots, description)
 POOLS = {
-    "mixpanel": ("mixpanel_api", 5, "Mixpanel Query API: 5 concurrent queries per project"),
-    "amplitude": ("amplitude_api", 4, "Amplitude cohort API: 4-5 concurrent requests"),
+    "mixpanel": ("mixpanel_api", 16, "Mixpanel extracts (each project's budget is shared)"),
+    "amplitude": ("amplitude_api", 16, "Amplitude extracts (each project's budget is shared)"),
 }
 
 

@@ -232,7 +232,21 @@ def publish(
     )
     # Staged files hold personal data: drop them once the run has done its job.
     staging.remove_run(config.id, run_id)
+    if config.source.type == "mixpanel_webhook" and not dry_run:
+        _compact_webhook_state(config.id)
     return outcome
+
+
+def _compact_webhook_state(segment_id: str) -> None:
+    """Published: fold the webhook diffs into the base export, so the staged state stays one
+    audience plus what arrived since. It changes no audience, so a failure only warns."""
+    try:
+        folded = netmera_database().webhooks.compact(segment_id)
+    except Exception as exc:  # the publish has committed; the next one compacts again
+        log.warning("segment %s: compacting the webhook state failed: %s", segment_id, exc)
+        return
+    if folded:
+        log.info("segment %s: %d webhook diff sessions folded into the export", segment_id, folded)
 
 
 def restore(

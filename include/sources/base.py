@@ -75,19 +75,17 @@ def _connector_batches(
             from include.clients.mixpanel import MixpanelClient
             from include.sources.mixpanel import read_mixpanel
 
-            client = MixpanelClient(get_connection(source.conn_id))
+            client = MixpanelClient(get_connection(source.conn_id), _budgets(get_connection))
             yield from read_mixpanel(source, fields, client, Checkpoint(workdir / "mixpanel"))
         elif source.type == "mixpanel_webhook":
             from include.sources.mixpanel_webhook import read_mixpanel_webhook
-            from include.store.database import DATABASES, NETMERA_DB_CONN_ID
 
-            database = DATABASES.get(get_connection(NETMERA_DB_CONN_ID))
-            yield from read_mixpanel_webhook(fields, database, batch_rows)
+            yield from read_mixpanel_webhook(fields, _netmera_db(get_connection), batch_rows)
         elif source.type == "amplitude":
             from include.clients.amplitude import AmplitudeClient
             from include.sources.amplitude import read_amplitude
 
-            client = AmplitudeClient(get_connection(source.conn_id))
+            client = AmplitudeClient(get_connection(source.conn_id), _budgets(get_connection))
             yield from read_amplitude(source, fields, client, Checkpoint(workdir / "amplitude"))
         else:
             raise SourceError(
@@ -95,6 +93,17 @@ def _connector_batches(
             )
     except VendorError as exc:
         raise SourceError(str(exc)) from exc
+
+
+def _netmera_db(get_connection: ConnectionGetter):
+    from include.store.database import DATABASES, NETMERA_DB_CONN_ID
+
+    return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))
+
+
+def _budgets(get_connection: ConnectionGetter):
+    """The vendors' budgets every worker shares, kept in the store's database."""
+    return _netmera_db(get_connection).budgets
 
 
 def describe_source(segment: SegmentConfig) -> str:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from include.clients.connection import ConnectionInfo
     from include.store import SegmentStore
     from include.store.sends import SendLedger
+    from include.store.vendor_budgets import SharedBudgets
     from include.webhooks.state import WebhookState
 
 
@@ -47,6 +48,13 @@ class NetmeraDatabase:
         from include.store.sends import SendLedger
 
         return SendLedger(self.engine)
+
+    @cached_property
+    def budgets(self) -> SharedBudgets:
+        """Vendor budgets shared by every worker (`include.store.vendor_budgets`)."""
+        from include.store.vendor_budgets import SharedBudgets
+
+        return SharedBudgets(self.engine)
 
     @cached_property
     def webhooks(self) -> WebhookState:

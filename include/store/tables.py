@@ -109,3 +109,22 @@ send_batches = sa.Table(
     sa.Column("ext_ids", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Vendor budgets (`vendor_budgets.py`); times are seconds since the epoch on the DB's clock.
+vendor_pacing = sa.Table(
+    "cs_vendor_pacing",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("next_start", sa.Float, nullable=False),
+)
+
+vendor_slots = sa.Table(
+    "cs_vendor_slots",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.String(36)),
+    sa.Column("lease_until", sa.Float, nullable=False),
+)

@@ -10,16 +10,22 @@ State model (tables `cs_webhook_*`, migration 0002):
   for each distinct id, the last event wins;
 - when a newer export completes, older sessions are superseded: their pages and members are
   deleted and a small tombstone row stays, so a late retry of a superseded page is
-  acknowledged and ignored instead of resurrecting a stale diff.
+  acknowledged and ignored instead of resurrecting a stale diff;
+- once published, `compact` folds the complete diffs that follow the base export into it (the
+  base's members become the current audience; the diffs become tombstones), so the state
+  stays one audience plus what arrived since, however many rounds Mixpanel sends;
+- tombstones are kept for the newest TOMBSTONES_KEPT sessions of a segment: Mixpanel retries
+  a page within about a minute, and syncs every ~30 minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -29,7 +35,8 @@ from include.store.webhook_tables import webhook_members, webhook_pages, webhook
 from include.webhooks.payload import CohortSyncCall
 
 MEMBERS, ADD, REMOVE = "members", "add_members", "remove_members"
-TOMBSTONE_DAYS = 30  # how long a superseded session's id is remembered
+TOMBSTONES_KEPT = 64  # superseded sessions remembered per segment (about a day of syncs)
+_LOCK_SPACE = 0x6373_7768  # "cswh": advisory locks on a segment's sessions (PostgreSQL)
 _ATTEMPTS = 3  # a concurrent first page of the same session or page wins the unique key once
 
 
@@ -91,6 +98,7 @@ class WebhookState:
             .with_for_update()  # serialises pages of one session on PostgreSQL
         ).first()
         if session is None:
+            self._lock_sessions(conn, segment_id)  # a new session's id must follow compaction's
             session_ref = conn.execute(
                 s.insert()
                 .values(
@@ -159,26 +167,107 @@ class WebhookState:
                 self._supersede_before(conn, segment_id, session_ref, now)
         return Receipt("stored", completed, received, call.total_pages)
 
-    @staticmethod
-    def _supersede_before(conn: sa.Connection, segment_id: str, export_ref: int, now: datetime):
+    @classmethod
+    def _supersede_before(
+        cls, conn: sa.Connection, segment_id: str, export_ref: int, now: datetime
+    ) -> None:
         """A complete export replaces every session that arrived before it."""
         s = webhook_sessions
-        conn.execute(
-            s.update()
-            .where(s.c.segment_id == segment_id, s.c.id < export_ref, s.c.superseded_at.is_(None))
-            .values(superseded_at=now)
+        cls._supersede(conn, segment_id, s.c.id < export_ref, now)
+
+    @staticmethod
+    def _supersede(
+        conn: sa.Connection, segment_id: str, which: sa.ColumnElement[bool], now: datetime
+    ) -> None:
+        """Those sessions become tombstones (no pages, no members); the oldest tombstones
+        beyond TOMBSTONES_KEPT go."""
+        s = webhook_sessions
+        ended = (
+            conn.execute(
+                s.update()
+                .where(s.c.segment_id == segment_id, which, s.c.superseded_at.is_(None))
+                .values(superseded_at=now)
+                .returning(s.c.id)
+            )
+            .scalars()
+            .all()
         )
-        superseded = sa.select(s.c.id).where(
-            s.c.segment_id == segment_id, s.c.superseded_at.is_not(None)
+        if ended:
+            conn.execute(webhook_members.delete().where(webhook_members.c.session_ref.in_(ended)))
+            conn.execute(webhook_pages.delete().where(webhook_pages.c.session_ref.in_(ended)))
+        kept = (
+            sa.select(s.c.id)
+            .where(s.c.segment_id == segment_id, s.c.superseded_at.is_not(None))
+            .order_by(s.c.id.desc())
+            .limit(TOMBSTONES_KEPT)
         )
-        conn.execute(webhook_members.delete().where(webhook_members.c.session_ref.in_(superseded)))
-        conn.execute(webhook_pages.delete().where(webhook_pages.c.session_ref.in_(superseded)))
         conn.execute(
             s.delete().where(
                 s.c.segment_id == segment_id,
-                s.c.superseded_at < now - timedelta(days=TOMBSTONE_DAYS),
+                s.c.superseded_at.is_not(None),
+                s.c.id.not_in(kept),
             )
         )
+
+    def compact(self, segment_id: str) -> int:
+        """Fold the complete diffs that follow the base export into it; returns how many.
+
+        The audience is the same before and after. Only the run of complete sessions right
+        after the base is folded: an incomplete one (and all after it) waits, since it applies
+        at its own place once complete. Serialised with the creation of new sessions
+        (`_lock_sessions`), so no session can arrive, unseen, among those folded.
+        """
+        s, m = webhook_sessions, webhook_members
+        with self._serialised(), self.engine.begin() as conn:
+            self._lock_sessions(conn, segment_id)
+            base = conn.execute(self._base_export(segment_id)).scalar()
+            if base is None:
+                return 0
+            later = conn.execute(
+                sa.select(s.c.id, s.c.completed_at)
+                .where(s.c.segment_id == segment_id, s.c.id > base, s.c.superseded_at.is_(None))
+                .order_by(s.c.id)
+            ).all()
+            folded = []
+            for row in later:
+                if row.completed_at is None:
+                    break
+                folded.append(row.id)
+            if not folded:
+                return 0
+            # The audience of base + folded, as the base's members (page 0; their old rows go).
+            current = self._current_members(segment_id, [base, *folded]).subquery("current")
+            conn.execute(
+                m.insert().from_select(
+                    ["session_ref", "page_count", "position", "distinct_id", "properties"],
+                    sa.select(
+                        sa.literal(base, sa.Integer),
+                        sa.literal(-1, sa.Integer),
+                        sa.func.row_number().over(order_by=current.c.distinct_id),
+                        current.c.distinct_id,
+                        current.c.properties,
+                    ),
+                )
+            )
+            conn.execute(m.delete().where(m.c.session_ref == base, m.c.page_count != -1))
+            conn.execute(m.update().where(m.c.session_ref == base).values(page_count=0))
+            self._supersede(conn, segment_id, s.c.id.in_(folded), _now())
+        return len(folded)
+
+    @staticmethod
+    def _lock_sessions(conn: sa.Connection, segment_id: str) -> None:
+        """Until this transaction ends, nobody else creates a session of the segment or
+        compacts it. PostgreSQL: an advisory lock on the segment. SQLite: the database's write
+        lock, taken at once by a write (SQLite has one writer at a time)."""
+        if conn.dialect.name == "postgresql":
+            key = zlib.crc32(segment_id.encode()) - (1 << 31)  # int4
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": _LOCK_SPACE, "key": key},
+            )
+        else:
+            s = webhook_sessions
+            conn.execute(s.update().where(s.c.id == -1).values(id=-1))
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -191,32 +280,8 @@ class WebhookState:
 
         One statement (so one consistent snapshot), with a server-side cursor on PostgreSQL.
         """
-        s, m = webhook_sessions, webhook_members
-        base = self._base_export(segment_id).scalar_subquery()
-        applicable = (
-            sa.select(s.c.id, s.c.action)
-            .where(
-                s.c.segment_id == segment_id,
-                s.c.completed_at.is_not(None),
-                s.c.superseded_at.is_(None),
-                sa.or_(s.c.id == base, sa.and_(s.c.id > base, s.c.action != MEMBERS)),
-            )
-            .subquery("applicable")
-        )
-        last_event = sa.func.row_number().over(
-            partition_by=m.c.distinct_id,
-            order_by=(applicable.c.id.desc(), m.c.page_count.desc(), m.c.position.desc()),
-        )
-        ranked = (
-            sa.select(m.c.distinct_id, m.c.properties, applicable.c.action, last_event.label("rn"))
-            .join_from(m, applicable, m.c.session_ref == applicable.c.id)
-            .subquery("ranked")
-        )
-        query = (
-            sa.select(ranked.c.distinct_id, ranked.c.properties)
-            .where(ranked.c.rn == 1, ranked.c.action != REMOVE)
-            .order_by(ranked.c.distinct_id)
-        )
+        current = self._current_members(segment_id)
+        query = current.order_by(current.selected_columns.distinct_id)
         with self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
                 query
@@ -231,6 +296,38 @@ class WebhookState:
                 sa.select(s).where(s.c.segment_id == segment_id).order_by(s.c.id)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    @classmethod
+    def _current_members(cls, segment_id: str, only: list[int] | None = None) -> sa.Select:
+        """(distinct_id, properties) of the audience: the base export and the complete diffs
+        after it, the last event per distinct id winning; `only`: of these sessions alone."""
+        s, m = webhook_sessions, webhook_members
+        if only is None:
+            base = cls._base_export(segment_id).scalar_subquery()
+            which = sa.and_(
+                s.c.completed_at.is_not(None),
+                s.c.superseded_at.is_(None),
+                sa.or_(s.c.id == base, sa.and_(s.c.id > base, s.c.action != MEMBERS)),
+            )
+        else:
+            which = s.c.id.in_(only)
+        applicable = (
+            sa.select(s.c.id, s.c.action)
+            .where(s.c.segment_id == segment_id, which)
+            .subquery("applicable")
+        )
+        last_event = sa.func.row_number().over(
+            partition_by=m.c.distinct_id,
+            order_by=(applicable.c.id.desc(), m.c.page_count.desc(), m.c.position.desc()),
+        )
+        ranked = (
+            sa.select(m.c.distinct_id, m.c.properties, applicable.c.action, last_event.label("rn"))
+            .join_from(m, applicable, m.c.session_ref == applicable.c.id)
+            .subquery("ranked")
+        )
+        return sa.select(ranked.c.distinct_id, ranked.c.properties).where(
+            ranked.c.rn == 1, ranked.c.action != REMOVE
+        )
 
     @staticmethod
     def _base_export(segment_id: str) -> sa.Select:

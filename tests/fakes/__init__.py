@@ -5,7 +5,7 @@ server base live in `include/demo/`: the demo's Netmera sandbox is built on them
 """
 
 from tests.fakes.amplitude import FakeAmplitude, FakeStorage, make_rows
-from tests.fakes.mixpanel import SESSION_INVALID, FakeMixpanel, make_members
+from tests.fakes.mixpanel import SESSION_INVALID, FakeMixpanel, ProjectLimits, make_members
 from tests.fakes.netmera import Delivery, FakeNetmera, NetmeraFault, push_outcome
 from tests.fakes.server import FakeServer, Fault, Recorded
 
@@ -19,6 +19,7 @@ __all__ = [
     "FakeStorage",
     "Fault",
     "NetmeraFault",
+    "ProjectLimits",
     "Recorded",
     "make_members",
     "make_rows",

@@ -2,14 +2,17 @@
 
 Plays the behaviour in /work/shared/reference/external-apis.md ("Mixpanel - cohort members
 (pull)"), including what clients must survive: sessions that expire mid-export, a last page that
-may be empty, and a `total` that can lie. Faults and auth come from `FakeServer`.
+may be empty, a `total` that can lie, and each project's rate limits (`ProjectLimits`: over
+them, HTTP 429). Faults and auth come from `FakeServer`.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +34,16 @@ class MixpanelCohort:
     created: str = "2026-01-01 00:00:00"
 
 
+@dataclass(frozen=True)
+class ProjectLimits:
+    """A project's limits as Mixpanel enforces them: at most `queries` accepted in any `window`
+    seconds (60 in 3600 s for real) and `concurrent` in flight; beyond them, 429."""
+
+    queries: int = 60
+    window: float = 3600.0
+    concurrent: int = 5
+
+
 @dataclass
 class _Session:
     cohort_id: int
@@ -39,7 +52,10 @@ class _Session:
 
 
 class FakeMixpanel(FakeServer):
-    """Service-account Basic auth plus `project_id`; both `/api/query` and `/api/2.0` paths."""
+    """Service-account Basic auth plus `project_id` (any of `project_ids`); both `/api/query` and
+    `/api/2.0` paths. Cohort ids are shared by the projects. `limits` (per project, off by
+    default) answer 429 to a query over them; `answer_delay` makes each engage page take that
+    long, so that queries overlap."""
 
     realm = "Mixpanel"
     LIST: ClassVar[str] = "**/cohorts/list"  # fault/requests_to patterns for either API prefix
@@ -52,9 +68,19 @@ class FakeMixpanel(FakeServer):
         project_id: int = 1234,
         page_size: int = 1000,
         lie_about_total: bool = False,
+        other_projects: tuple[int, ...] = (),
+        limits: ProjectLimits | None = None,
+        answer_delay: float = 0.0,
     ) -> None:
         super().__init__(username, secret)
         self.project_id = project_id
+        self.project_ids = {str(project_id), *map(str, other_projects)}
+        self.limits = limits
+        self.answer_delay = answer_delay
+        self._accepted: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._in_flight: collections.Counter[str] = collections.Counter()
         self.page_size = page_size
         self.lie_about_total = lie_about_total  # under-report, so clients trusting it lose users
         self.cohorts: dict[int, MixpanelCohort] = {}
@@ -91,11 +117,33 @@ class FakeMixpanel(FakeServer):
         project = req.query.get("project_id", [None])[-1]
         if project is None:
             return self.error_response(400, "project_id is required")
-        if project != str(self.project_id):
+        if project not in self.project_ids:
             return self.error_response(400, f"invalid project_id {project!r}")
-        if req.path in LIST_PATHS:
-            return json_response([self._describe(c) for c in self.cohorts.values()])
-        return self._engage(req)
+        if not self._admit(project):
+            return self.error_response(429, "rate limit exceeded for this project")
+        try:
+            if req.path in LIST_PATHS:
+                return json_response([self._describe(c) for c in self.cohorts.values()])
+            self._stopping.wait(self.answer_delay)
+            return self._engage(req)
+        finally:
+            with self._state:
+                self._in_flight[project] -= 1
+
+    def _admit(self, project: str) -> bool:
+        """Count the query against its project's limits; False: over them (not counted)."""
+        with self._state:
+            accepted = self._accepted[project]
+            now = time.monotonic()
+            limits = self.limits
+            if limits is not None:
+                while accepted and accepted[0] <= now - limits.window:
+                    accepted.popleft()
+                if len(accepted) >= limits.queries or self._in_flight[project] >= limits.concurrent:
+                    return False
+                accepted.append(now)
+            self._in_flight[project] += 1
+            return True
 
     def _describe(self, cohort: MixpanelCohort) -> dict[str, Any]:
         count = len(cohort.members) if cohort.count is None else cohort.count
