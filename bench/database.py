@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from bench import pandas_baseline
 from bench.data import SEGMENT
 from bench.engine import counts
+from include.clients.database import copy_batch
 from include.matching import indexes
-from include.matching.database import copy_batch
 from include.matching.pipeline import match_audience
 from include.matching.user_table import UserTable
 

@@ -32,6 +32,9 @@ TASKS = {
     "dags.parse": ("bench.dags", "parse"),
     "dags.parse_file": ("bench.dags", "parse_file"),
     "sqlite.run": ("bench.sqlite", "run"),
+    "publish.floor": ("bench.publish", "floor"),
+    "publish.publish": ("bench.publish", "publish"),
+    "refresh.run": ("bench.refresh", "run"),
 }
 
 

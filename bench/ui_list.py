@@ -2,10 +2,12 @@
 
     python -m bench.ui_list                      # 10,000 segments
     python -m bench.ui_list --segments 2000 --requests 10
+    python -m bench.ui_list --store postgres     # the store in PostgreSQL (127.0.0.1:5432)
 
-N segment YAML files, N segments in the store (SQLite, as the embedded default; statuses and
-update dates varied) and N segment DAGs in Airflow's metadata DB (their `dag` rows written
-directly: parsing 10,000 DAGs is issue 13's benchmark, not this one). Timed with a Bearer token,
+N segment YAML files, N segments in the store (SQLite, as the embedded default, or a fresh
+PostgreSQL database `cs_bench_ui_list`, as production; statuses and update dates varied) and
+N segment DAGs in Airflow's metadata DB (their `dag` rows written directly: the DAG files'
+parse is `bench.dag_files`). Timed with a Bearer token,
 after one warm-up request each: Airflow's own `GET /api/v2/dags?limit=50` on the same server
 (the baseline: the list Airflow's UI shows), then `GET /connector-segments/api/segments` as the
 page asks for it: the first page, a name search, a status filter and the last page. Prints
@@ -29,17 +31,31 @@ from pathlib import Path
 from tests.conftest import airflow_api_server, sqlite_conn, token_session, write_users
 
 STATUSES = ("Ready", "Ready", "Ready", "Failed", "Held", "Calculating")
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
-def write_store(path: Path, count: int) -> None:
+def fresh_pg_database(admin_url: str, name: str) -> tuple[str, str]:
+    """(SQLAlchemy URL, netmera_db Connection JSON) of a new, empty database `name`."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = sa.make_url(admin_url).set(database=name)
+    conn = {"conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username}
+    return url.render_as_string(hide_password=False), json.dumps({**conn, "schema": name})
+
+
+def write_store(url: str, count: int) -> None:
     """`count` segments in the store, as if each had been refreshed once."""
     import sqlalchemy as sa
 
     from include.store.repository import SegmentStore
     from include.store.tables import segments
 
-    write_users(path, [("nm-1", "ext-1", None, None, None, True)])
-    store = SegmentStore(sa.create_engine(f"sqlite:///{path}"))
+    store = SegmentStore(sa.create_engine(url))
     now = datetime.now(UTC)
     rows = [
         {
@@ -116,11 +132,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--pg", default=os.environ.get("CONNECTOR_SEGMENTS_BENCH_PG", PG))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cs-bench-ui-"))
+    if args.store == "sqlite":
+        write_users(work / "netmera.db", [("nm-1", "ext-1", None, None, None, True)])
+        store_url, netmera_db = f"sqlite:///{work / 'netmera.db'}", sqlite_conn(work / "netmera.db")
+    else:
+        store_url, netmera_db = fresh_pg_database(args.pg, "cs_bench_ui_list")
     env = {
         "CONNECTOR_SEGMENTS_DIR": str(work / "segments"),
-        "AIRFLOW_CONN_NETMERA_DB": sqlite_conn(work / "netmera.db"),
+        "AIRFLOW_CONN_NETMERA_DB": netmera_db,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
     }
     os.environ.update(env)
@@ -128,7 +151,7 @@ def main() -> int:
         [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True
     )
     write_yamls(work / "segments", args.segments)
-    write_store(work / "netmera.db", args.segments)
+    write_store(store_url, args.segments)
     write_dag_rows(args.segments)
     with airflow_api_server(work / "api-server.log") as base:
         api = f"{base}/connector-segments"
@@ -146,7 +169,7 @@ def main() -> int:
         total = session.get(f"{api}/api/segments", timeout=60).json()["total"]
     assert total == args.segments, total
     print(
-        f"list endpoint: {args.segments:,} segments (YAMLs, store rows, DAGs), "
+        f"list endpoint: {args.segments:,} segments (YAMLs, store rows in {args.store}, DAGs), "
         f"{args.requests} requests each, median / p95 ms"
     )
     print(f"{'request':40s} {'median':>8s} {'p95':>8s} {'x first':>8s}")

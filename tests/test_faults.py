@@ -258,8 +258,8 @@ class Faults:
     @contextlib.contextmanager
     def publish_frozen(self, seg: Seg, run_id: str) -> Iterator[int]:
         """Holds `seg`'s publish just before it makes the new version current: its members are
-        inserted, its transaction open. Yields the publish's backend pid. (NO KEY: the members'
-        foreign key takes a KEY SHARE lock on the row, which FOR UPDATE would block too.)"""
+        inserted, its transaction open. Yields the publish's backend pid. (NO KEY: blocks the
+        segment row's update and nothing that only takes a KEY SHARE lock on the row.)"""
         self.wait_task(seg, run_id, "start", "success")
         lock = "SELECT id FROM cs_segments WHERE id = :s FOR NO KEY UPDATE"
         with self.holding(lock, {"s": seg.id}):

@@ -68,3 +68,38 @@ def test_refreshes_on_postgres_match_the_sqlite_results(
     assert on_postgres == on_sqlite
     assert on_postgres["members"] == sorted(f"nm-{i}" for i in range(4, 15))
     assert on_postgres["runs"][0] == {"status": "published", "version": 2, "added": 4, "removed": 3}
+
+
+def test_publish_keeps_three_versions_and_a_failed_publish_keeps_them_all(
+    workspace, capsys, monkeypatch, pg_database
+):
+    """PostgreSQL prunes beside the publish, on a second connection that commits only after
+    it: a publish that fails (a Netmera user id longer than the store takes) prunes nothing."""
+    long_id = "nm-" + "9" * 300
+    users = [*USERS, (long_id, "ext-99", None, None, None, True)]
+    use_pg_netmera_db(monkeypatch, pg_database, users)
+    write_segment(workspace, guardrails={"max_shrink": None, "max_growth": None})
+    for last in range(10, 15):  # five versions, each a member more
+        write_audience(workspace, range(1, last + 1))
+        assert run_segment(SEGMENT) == "success"
+
+    def kept() -> list[int]:
+        return [v["version"] for v in cli_json(capsys, "details", SEGMENT)["versions"]]
+
+    def stored() -> dict[int, int]:
+        engine = sa.create_engine(pg_database["url"])
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT version, count(*) FROM cs_members GROUP BY version")
+            ).all()
+        engine.dispose()
+        return dict(rows)
+
+    assert stored() == {3: 12, 4: 13, 5: 14}
+    assert sorted(kept()) == [3, 4, 5]
+    write_audience(workspace, [*range(1, 15), 99])
+    assert run_segment(SEGMENT) == "failed"
+    assert stored() == {3: 12, 4: 13, 5: 14}  # nothing pruned, nothing half-written
+    details = cli_json(capsys, "details", SEGMENT)
+    assert details["runs"][0]["failed_step"] == "publish"
+    assert details["current_version"] == 5

@@ -6,9 +6,11 @@ sources get read-only ones from `include/sources/read_only.py`.
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import sqlalchemy as sa
 
     from include.clients.connection import ConnectionInfo
@@ -64,3 +66,47 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def copy_batch(conn: sa.Connection, table: str, batch: pa.RecordBatch) -> None:
+    """PostgreSQL: COPY one Arrow batch into `table` (its columns in the table's order), as CSV
+    with nulls unquoted and strings quoted (so an empty string stays one)."""
+    import pyarrow.csv as pcsv
+
+    buffer = io.BytesIO()
+    pcsv.write_csv(batch, buffer, pcsv.WriteOptions(include_header=False))
+    buffer.seek(0)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {table} FROM STDIN WITH (FORMAT csv)", buffer)
+    finally:
+        cursor.close()
+
+
+def copy_out(conn: sa.Connection, query: sa.Select) -> pa.Table:
+    """PostgreSQL: `query`'s rows through COPY ... TO STDOUT, as an Arrow table of strings
+    (every value kept as written: no text is read as null)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    buffer = io.BytesIO()
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer)
+    finally:
+        cursor.close()
+    names = [c.name for c in query.selected_columns]
+    if not buffer.tell():
+        return pa.table({name: pa.array([], pa.string()) for name in names})
+    buffer.seek(0)
+    return pcsv.read_csv(
+        buffer,
+        read_options=pcsv.ReadOptions(column_names=names),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )

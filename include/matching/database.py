@@ -15,12 +15,12 @@ hashed kinds (it hashes every stored value the segment needs: fine at SQLite siz
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.clients.database import copy_batch
 from include.matching import indexes, rules
 from include.matching.audience import release_memory, write_identifiers
 from include.matching.export import export_query, fetch_query
@@ -155,21 +155,6 @@ class _DatabaseSession:
             self.conn.commit()
         except Exception:
             self.conn.invalidate()
-
-
-def copy_batch(conn: sa.Connection, table: str, batch: pa.RecordBatch) -> None:
-    """PostgreSQL: COPY one Arrow batch into `table`, as CSV with nulls unquoted and strings
-    quoted (so an empty string stays one)."""
-    import pyarrow.csv as pcsv
-
-    buffer = io.BytesIO()
-    pcsv.write_csv(batch, buffer, pcsv.WriteOptions(include_header=False))
-    buffer.seek(0)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(rules.copy_in(table), buffer)
-    finally:
-        cursor.close()
 
 
 def _sha256(value: Any) -> str | None:

@@ -261,10 +261,6 @@ def insert_rows(table: str, width: int) -> str:
     return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
 
 
-def copy_in(table: str) -> str:
-    return f"COPY {table} FROM STDIN WITH (FORMAT csv)"
-
-
 def analyze(table: str) -> str:
     return f"ANALYZE {table}"  # PostgreSQL: autovacuum never sees temporary tables
 

@@ -24,6 +24,8 @@ from include.orchestration.connections import NETMERA_CONN_ID, get_connection, n
 from include.staging import AUDIENCE_FILE, StagedAudience, run_dir
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from include.matching.result import MatchResult
     from include.store.repository import Publication
 
@@ -81,16 +83,15 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
     return SegmentConfig.from_snapshot(snapshot)
 
 
-def _parquet_rows(path: str, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
-    """A step's Parquet output as batches of row dicts, for the store's batched inserts."""
+def _parquet_batches(path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A step's Parquet output, batch by batch, for the store's bulk inserts."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=columns):
-        yield batch.to_pylist()
+    yield from pq.ParquetFile(path).iter_batches(batch_size=50_000, columns=columns)
 
 
-def _members(matched: MatchResult) -> Iterator[list[dict[str, Any]]]:
-    return _parquet_rows(matched.members_path, ["user_id", "matched_by"])
+def _members(matched: MatchResult) -> Iterator[pa.RecordBatch]:
+    return _parquet_batches(matched.members_path, ["user_id", "matched_by"])
 
 
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
@@ -130,7 +131,7 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
     result = match_audience(config, audience, db.engine, db.users, db.info.extra, audience.parent)
     store = db.store
     store.record_unmatched(
-        config.id, run_id, _parquet_rows(result.unmatched_path, ["user_key", "reason"])
+        config.id, run_id, _parquet_batches(result.unmatched_path, ["user_key", "reason"])
     )
     store.record_run(
         config.id,
