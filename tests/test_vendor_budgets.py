@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_json, use_pg_netmera_db, write_users
+from tests.conftest import ROOT, cli_json, run_segment, use_pg_netmera_db, write_users
 from tests.fakes import FakeAmplitude, FakeMixpanel, ProjectLimits, make_members, make_rows
 from tests.test_vendor_sources import netmera_users_for, write_segment
 
@@ -304,3 +304,18 @@ with budget.slot():
 
     threading.Thread(target=take, daemon=True).start()
     assert got.wait(30), "the dead holder's slot was never freed"
+
+
+@pytest.mark.parametrize("extra", [{"max_concurrent": "five"}, {"queries_per_hour": -60}])
+def test_a_budget_setting_that_is_not_a_positive_number_fails_naming_connection_and_field(
+    workspace, monkeypatch, capsys, extra
+):
+    with FakeMixpanel(secret=SECRET, project_id=PROJECT_A, page_size=PAGE_SIZE) as fake:
+        connect(monkeypatch, "mixpanel_a", fake, PROJECT_A, **extra)
+        load = lambda users: write_users(workspace / "netmera.db", users)  # noqa: E731
+        mixpanel_segments(workspace, load, fake, {"a1": ("mixpanel_a", 1)})
+        assert run_segment("a1") == "failed"
+        assert fake.requests == []  # refused before any call
+    [field] = extra
+    error = cli_json(capsys, "details", "a1")["runs"][0]["error"]
+    assert f"connection 'mixpanel_a': extra '{field}' must be a positive number" in error

@@ -37,7 +37,7 @@ class AmplitudeClient:
     def __init__(self, conn: ConnectionInfo, budgets: Budgets | None = None) -> None:
         settings = ClientSettings.from_extra(conn.extra)
         # ~60 requests per 10 minutes and 4-5 at once; polls count too.
-        limits = Limits.from_extra(conn.extra, "requests_per_hour", 360, 4)
+        limits = Limits.from_extra(conn.conn_id, conn.extra, "requests_per_hour", 360, 4)
         # An Amplitude project is its API key; the budget names it by a digest only.
         key = hashlib.sha256((conn.login or "").encode()).hexdigest()[:16]
         budget = (budgets or PROCESS_BUDGETS).project(

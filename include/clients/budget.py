@@ -29,14 +29,31 @@ class Limits:
 
     @classmethod
     def from_extra(
-        cls, extra: dict, per_hour_key: str, per_hour: float | None, concurrency: int | None
+        cls,
+        conn_id: str,
+        extra: dict,
+        per_hour_key: str,
+        per_hour: float | None,
+        concurrency: int | None,
     ) -> Limits:
-        """From a Connection's extras: `per_hour_key` and `max_concurrent`, else the defaults."""
-        rate = extra.get(per_hour_key, per_hour)
-        slots = extra.get("max_concurrent", concurrency)
+        """From a Connection's extras: `per_hour_key` and `max_concurrent`, else the defaults;
+        0 or null: no limit of that kind."""
+
+        def number(key: str, default: float | None, kind: type) -> float | None:
+            value = extra.get(key, default)
+            try:
+                number = kind(value) if value else None
+            except (TypeError, ValueError):
+                number = -1
+            if number is not None and not number > 0:  # also NaN
+                raise ValueError(
+                    f"connection {conn_id!r}: extra {key!r} must be a positive number (or 0 "
+                    f"for no limit), got {value!r}"
+                )
+            return number
+
         return cls(
-            float(rate) if rate else None,  # 0 or null: not paced
-            int(slots) if slots else None,
+            number(per_hour_key, per_hour, float), number("max_concurrent", concurrency, int)
         )
 
     @property

@@ -64,7 +64,7 @@ class MixpanelClient:
         if conn.extra.get("workspace_id"):
             self.params["workspace_id"] = conn.extra["workspace_id"]
         settings = ClientSettings.from_extra(conn.extra)
-        limits = Limits.from_extra(conn.extra, "queries_per_hour", 60, 5)
+        limits = Limits.from_extra(conn.conn_id, conn.extra, "queries_per_hour", 60, 5)
         budget = (budgets or PROCESS_BUDGETS).project(
             "mixpanel", f"project {conn.extra['project_id']}", limits, settings.lease_seconds
         )

@@ -49,7 +49,7 @@ class NetmeraClient:
             raise ValueError(f"connection {conn.conn_id!r}: the REST API key goes in 'password'")
         settings = ClientSettings.from_extra(conn.extra)
         # Netmera documents no limits; a connection may still set `requests_per_hour`.
-        limits = Limits.from_extra(conn.extra, "requests_per_hour", None, None)
+        limits = Limits.from_extra(conn.conn_id, conn.extra, "requests_per_hour", None, None)
         budget = PROCESS_BUDGETS.project("netmera", conn.conn_id, limits, settings.lease_seconds)
         # The key travels in a header; Basic auth would send it twice.
         anonymous = ConnectionInfo(
