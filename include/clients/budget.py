@@ -80,8 +80,13 @@ class Budgets(Protocol):
         holder died stays taken."""
 
 
-class _NoLease:
+class NoLease:
+    """A slot with nothing to renew or give back (no concurrency limit, or a local one)."""
+
     def renew(self) -> None:
+        pass
+
+    def give_back(self) -> None:
         pass
 
 
@@ -101,7 +106,7 @@ class _LocalBudget:
                 self._next = start + self.limits.interval
             if start > now:
                 time.sleep(start - now)
-            yield _NoLease()
+            yield NoLease()
 
 
 class LocalBudgets:

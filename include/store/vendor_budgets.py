@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
-from include.clients.budget import Lease, Limits, ProjectBudget
+from include.clients.budget import Lease, Limits, NoLease, ProjectBudget
 from include.store import migrate
 from include.store.tables import vendor_pacing, vendor_slots
 
@@ -77,7 +77,7 @@ class _SharedBudget:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[Lease]:
-        lease = self._take_slot() if self.limits.concurrency else _Unleased()
+        lease = self._take_slot() if self.limits.concurrency else NoLease()
         try:
             self._pace()
             yield lease
@@ -154,14 +154,6 @@ class _SharedBudget:
             )
         if wait > 0:
             time.sleep(wait)
-
-
-class _Unleased:
-    def renew(self) -> None:
-        pass
-
-    def give_back(self) -> None:
-        pass
 
 
 class _SlotLease:
