@@ -7,7 +7,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 LOCAL := $(CURDIR)/.local
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+CONSTRAINTS := docker/image-packages.txt
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 
 # The embedded default: Airflow home, Netmera DB (user table + segment store), demo warehouse
 # and staging all live in .local/ (git-ignored).
@@ -39,12 +40,12 @@ ui: export AIRFLOW__API__HOST ?= 127.0.0.1
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt $(CONSTRAINTS)
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 not found)"; exit 1; }
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "need Python 3.11, got " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c $(CONSTRAINTS)
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
