@@ -133,6 +133,38 @@ CASES = [
         "n\u0430me",  # a Cyrillic a
     ),
     Hostile("other_id", text(config("not_the_file_name")), "must equal the file name", "id"),
+    # `access`: FAB role -> read | act, a role Airflow can hold and that is a team's own
+    Hostile(
+        "access_write",
+        text(config("access_write", access={"crm": "write"})),
+        "Input should be 'read' or 'act'",
+        "access.crm",
+    ),
+    Hostile(
+        "access_long_role",
+        text(config("access_long_role", access={"r" * 65: "read"})),
+        "not a name Airflow can hold",
+        "access",
+    ),
+    Hostile(
+        "access_spaced_role",
+        text(config("access_spaced_role", access={" crm": "act"})),
+        "not a name Airflow can hold",
+        "access",
+    ),
+    Hostile(
+        "access_control_char",
+        text(config("access_control_char", access={"crm\u0007": "act"})),
+        "not a name Airflow can hold",
+        "access",
+    ),
+    Hostile(
+        "access_builtin_role",
+        text(config("access_builtin_role", access={"viewer": "read"})),
+        "built-in roles",
+        "access",
+    ),
+    Hostile("access_list", text(config("access_list", access=["crm"])), "dictionary", "access"),
     Hostile(
         "bad_region",
         text(config("bad_region", default_region="tr'; DROP TABLE x;--")),

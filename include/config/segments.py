@@ -47,6 +47,13 @@ _PRESETS = {
 _CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
 TAG_MAX_LEN = 100  # Airflow refuses a longer tag when the DAG is built: every DAG of the file
 
+# `access`: which teams (FAB roles) see the segment, and whether they may act on it.
+AccessLevel = Literal["read", "act"]
+ROLE_NAME_MAX_LEN = 64  # FAB's ab_role.name column
+# FAB's built-in roles keep their global access; `access sync` rewrites the roles it names, so
+# these are refused (in any case: some databases compare names without it).
+BUILTIN_ROLES = ("Admin", "Op", "User", "Viewer", "Public")
+
 
 class IdentifierKind(StrEnum):
     EXTERNAL_ID = "external_id"
@@ -219,6 +226,7 @@ class SegmentConfig(_Strict):
     guardrails: Guardrails = Guardrails()
     campaign: Campaign | None = None
     alerts: Alerts | None = None  # none: nobody is alerted (the status still shows it)
+    access: dict[str, AccessLevel] | None = None  # FAB role: read | act (DAG access_control)
 
     # Set by the loader, not by the YAML: where this config came from.
     config_path: Path | None = Field(default=None, exclude=True)
@@ -241,6 +249,30 @@ class SegmentConfig(_Strict):
             croniter(value)
         except (CroniterBadCronError, CroniterBadDateError) as exc:
             raise ValueError(f"{value!r} is not a valid cron expression: {exc}") from None
+        return value
+
+    @field_validator("access")
+    @classmethod
+    def _roles_airflow_can_hold(
+        cls, value: dict[str, AccessLevel] | None
+    ) -> dict[str, AccessLevel] | None:
+        for role in value or {}:
+            if (
+                not role.strip()
+                or role != role.strip()
+                or len(role) > ROLE_NAME_MAX_LEN
+                or not role.isprintable()
+            ):
+                raise ValueError(
+                    f"role {role!r} is not a name Airflow can hold: 1 to {ROLE_NAME_MAX_LEN} "
+                    "printable characters, no space at either end"
+                )
+            if role.casefold() in {name.casefold() for name in BUILTIN_ROLES}:
+                raise ValueError(
+                    f"role {role!r} is one of Airflow's built-in roles "
+                    f"({', '.join(BUILTIN_ROLES)}), which see every segment already: name a "
+                    "team's own role"
+                )
         return value
 
     @field_validator("identifiers")

@@ -23,12 +23,14 @@ import copy
 import dataclasses
 import logging
 import os
+import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
 from include.config.segments import SegmentConfig, load_segments, shard_of
+from include.orchestration.access import access_control
 from include.orchestration.pools import pool_for
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ def build_dag(config: SegmentConfig) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
+        access_control=access_control(config),  # None without `access`: Airflow's default
         tags=list(dict.fromkeys(["connector-segment", config.source.type, *config.tags])),
         on_failure_callback=_on_run_failure,
         default_args={
@@ -299,7 +302,11 @@ def build_dag(config: SegmentConfig) -> DAG:
         restored >> sent  # a send asked with a restore goes to the restored version
         publish(validate(match(staged))) >> sent
 
-    built = segment_dag()
+    with warnings.catch_warnings():
+        # `access_control` warns that airflow.security.permissions is deprecated: it is FAB's
+        # per-DAG access, read only under FAB's auth manager, and has no successor in 3.x.
+        warnings.filterwarnings("ignore", message=".*airflow.security.permissions.*")
+        built = segment_dag()
     # The trigger form is set once the tasks are built: Airflow deep-copies a DAG's Params into
     # every task it creates (four copies a task: a third of parsing 500 segments), while a task
     # reads the DAG's Params at run time anyway (`process_params`: the DAG's, the task's, then

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -62,18 +62,15 @@ def list_segments(
     """`list --json`'s objects with source type, schedule, reachable users, DAG, paused, its
     active run, whether this user may trigger it and the actions they may take now, filtered
     (q: name or id, any case; id: exactly that segment) and paged; `total` counts every match.
-    Only the segments whose DAG the user may read (and those Airflow has no DAG for)."""
+    Only the segments whose DAG runs the user may read: under FAB, a team sees the segments
+    whose `access` names its role."""
     from include.orchestration.dag_state import dag_states
 
     states = dag_states()
     found = search(listed(_store(), _catalog.segments()), states, q, status, source_type)
-    readable = _readable_dags(user)
-    found = [
-        s
-        for s in found
-        if (id is None or s.id == id)
-        and (dag_id_of(s.id) in readable or dag_id_of(s.id) not in states)
-    ]
+    found = [s for s in found if id is None or s.id == id]
+    visible = _visible_dags(user, [dag_id_of(s.id) for s in found], states)
+    found = [s for s in found if dag_id_of(s.id) in visible]
     page = page_rows(found[offset : offset + limit], states)
     may_trigger = _authorized(user, [row["dag_id"] for row in page if row["dag_id"]], "POST")
     for row in page:
@@ -168,8 +165,11 @@ actions = APIRouter(dependencies=[Depends(refuse_cross_site)])
 
 
 def _may_trigger(segment_id: str, user: GetUserDep) -> tuple[SegmentConfig, str]:
-    """The segment (404 unknown) and the user's name, if they may trigger its DAG's runs."""
+    """The segment (404 unknown or not readable by the user) and the user's name, if they may
+    trigger its DAG's runs (403 otherwise)."""
     config = _config(segment_id)
+    if not _authorized(user, [config.dag_id], "GET"):
+        raise HTTPException(404, f"unknown segment {segment_id!r}")
     if not _authorized(user, [config.dag_id], "POST"):
         raise HTTPException(403, f"{user.get_name()} may not trigger runs of {config.dag_id}")
     return config, user.get_name()
@@ -276,13 +276,15 @@ def _config(segment_id: str) -> SegmentConfig:
 
 
 def _may_read(segment_id: str, user: GetUserDep) -> str:
-    """The segment's id (404 unknown), if the user may read its DAG's runs (403 otherwise):
-    its members and unmatched users are readable by those who may read its runs."""
-    if not SEGMENT_ID.match(segment_id) or not is_known(_store(), segment_id):
+    """The segment's id, if the user may read its DAG's runs: its members and unmatched users
+    are readable by those who may read its runs. 404 for a segment unknown or not readable
+    alike, so that a team cannot learn which other segments exist."""
+    if (
+        not SEGMENT_ID.match(segment_id)
+        or not is_known(_store(), segment_id)
+        or not _authorized(user, [dag_id_of(segment_id)], "GET")
+    ):
         raise HTTPException(404, f"unknown segment {segment_id!r}")
-    dag_id = dag_id_of(segment_id)
-    if not _authorized(user, [dag_id], "GET"):
-        raise HTTPException(403, f"{user.get_name()} may not read runs of {dag_id}")
     return segment_id
 
 
@@ -310,11 +312,14 @@ def _authorized(user: BaseUser, dag_ids: list[str], method: str) -> set[str]:
     }
 
 
-def _readable_dags(user: BaseUser) -> set[str]:
-    """Every DAG the user may read, in one query (the list's filter)."""
+def _visible_dags(user: BaseUser, dag_ids: list[str], known: Container[str]) -> set[str]:
+    """Those of `dag_ids` whose runs the user may read (the list's filter): Airflow's DAGs in
+    one query, the few it has no DAG for yet (not parsed, invalid YAML) one by one."""
     from airflow.api_fastapi.app import get_auth_manager
 
-    return get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    unknown = [dag_id for dag_id in dag_ids if dag_id not in known]
+    return {d for d in dag_ids if d in readable} | _authorized(user, unknown, "GET")
 
 
 def _segment_row(segment_id: str) -> dict[str, Any]:
