@@ -23,6 +23,7 @@ import pytest
 import requests
 import yaml
 
+from tests.browser import Airflow, chromium, log_in, open_page, screenshot, wait_for
 from tests.conftest import ROOT, airflow_api_server, run_segment, write_csv, write_users
 
 pytestmark = pytest.mark.dagrun
@@ -146,10 +147,15 @@ def access_sync(env: dict[str, str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base(fab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(fab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
     with airflow_api_server(log_path, **fab_env) as url:
-        yield url
+        yield Airflow(url, Path(fab_env["AIRFLOW_HOME"]), log_path)
+
+
+@pytest.fixture(scope="module")
+def base(server: Airflow) -> str:
+    return server.url
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +310,21 @@ def test_sync_is_idempotent_and_follows_the_yamls(base, fab_env, sessions, store
         path.write_text(original)
         access_sync(fab_env)
     assert listed(sessions["ana"], base) == (SEES["ana"], 2)
+
+
+def test_a_team_member_logs_in_and_the_page_lists_their_segments(server, chromium_installed):
+    """FAB's login form, the nav entry, the page in its iframe: what the team role's
+    permissions must be enough for."""
+    from selenium.webdriver.common.by import By
+
+    with chromium() as driver:
+        log_in(driver, server, "ana", password("ana"))
+        open_page(driver, server)
+
+        def rows() -> set[str]:
+            found = driver.find_elements(By.CSS_SELECTOR, "table.segments tbody tr[data-id]")
+            return {tr.get_attribute("data-id") for tr in found}
+
+        assert wait_for(rows, 30, "the table's rows") == SEES["ana"]
+        driver.switch_to.default_content()
+        screenshot(driver, "access-team-member")
