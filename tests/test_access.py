@@ -328,3 +328,36 @@ def test_a_team_member_logs_in_and_the_page_lists_their_segments(server, chromiu
         assert wait_for(rows, 30, "the table's rows") == SEES["ana"]
         driver.switch_to.default_content()
         screenshot(driver, "access-team-member")
+
+
+def test_a_yaml_naming_a_role_not_synced_yet_breaks_no_other_dag(base, fab_env, sessions, store):
+    """Airflow's DAG processor refuses an access_control naming a missing role with an import
+    error on the whole shard file (every DAG of it stale): until the sync has made the role,
+    that DAG carries none, and its shard loads."""
+    from include.config.segments import shard_of
+    from include.orchestration.segment_dags import SHARDS
+
+    shard = shard_of("crm_a_push", SHARDS)
+    late = next(f"late_{n}" for n in range(1000) if shard_of(f"late_{n}", SHARDS) == shard)
+    path = store / "segments" / f"{late}.yaml"
+    config = yaml.safe_load((store / "segments" / "crm_a_push.yaml").read_text())
+    path.write_text(yaml.safe_dump({**config, "id": late, "access": {"crm-c": "act"}}))
+    root = sessions["root"]
+
+    def dags() -> dict[str, dict]:
+        answer = root.get(f"{base}/api/v2/dags", params={"dag_id_pattern": "segment_"}, timeout=30)
+        return {d["dag_id"]: d for d in answer.json()["dags"]}
+
+    try:
+        airflow(fab_env, "dags", "reserialize")
+        assert "No data found" in airflow(fab_env, "dags", "list-import-errors", "-o", "plain")
+        shown = dags()
+        assert {f"connector_segment_{s}" for s in (*SEGMENTS, late)} <= set(shown)
+        assert not any(d["is_stale"] or d["has_import_errors"] for d in shown.values())
+        assert access_sync(fab_env)["roles_created"] == ["crm-c"]
+        airflow(fab_env, "dags", "reserialize")
+        assert "No data found" in airflow(fab_env, "dags", "list-import-errors", "-o", "plain")
+    finally:
+        path.unlink()
+        airflow(fab_env, "dags", "reserialize")
+    assert listed(sessions["ana"], base) == (SEES["ana"], 2)
