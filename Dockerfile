@@ -12,7 +12,9 @@ RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r /opt/airflow/requireme
 COPY dags/ /opt/airflow/dags/
 COPY plugins/ /opt/airflow/plugins/
 COPY include/ /opt/airflow/include/
-COPY docker/set_admin_password.py /opt/airflow/docker/set_admin_password.py
+COPY docker/create_admin.py /opt/airflow/docker/create_admin.py
+# FAB's logins ([fab] config_file's default place): the metadata DB, or LDAP/OAuth set up there.
+COPY docker/webserver_config.py /opt/airflow/webserver_config.py
 ENV PYTHONPATH=/opt/airflow
 
 # Mount points of the compose file's named volumes (staging: CONNECTOR_SEGMENTS_STAGING_DIR there):

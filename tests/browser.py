@@ -148,8 +148,9 @@ def airflow(
 # -- the Airflow UI ----------------------------------------------------------------------------
 
 
-def log_in(driver: Any, airflow: Airflow, user: str) -> None:
-    """Log in through the UI's login form (SimpleAuthManager)."""
+def log_in(driver: Any, airflow: Airflow, user: str, password: str | None = None) -> None:
+    """Log in through the UI's login form: SimpleAuthManager's (its generated password) or
+    FAB's (`password`)."""
     from selenium.webdriver.common.by import By
 
     driver.get(f"{airflow.url}/")
@@ -157,8 +158,9 @@ def log_in(driver: Any, airflow: Airflow, user: str) -> None:
         lambda: driver.find_element(By.CSS_SELECTOR, "input[name=username]"), 60, "login form"
     )
     field.send_keys(user)
-    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(airflow.password(user))
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    secret = password or airflow.password(user)
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(secret)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
     wait_for(lambda: driver.get_cookie("_token"), 60, "the login's _token cookie")
 
 

@@ -115,6 +115,18 @@ def module_workspace(
     return _wire_workspace(tmp_path_factory.mktemp("workspace"), module_env)
 
 
+@pytest.fixture(scope="module")
+def chromium_installed() -> None:
+    """Skip without Chromium (fail instead where CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI)."""
+    from tests.browser import browser_missing
+
+    reason = browser_missing()
+    if reason and os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI must run these)")
+    if reason:
+        pytest.skip(reason)
+
+
 def reserialize_dags(timeout: float = 600) -> None:
     """`airflow dags reserialize`: what the DAG processor writes to the metadata DB, for the
     segments folder the environment names."""

@@ -3,8 +3,8 @@
 No Docker engine runs here, so the compose file is checked as `docker compose up` would read it:
 `docker-compose config` (Debian's docker-compose 1.29) interpolates it with an env file of test
 secrets and prints it normalised. Missing docker-compose skips these tests, and fails them
-with CONNECTOR_SEGMENTS_REQUIRE_COMPOSE=1 (CI). The admin password's start-up script runs
-against a real `airflow api-server`.
+with CONNECTOR_SEGMENTS_REQUIRE_COMPOSE=1 (CI). The init service's admin script runs against a
+metadata DB migrated under FAB, and its password logs in to a real `airflow api-server`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,8 @@ from tests.conftest import ROOT, airflow_api_server
 
 COMPOSE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
-ADMIN_PASSWORD_SCRIPT = ROOT / "docker" / "set_admin_password.py"
+CREATE_ADMIN = ROOT / "docker" / "create_admin.py"
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 NETMERA_KEY = "netmera-test-key-2w"
 # Every secret the deployment requires, with the test's value (none is a real default).
@@ -127,6 +127,8 @@ def test_airflow_runs_the_image_built_here_with_the_celery_executor(config):
         assert service["build"]["context"] == str(ROOT), name
         images.add(service["image"])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"] == FAB, name  # real users and roles
+        assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS" not in env, name
         assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
         # SQLAlchemy 2.1 would pick psycopg 3, which is not installed, for a bare postgresql://
@@ -146,6 +148,8 @@ def test_each_service_runs_its_airflow_component(config):
         "airflow db migrate",
         "python -m include.orchestration.pools",
         "python -m include.cli validate",
+        "python -m include.orchestration.access sync",
+        "python /opt/airflow/docker/create_admin.py",
     ]
     assert " && ".join(steps) in init, init  # in this order; a failing step stops the rest
     assert services["airflow-init"]["restart"] == "no"
@@ -154,9 +158,7 @@ def test_each_service_runs_its_airflow_component(config):
     assert services["airflow-triggerer"]["command"] == "triggerer"
     assert services["airflow-worker"]["command"] == "celery worker"
     assert services["flower"]["command"] == "celery flower"
-    api = services["airflow-apiserver"]["command"]
-    assert api[-1].startswith("python /opt/airflow/docker/set_admin_password.py && ")
-    assert api[-1].endswith("exec airflow api-server")
+    assert services["airflow-apiserver"]["command"] == "api-server"
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         depends = services[name]["depends_on"]
         assert depends["airflow-init"] == {"condition": "service_completed_successfully"}, name
@@ -197,10 +199,10 @@ def test_secrets_are_read_from_the_env_file(config):
             "netmera",
             pg,
         )
-        # the admin's password reaches the API server only
-        assert ("AIRFLOW_ADMIN_PASSWORD" in env) == (name == "airflow-apiserver"), name
+        # the admin's password reaches the init service only, which makes the user
+        assert ("AIRFLOW_ADMIN_PASSWORD" in env) == (name == "airflow-init"), name
     assert (
-        env_of(config, "airflow-apiserver")["AIRFLOW_ADMIN_PASSWORD"]
+        env_of(config, "airflow-init")["AIRFLOW_ADMIN_PASSWORD"]
         == (SECRETS["AIRFLOW_ADMIN_PASSWORD"])
     )
     assert env_of(config, "postgres")["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
@@ -270,56 +272,66 @@ def test_the_image_extends_airflows_and_pins_airflow_beside_the_requirements():
     assert ("ENV", "PYTHONPATH=/opt/airflow") in instructions
 
 
-# -- the admin's password -----------------------------------------------------------------------
+# -- the admin -----------------------------------------------------------------------------------
 
 
-def set_admin_password(passwords: Path, **env: str) -> subprocess.CompletedProcess:
+def create_admin(env: dict[str, str], **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ADMIN_PASSWORD_SCRIPT)],
+        [sys.executable, str(CREATE_ADMIN)],
         capture_output=True,
         text=True,
-        env={
-            **os.environ,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            **env,
-        },
+        env={**env, **extra},
         timeout=120,
     )
 
 
-def test_the_admin_logs_in_with_the_password_from_the_environment(airflow_db, tmp_path):
-    """What the api-server service runs: the script, then `airflow api-server`, whose login
-    takes the password from AIRFLOW_ADMIN_PASSWORD, not a generated one; other users' entries
-    in the passwords file are kept."""
-    passwords = tmp_path / "passwords.json"
-    passwords.write_text(json.dumps({"admin": "an-old-password", "viewer": "viewer-pw"}))
-    passwords.chmod(0o644)
-    password = SECRETS["AIRFLOW_ADMIN_PASSWORD"]
-    done = set_admin_password(passwords, AIRFLOW_ADMIN_PASSWORD=password)
-    assert done.returncode == 0, done.stderr
-    assert password not in done.stdout + done.stderr
-    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
-    assert json.loads(passwords.read_text()) == {"admin": password, "viewer": "viewer-pw"}
+@pytest.fixture
+def fab_home(tmp_path: Path) -> dict[str, str]:
+    """A metadata DB migrated under FAB, as compose's init service has it."""
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "home"), "AIRFLOW__CORE__AUTH_MANAGER": FAB}
+    migrated = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "Traceback" not in migrated.stdout + migrated.stderr  # FAB's tables too
+    return env
 
-    env = {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
-    }
-    with airflow_api_server(tmp_path / "api-server.log", **env) as base:
+
+def test_the_admin_logs_in_with_the_password_from_the_environment(fab_home, tmp_path):
+    """What the init service runs, then `airflow api-server` under FAB: the login takes the
+    password from AIRFLOW_ADMIN_PASSWORD; a second init with another password changes it."""
+    first = create_admin(fab_home, AIRFLOW_ADMIN_PASSWORD="an-old-password-1x")
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    password = SECRETS["AIRFLOW_ADMIN_PASSWORD"]
+    again = create_admin(fab_home, AIRFLOW_ADMIN_PASSWORD=password)
+    assert again.returncode == 0, again.stderr
+    for done in (first, again):
+        assert password not in done.stdout + done.stderr
+        assert "an-old-password-1x" not in done.stdout + done.stderr
+
+    with airflow_api_server(tmp_path / "api-server.log", **fab_home) as base:
 
         def login(user: str, secret: str) -> int:
             body = {"username": user, "password": secret}
             return requests.post(f"{base}/auth/token", json=body, timeout=30).status_code
 
         assert login("admin", password) == 201
-        assert login("admin", "an-old-password") == 401
-        assert login("viewer", "viewer-pw") == 201
-    assert json.loads(passwords.read_text())["admin"] == password  # not regenerated
+        assert login("admin", "an-old-password-1x") == 401
+        token = requests.post(
+            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30
+        ).json()["access_token"]
+        me = requests.get(
+            f"{base}/api/v2/connections", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert me.status_code == 200  # the Admin role
 
 
-def test_without_the_password_the_api_server_does_not_start(tmp_path):
-    passwords = tmp_path / "passwords.json"
-    done = set_admin_password(passwords, AIRFLOW_ADMIN_PASSWORD="")
+def test_without_the_password_no_admin_is_made(fab_home):
+    done = create_admin(fab_home, AIRFLOW_ADMIN_PASSWORD="")
     assert done.returncode == 1
     assert "AIRFLOW_ADMIN_PASSWORD is not set" in done.stderr
-    assert not passwords.exists()

@@ -13,7 +13,6 @@ The chart's drawing is checked without a browser (`include.ui.chart` is a pure f
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -35,7 +34,6 @@ from tests.browser import (
     VIEW_NAME,
     Airflow,
     airflow,
-    browser_missing,
     chromium,
     log_in,
     open_page,
@@ -325,16 +323,6 @@ def test_every_route_of_the_app_needs_the_login_and_errors_are_plain_http(demo):
 
 
 # -- in the browser ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium_installed() -> None:
-    """Skip without Chromium (fail instead where CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI)."""
-    reason = browser_missing()
-    if reason and os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (CONNECTOR_SEGMENTS_REQUIRE_BROWSER=1: CI must run these)")
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

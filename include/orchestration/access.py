@@ -8,11 +8,17 @@ role named in any segment's `access` exists and holds exactly TEAM_ROLE_PERMISSI
 user needs to open the Connector Segments page and read task logs, nothing of Connections,
 Variables, Pools or other DAGs) plus the DAG permissions the YAMLs grant it; each segment's DAG
 permissions are set from its YAML (a segment without `access` grants no team role anything).
-Airflow's DAG processor syncs a DAG's `access_control` too whenever it writes the DAG, but it
-refuses a role that does not exist: hence the roles first, from the YAMLs, before a deploy's
-DAG processor parses them. Built-in roles (Admin, Op, User, Viewer) keep their global
-permissions and are never touched. Under SimpleAuthManager (the embedded default) `access`
-has no effect: its roles are global.
+Built-in roles (Admin, Op, User, Viewer) keep their global permissions and are never touched.
+
+Airflow's DAG processor syncs a DAG's `access_control` too whenever it writes the DAG, but a
+role that does not exist fails the write with an import error on the whole shard file, which
+marks every DAG of the shard stale: one YAML naming a new team would break 1/16 of the
+segments until someone ran the sync. So the sync records the roles it made in the Variable
+ROLES_VARIABLE (`synced_roles`), and under FAB a DAG whose `access` names a role not synced
+yet gets no `access_control`: the DAG processor then leaves its permissions as the last sync
+set them, the new team sees the segment after the next sync, and nothing else changes.
+Under SimpleAuthManager (the embedded default) `access` has no effect: its roles are global,
+and no Variable is read.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+import warnings
+from collections.abc import Container, Iterable
 from dataclasses import asdict, dataclass, field
 
 from include.config.segments import SegmentConfig, load_segments
@@ -49,15 +56,39 @@ TEAM_ROLE_PERMISSIONS = frozenset(
     }
 )
 DAG_RESOURCE_PREFIXES = ("DAG:", "DAG Run:")
+ROLES_VARIABLE = "connector_segments_team_roles"  # JSON list of the roles the sync made
 
 
-def access_control(config: SegmentConfig) -> dict[str, dict[str, set[str]]] | None:
-    """The DAG's `access_control` for the segment's `access` (None: no `access` key)."""
-    if config.access is None:
+def access_control(
+    config: SegmentConfig, synced: Container[str] | None = None
+) -> dict[str, dict[str, set[str]]] | None:
+    """The DAG's `access_control` for the segment's `access`; None (Airflow's default: the
+    DAG processor changes no permission) without `access`, or when `synced` is given and
+    lacks one of its roles (see the module's doc)."""
+    if config.access is None or (synced is not None and not set(config.access) <= set(synced)):
         return None
     return {
-        role: {k: set(v) for k, v in LEVELS[level].items()} for role, level in config.access.items()
+        role: {resource: set(actions) for resource, actions in LEVELS[level].items()}
+        for role, level in config.access.items()
     }
+
+
+def synced_roles() -> frozenset[str] | None:
+    """Under FAB's auth manager, the team roles the last sync made (none before the first);
+    None under any other auth manager, where `access_control` is never read. One Variable
+    read, once per shard file parsed."""
+    from airflow.configuration import conf
+
+    if "FabAuthManager" not in conf.get("core", "auth_manager", fallback=""):
+        return None
+    # airflow.models' Variable, not the SDK's: in the DAG processor it asks the SDK's (through
+    # the supervisor) and warns; in a plain process (`airflow dags reserialize`) it reads the
+    # metadata DB, which the SDK's would not.
+    from airflow.models import Variable
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return frozenset(json.loads(Variable.get(ROLES_VARIABLE, default_var="[]")))
 
 
 @dataclass
@@ -84,9 +115,11 @@ def sync() -> SyncReport:
         # As `airflow sync-perm`: the built-in roles and every resource and action exist.
         appbuilder.add_permissions(update_perms=True)
         manager.sync_roles()
-        for name in team_roles(loaded.segments):
+        roles = team_roles(loaded.segments)
+        for name in roles:
             _make_team_role(manager, name, report)
         manager.session.commit()
+        _record_synced_roles(roles)
         granted = _dags_granted_to_teams(manager)
         for config in loaded.segments:
             report.segments_with_access += config.access is not None
@@ -114,6 +147,13 @@ def _make_team_role(manager, name: str, report: SyncReport) -> None:
             report.roles_reset.append(name)
         wanted = [manager.create_permission(*pair) for pair in sorted(TEAM_ROLE_PERMISSIONS)]
         role.permissions = dag_permissions + wanted
+
+
+def _record_synced_roles(roles: list[str]) -> None:
+    from airflow.models import Variable
+
+    description = "Team roles made by `python -m include.orchestration.access sync`: do not edit"
+    Variable.set(ROLES_VARIABLE, json.dumps(roles), description=description)
 
 
 def _dags_granted_to_teams(manager) -> set[str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
 from include.config.segments import SegmentConfig, load_segments, shard_of
-from include.orchestration.access import access_control
+from include.orchestration.access import access_control, synced_roles
 from include.orchestration.pools import pool_for
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,10 @@ def _run() -> tuple[str, dict]:
 _to_xcom = dataclasses.asdict
 
 
-def build_dag(config: SegmentConfig) -> DAG:
+def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DAG:
     """One segment's DAG. The config is bound here, not read from a loop variable at run time;
-    the steps after `start` run with the config their run started with, not this parse's."""
+    the steps after `start` run with the config their run started with, not this parse's.
+    `synced`: under FAB, the team roles that exist (`access.synced_roles`)."""
     if config.alerts is not None:
         _ALERTING[config.dag_id] = config
     doc = (
@@ -170,7 +171,7 @@ def build_dag(config: SegmentConfig) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
-        access_control=access_control(config),  # None without `access`: Airflow's default
+        access_control=access_control(config, synced),  # None without `access`
         tags=list(dict.fromkeys(["connector-segment", config.source.type, *config.tags])),
         on_failure_callback=_on_run_failure,
         default_args={
@@ -334,12 +335,14 @@ def shard_dags(path: str) -> dict[str, DAG]:
     if not 0 <= shard < SHARDS:
         raise ValueError(f"{path}: shard {shard} is not one of 0..{SHARDS - 1}")
     wanted = get_parsing_context().dag_id  # set when a worker runs one task: build only that DAG
+    # A task's run needs no access_control: only the DAG processor's write reads it.
+    synced = synced_roles() if wanted is None else None
     built = {}
     for config in load_segments(shard=(shard, SHARDS)).segments:
         if wanted not in (None, config.dag_id):
             continue
         try:
-            dag_ = build_dag(config)
+            dag_ = build_dag(config, synced)
         except Exception:  # a config the validation let through: lose this DAG, not all
             log.exception("segment %s: its DAG cannot be built; every other DAG is", config.id)
             continue
