@@ -4,29 +4,33 @@
     start → restore  (a rollback to an earlier kept version, instead of a refresh)
 
 Each step takes the segment config and the run key (the Airflow run id) and talks to the
-connector, the staging folder, the matcher, GX and the store. `start` records the config its run
-starts with, and every later step is given that one (`config_for_run`), whatever the YAML says
-by then. Nothing here imports Airflow except through `include.orchestration.connections`; the
-DAG file only wires these steps together. Task logs get counts and reasons, never identifiers.
+connector, the run's staging (`include/staging.py`: a local folder, or object storage and a
+private scratch folder per step), the matcher, GX and the store. `start` records the config its
+run starts with, and every later step is given that one (`config_for_run`), whatever the YAML
+says by then. Nothing here imports Airflow except through `include.orchestration.connections`
+and `staging_store`; the DAG file only wires these steps together. Task logs get counts and
+reasons, never identifiers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include import staging
 from include.config.segments import SegmentConfig
 from include.orchestration import alerts
 from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
-from include.staging import AUDIENCE_FILE, StagedAudience, run_dir
+from include.orchestration.staging_store import staging
+from include.staging import AUDIENCE_FILE, StagedAudience
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from include.matching.result import MatchResult
+    from include.staging import StepFolder
     from include.store.repository import Publication
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ def start(
     _store().start_run(
         config, run_id, dry_run=dry_run, approve=approve, restore_version=restore_version
     )
-    staging.remove_other_runs(config.id, run_id)
+    staging().remove_other_runs(config.id, run_id, "start")
     log.info(
         "segment %s: run %s started (dry_run=%s, approve=%s, restore_version=%s)",
         config.id,
@@ -83,29 +87,34 @@ def config_for_run(config: SegmentConfig, run_id: str) -> SegmentConfig:
     return SegmentConfig.from_snapshot(snapshot)
 
 
-def _parquet_batches(path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(path: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """A step's Parquet output, batch by batch, for the store's bulk inserts."""
     import pyarrow.parquet as pq
 
     yield from pq.ParquetFile(path).iter_batches(batch_size=50_000, columns=columns)
 
 
-def _members(matched: MatchResult) -> Iterator[pa.RecordBatch]:
-    return _parquet_batches(matched.members_path, ["user_id", "matched_by"])
+def _members(run: StepFolder) -> Iterator[pa.RecordBatch]:
+    """The matched members, batch by batch, fetched from staging when first read (a publish
+    retried after its commit reads none: the members may be gone by then)."""
+    from include.matching.decide import MEMBERS_FILE
+
+    yield from _parquet_batches(run.fetch(MEMBERS_FILE), ["user_id", "matched_by"])
 
 
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
-    """Source → staged Parquet, batch by batch."""
+    """Source → staged Parquet, batch by batch; kept for match once complete."""
     from include.sources import read_source
     from include.staging import stage_audience
 
-    folder = run_dir(config.id, run_id)
-    staged = stage_audience(
-        read_source(config, get_connection, folder),
-        fields=config.source_fields,
-        user_key=config.user_key,
-        destination=folder / AUDIENCE_FILE,
-    )
+    with staging().step(config.id, run_id, "extract") as run:
+        written = stage_audience(
+            read_source(config, get_connection, run.folder, kept=run),
+            fields=config.source_fields,
+            user_key=config.user_key,
+            destination=run.folder / AUDIENCE_FILE,
+        )
+        staged = dataclasses.replace(written, path=run.keep(Path(written.path)))
     _store().record_run(config.id, run_id, refused_rows=staged.refused_no_user_key)
     log.info(
         "segment %s: staged %d source rows (%d refused: no %r)",
@@ -118,21 +127,25 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
 
 
 def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
-    """Staged audience x Netmera user table → members Parquet beside it; the unmatched source
-    users (key, reason) and the counts on the run record (unmatched first: until the counts
-    land, readers see the refresh before). The path (database or worker) follows the
-    `netmera_db` extra `match_path`."""
+    """Staged audience x Netmera user table → members Parquet beside it, kept for validate and
+    publish; the unmatched source users (key, reason) and the counts on the run record
+    (unmatched first: until the counts land, readers see the refresh before). The path
+    (database or worker) follows the `netmera_db` extra `match_path`."""
 
     from include.matching.pipeline import match_audience
 
     db = netmera_database()
-    audience = Path(staged.path)
-    staging.keep_private()  # the lookups and members are written beside the audience
-    result = match_audience(config, audience, db.engine, db.users, db.info.extra, audience.parent)
     store = db.store
-    store.record_unmatched(
-        config.id, run_id, _parquet_batches(result.unmatched_path, ["user_key", "reason"])
-    )
+    with staging().step(config.id, run_id, "match") as run:
+        audience = run.fetch(AUDIENCE_FILE)  # the lookups and members are written beside it
+        result = match_audience(config, audience, db.engine, db.users, db.info.extra, run.folder)
+        members = run.keep(Path(result.members_path))
+        store.record_unmatched(
+            config.id, run_id, _parquet_batches(result.unmatched_path, ["user_key", "reason"])
+        )
+        # Recorded above; a scratch folder's copy goes with the step.
+        unmatched = result.unmatched_path if run.is_run_folder else ""
+    result = dataclasses.replace(result, members_path=members, unmatched_path=unmatched)
     store.record_run(
         config.id,
         run_id,
@@ -164,7 +177,24 @@ def validate(
     dry_run: bool,
     approve: bool,
 ) -> str:
-    """Run the GX suites. Returns "publish" or "held"; raises on a data failure."""
+    """Run the GX suites on the members match kept. Returns "publish" or "held"; raises on a
+    data failure."""
+    from include.matching.decide import MEMBERS_FILE
+
+    with staging().step(config.id, run_id, "validate") as run:
+        here = dataclasses.replace(matched, members_path=str(run.fetch(MEMBERS_FILE)))
+        return _validated(config, run_id, here, run, dry_run=dry_run, approve=approve)
+
+
+def _validated(
+    config: SegmentConfig,
+    run_id: str,
+    matched: MatchResult,
+    run: StepFolder,
+    *,
+    dry_run: bool,
+    approve: bool,
+) -> str:
     from include.validation.checks import FAIL, HOLD, approval_gaps, describe_holds
     from include.validation.checks import validate as run_checks
 
@@ -191,11 +221,11 @@ def validate(
         )
     if decision.outcome == HOLD and not approve and not dry_run:
         # What Approve would change, on the held run: the publish's own work, rolled back.
-        added, removed = store.preview(config.id, _members(matched))
+        added, removed = store.preview(config.id, _members(run))
         base = current["current_version"] if current else None
         store.record_run(config.id, run_id, base_version=base, added=added, removed=removed)
         store.hold_run(config.id, run_id, hold_reason)
-        staging.remove_run(config.id, run_id)  # an approval extracts again
+        run.remove_run()  # an approval extracts again
         log.warning(
             "segment %s: HELD, not published: %s (publishing would add %d, remove %d). "
             "Trigger with approve=true to publish.",
@@ -220,19 +250,20 @@ def publish(
     config: SegmentConfig, run_id: str, matched: MatchResult, *, dry_run: bool
 ) -> Publication:
     """The new membership becomes current in one transaction (rolled back on a dry run)."""
-    outcome = _store().publish(
-        config.id, run_id, _members(matched), counts=matched, dry_run=dry_run
-    )
-    log.info(
-        "segment %s: %s version %s: +%s added, -%s removed",
-        config.id,
-        "dry run, would publish" if dry_run else "published",
-        outcome.version,
-        outcome.added,
-        outcome.removed,
-    )
-    # Staged files hold personal data: drop them once the run has done its job.
-    staging.remove_run(config.id, run_id)
+    with staging().step(config.id, run_id, "publish") as run:
+        outcome = _store().publish(
+            config.id, run_id, _members(run), counts=matched, dry_run=dry_run
+        )
+        log.info(
+            "segment %s: %s version %s: +%s added, -%s removed",
+            config.id,
+            "dry run, would publish" if dry_run else "published",
+            outcome.version,
+            outcome.added,
+            outcome.removed,
+        )
+        # Staged files hold personal data: drop them once the run has done its job.
+        run.remove_run()
     if config.source.type == "mixpanel_webhook" and not dry_run:
         _compact_webhook_state(config.id)
     return outcome
@@ -278,7 +309,8 @@ def restore(
 def record_failure(segment_id: str, run_id: str, step: str, error: BaseException | str) -> None:
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     text = _store().fail_run(segment_id, run_id, step, text)  # as recorded: redacted
-    staging.remove_run(segment_id, run_id)  # retries are over: nothing will resume from it
+    # Retries are over: nothing will resume from the staged files.
+    _remove_staged(segment_id, run_id, f"{step} (failed)")
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)
 
 
@@ -288,8 +320,17 @@ def abandon_run(
     """Called when the Airflow run failed: a record still "calculating" becomes Failed.
     Returns whether it was still calculating."""
     abandoned = _store().abandon_run(segment_id, run_id, why)
-    staging.remove_run(segment_id, run_id)
+    _remove_staged(segment_id, run_id, "abandoned run")
     return abandoned
+
+
+def _remove_staged(segment_id: str, run_id: str, step: str) -> None:
+    """A run that failed: its staged files (personal data) go. Never raises: the failure is
+    recorded already, and staging that cannot even be built is what it names."""
+    try:
+        staging().remove_run(segment_id, run_id, step)
+    except Exception as exc:
+        log.warning("segment %s: the run's staged files were not removed: %s", segment_id, exc)
 
 
 def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def _download(
     polls = client.wait_until_ready(request_id)
     log.info("segment %s: Amplitude export ready after %d polls", segment.id, polls)
     client.download(request_id, cohort_file)
+    checkpoint.add(cohort_file)
     checkpoint.save(request_id=request_id, downloaded=True)
 
 

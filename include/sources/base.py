@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include.clients.http import VendorError
-from include.sources.checkpoint import Checkpoint
+from include.sources.checkpoint import Checkpoint, KeptFiles
 from include.sources.errors import SourceError
 from include.sources.fields import SegmentFields
 
@@ -31,11 +31,13 @@ def read_source(
     get_connection: ConnectionGetter,
     workdir: Path,
     batch_rows: int = BATCH_ROWS,
+    kept: KeptFiles | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield batches whose columns are `segment.source_fields`, every value a string or null.
 
     `workdir` belongs to this run: a connector may keep checkpoints there, so that a retried
-    task resumes instead of starting over. A connector that cannot read its source completely
+    task resumes instead of starting over (`kept` keeps them beyond the step when `workdir` is
+    only the step's scratch folder). A connector that cannot read its source completely
     raises SourceError; it never ends early as if the audience were complete. Values that are
     not text become text exactly, or the read fails naming the field (see `exact_text`).
     """
@@ -43,7 +45,7 @@ def read_source(
 
     fields = SegmentFields(segment.id, segment.source_fields)
     return exact_text_batches(
-        _connector_batches(segment, fields, get_connection, workdir, batch_rows),
+        _connector_batches(segment, fields, get_connection, workdir, kept, batch_rows),
         fields,
         describe_source(segment),
     )
@@ -54,6 +56,7 @@ def _connector_batches(
     fields: SegmentFields,
     get_connection: ConnectionGetter,
     workdir: Path,
+    kept: KeptFiles | None,
     batch_rows: int,
 ) -> Iterator[pa.RecordBatch]:
     source = segment.source
@@ -76,7 +79,8 @@ def _connector_batches(
             from include.sources.mixpanel import read_mixpanel
 
             client = MixpanelClient(get_connection(source.conn_id), _budgets(get_connection))
-            yield from read_mixpanel(source, fields, client, Checkpoint(workdir / "mixpanel"))
+            checkpoint = Checkpoint(workdir / "mixpanel", kept)
+            yield from read_mixpanel(source, fields, client, checkpoint)
         elif source.type == "mixpanel_webhook":
             from include.sources.mixpanel_webhook import read_mixpanel_webhook
 
@@ -86,7 +90,8 @@ def _connector_batches(
             from include.sources.amplitude import read_amplitude
 
             client = AmplitudeClient(get_connection(source.conn_id), _budgets(get_connection))
-            yield from read_amplitude(source, fields, client, Checkpoint(workdir / "amplitude"))
+            checkpoint = Checkpoint(workdir / "amplitude", kept)
+            yield from read_amplitude(source, fields, client, checkpoint)
         else:
             raise SourceError(
                 f"segment {segment.id!r}: field 'source.type': unsupported {source.type!r}"
