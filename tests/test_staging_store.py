@@ -26,7 +26,7 @@ import yaml
 
 from include.staging import SCRATCH_PREFIX, STAGING_DIR_ENV, StagingError
 from tests.conftest import run_segment, sqlite_conn, write_users
-from tests.fakes import FakeMixpanel
+from tests.fakes import FakeAmplitude, FakeMixpanel
 from tests.fakes.s3 import LOGIN, SECRET, S3Store, shared_store
 from tests.test_refresh_dag import (
     SEGMENT,
@@ -66,7 +66,7 @@ class S3Staging:
         return self.store.keys(self.bucket, PREFIX + "/")
 
     def scratch_left(self) -> list[str]:
-        return [p.name for p in self.scratch.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+        return [p.name for p in self.scratch.rglob(f"{SCRATCH_PREFIX}*")]
 
     def uploads(self) -> list:
         return [r for r in self.store.uploads() if r.path.startswith(f"/{self.bucket}/")]
@@ -369,9 +369,18 @@ def test_removing_a_run_aborts_its_unfinished_multipart_uploads(s3: S3Staging):
 # -- a retry on another host ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("page_lost", "asked_again"), [(False, [2, 3]), (True, [0, 1, 2, 3])], ids=["kept", "lost"]
+)
 def test_a_retried_extract_on_another_host_resumes_from_the_checkpoints_kept_in_s3(
-    workspace: Path, s3: S3Staging, monkeypatch: pytest.MonkeyPatch
+    workspace: Path,
+    s3: S3Staging,
+    monkeypatch: pytest.MonkeyPatch,
+    page_lost: bool,
+    asked_again: list[int],
 ):
+    """Resumed at the first page not kept; read again from page 0 when a kept page is gone
+    (expired by the bucket's lifecycle rule, say): never a partial audience."""
     from include.config.segments import SegmentConfig
     from include.orchestration import refresh
     from include.sources import SourceError
@@ -395,22 +404,82 @@ def test_a_retried_extract_on_another_host_resumes_from_the_checkpoints_kept_in_
         mp.fail_next("500", path=FakeMixpanel.ENGAGE, after=2, times=2)
         with pytest.raises(SourceError, match="gave up"):
             refresh.extract(config, run_id)
-        kept = [k.removeprefix(f"{PREFIX}/mp/{run_id}/") for k in s3.objects()]
+        run = f"{PREFIX}/mp/{run_id}/"
+        kept = [k.removeprefix(run) for k in s3.objects()]
         assert kept == [
             "mixpanel/page-0000000.parquet",
             "mixpanel/page-0000001.parquet",
             "mixpanel/state.json",
         ]
         assert list(host_a.iterdir()) == []
+        if page_lost:
+            s3.store.client().delete_object(Bucket=s3.bucket, Key=run + kept[0])
 
-        # Host B (nothing of host A's disk): resumes at page 2 with the same session.
+        # Host B, without host A's disk: resumes at page 2 with the same session, or reads the
+        # cohort again when a kept page is gone.
         monkeypatch.setattr(tempfile, "tempdir", str(host_b))
         mp.clear_requests()
         staged = refresh.extract(config, run_id)
-        assert [int(r.param("page")) for r in mp.requests_to(FakeMixpanel.ENGAGE)] == [2, 3]
+        assert [int(r.param("page")) for r in mp.requests_to(FakeMixpanel.ENGAGE)] == asked_again
         assert staged.rows == len(MEMBERS)
         assert staged.path == f"{s3.shown}/mp/{run_id}/audience.parquet"
         assert list(host_b.iterdir()) == []
 
-        refresh.record_failure("mp", run_id, "match", "a later step failed")
-        assert s3.objects() == []
+        assert staged_nothing_left(s3, "mp", run_id)
+
+
+def test_a_retried_amplitude_extract_on_another_host_reuses_the_export_kept_in_s3(
+    workspace: Path, s3: S3Staging, monkeypatch: pytest.MonkeyPatch
+):
+    """The export's request id, then its download, are kept: a retry on another host asks
+    Amplitude for no second export; a download no longer kept is downloaded again."""
+    from include.config.segments import SegmentConfig
+    from include.orchestration import refresh
+    from include.sources import SourceError
+    from tests.test_vendor_sources import ROWS, vendor_conn
+    from tests.test_vendor_sources import write_segment as write_vendor_segment
+
+    with FakeAmplitude(api_key="amp-key", secret_key=MIXPANEL_SECRET) as amplitude:
+        amplitude.add_cohort("coh-1", "Churn risk", ROWS, gzip=True, mode="body")
+        write_users(workspace / "netmera.db", [("nm-x", "00-0000000", None, None, None, True)])
+        source = {"type": "amplitude", "cohort_id": "coh-1"}
+        write_vendor_segment(workspace, "amp", source, "amplitude_id", {"user_id": "external_id"})
+        vendor_conn(
+            monkeypatch,
+            "amplitude_default",
+            amplitude,
+            "amp-key",
+            poll_interval=0.01,
+            requests_per_hour=36_000,
+            max_attempts=2,
+        )
+        config = SegmentConfig.model_validate(
+            yaml.safe_load((workspace / "segments" / "amp.yaml").read_text())
+        )
+        run_id = "manual__resume"
+        refresh.start(config, run_id, dry_run=False, approve=False)
+
+        def extract_on(host: str):
+            (s3.scratch / host).mkdir()
+            monkeypatch.setattr(tempfile, "tempdir", str(s3.scratch / host))
+            return refresh.extract(config, run_id)
+
+        amplitude.fail_next("500", path=FakeAmplitude.FILE, times=2)  # the download fails
+        with pytest.raises(SourceError):
+            extract_on("a")
+        run = f"{PREFIX}/amp/{run_id}/"
+        assert [k.removeprefix(run) for k in s3.objects()] == ["amplitude/state.json"]
+        assert extract_on("b").rows == len(ROWS)
+        assert "amplitude/cohort.download" in [k.removeprefix(run) for k in s3.objects()]
+        s3.store.client().delete_object(Bucket=s3.bucket, Key=run + "amplitude/cohort.download")
+        assert extract_on("c").rows == len(ROWS)
+        assert len(amplitude.requests_to(FakeAmplitude.REQUEST)) == 1
+        assert len([r for r in amplitude.requests_to(FakeAmplitude.FILE) if not r.fault]) == 2
+        assert staged_nothing_left(s3, "amp", run_id)
+
+
+def staged_nothing_left(s3: S3Staging, segment_id: str, run_id: str) -> bool:
+    from include.orchestration import refresh
+
+    refresh.record_failure(segment_id, run_id, "match", "a later step failed")
+    return s3.objects() == [] and s3.scratch_left() == []

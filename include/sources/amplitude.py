@@ -43,7 +43,7 @@ def read_amplitude(
     checkpoint: Checkpoint,
 ) -> Iterator[pa.RecordBatch]:
     cohort_file = checkpoint.folder / "cohort.download"
-    if not checkpoint.load().get("downloaded"):
+    if not (checkpoint.load().get("downloaded") and cohort_file.exists()):
         try:
             _download(source, segment, client, checkpoint, cohort_file)
         except ExportError as exc:

@@ -71,6 +71,9 @@ class Checkpoint:
         partial.replace(path)
         self.add(path)
 
+    def page_numbers(self) -> set[int]:
+        return {int(path.stem.removeprefix("page-")) for path in self.folder.glob("page-*.parquet")}
+
     def pages(self) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 

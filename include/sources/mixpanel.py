@@ -38,6 +38,7 @@ def read_mixpanel(
     client: MixpanelClient,
     checkpoint: Checkpoint,
 ) -> Iterator[pa.RecordBatch]:
+    _forget_incomplete(segment, checkpoint)
     for _ in range(MAX_SESSION_RESTARTS + 1):
         state = checkpoint.load()
         if state.get("done"):
@@ -61,6 +62,22 @@ def read_mixpanel(
         f"segment {segment.id!r}: Mixpanel session expired {MAX_SESSION_RESTARTS + 1} times; "
         "the cohort could not be read completely"
     )
+
+
+def _forget_incomplete(segment: SegmentFields, checkpoint: Checkpoint) -> None:
+    """A checkpoint whose pages are not all there (a kept copy expired or was removed) would
+    resume into a partial audience: the cohort is read again from page 0."""
+    read = checkpoint.load().get("next_page", 0)
+    missing = set(range(read)) - checkpoint.page_numbers()
+    if missing:
+        log.warning(
+            "segment %s: %d of the %d Mixpanel pages read in an earlier try are missing; "
+            "reading the cohort again from page 0",
+            segment.id,
+            len(missing),
+            read,
+        )
+        checkpoint.reset()
 
 
 def _read_from(
