@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,13 +62,14 @@ class Cluster:
         assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
         return done
 
-    def start(self, name: str, *args: str) -> Process:
-        """`airflow ARGS` in the background, in a new session (its own process group)."""
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        """`airflow ARGS` in the background, in a new session (its own process group), with
+        the cluster's env and `env` (this process's own settings)."""
         log = self.logs / f"{name}.log"
         with log.open("ab") as handle:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "airflow", *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=ROOT,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -310,7 +311,11 @@ class Airflow:
         return {row["id"]: row for row in json.loads(done.stdout)}
 
 
-def start_worker(cluster: Cluster, name: str, concurrency: int = 2) -> Process:
+def start_worker(
+    cluster: Cluster, name: str, concurrency: int = 2, env: dict[str, str] | None = None
+) -> Process:
+    """A Celery worker named `name`; `env`: its own settings (a TMPDIR of its own, as a worker
+    on another host has)."""
     return cluster.start(
         name,
         "celery",
@@ -320,12 +325,19 @@ def start_worker(cluster: Cluster, name: str, concurrency: int = 2) -> Process:
         "--concurrency",
         str(concurrency),
         "--skip-serve-logs",  # the workers serve no logs: no port of theirs is left behind
+        env=env,
     )
 
 
-def boot(cluster: Cluster, dag_ids: set[str], workers: int = 2) -> Airflow:
+def boot(
+    cluster: Cluster,
+    dag_ids: set[str],
+    workers: int = 2,
+    worker_env: Callable[[str], dict[str, str]] | None = None,
+) -> Airflow:
     """Migrate, create the pools, start the API server, scheduler, dag-processor and `workers`
-    Celery workers, and wait until the API server answers and `dag_ids` are parsed."""
+    Celery workers (`worker_env(name)`: a worker's own settings), and wait until the API server
+    answers and `dag_ids` are parsed."""
     env = cluster.env
     cluster.airflow("db", "migrate")
     cluster.run([sys.executable, "-m", "include.orchestration.pools"])
@@ -333,7 +345,8 @@ def boot(cluster: Cluster, dag_ids: set[str], workers: int = 2) -> Airflow:
     cluster.start("scheduler", "scheduler")
     cluster.start("dag-processor", "dag-processor")
     for n in range(1, workers + 1):
-        start_worker(cluster, f"worker{n}")
+        name = f"worker{n}"
+        start_worker(cluster, name, env=worker_env(name) if worker_env else None)
     api = env["AIRFLOW__API__BASE_URL"]
     cluster.wait_for(
         "api-server health", lambda: requests.get(f"{api}/api/v2/monitor/health", timeout=2).ok, 120

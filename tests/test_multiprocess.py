@@ -5,16 +5,19 @@ Twenty segments (file, SQL, Mixpanel pull and one Mixpanel webhook fed through t
 server) are triggered together through the REST API and must all reach Ready with the counts
 their data implies; the `mixpanel_api` pool must hold against the Mixpanel test server's own
 record of concurrent requests; a Send Message must reach Netmera once per user; no log may hold
-a secret or a user's email or phone; staged files and folders must be the service user's only
-(0700 folders, 0600 files, whatever the umask the workers start with); and every process must
-be gone at the end.
+a secret or a user's email or phone; and every process must be gone at the end.
+
+Staging is in S3 (moto in server mode, tests/fakes/s3.py, through the `aws_staging`
+Connection), and each worker has a TMPDIR of its own and no staging folder: the workers share
+nothing but the bucket, as on two hosts. Every run's files went through the store, none is
+left there, and the scratch folders the steps worked in were the service user's only (0700
+folders, 0600 files, whatever the umask the workers start with) and are gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import sqlite3
 import stat
@@ -28,6 +31,7 @@ import pytest
 import redis
 import yaml
 
+from include.staging import SCRATCH_PREFIX
 from tests.cluster import (
     Airflow,
     Cluster,
@@ -41,13 +45,18 @@ from tests.cluster import (
 from tests.conftest import free_port, load_pg_users, netmera_conn, sqlite_conn, write_csv
 from tests.fakes import FakeMixpanel, FakeNetmera
 from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, members
+from tests.fakes.s3 import LOGIN as S3_LOGIN
+from tests.fakes.s3 import SECRET as S3_SECRET
+from tests.fakes.s3 import S3Store, shared_store
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.postgres]
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a db of its own, flushed at start
 POOL_SLOTS = 2  # mixpanel_api; the workers have 2 x 2 slots, so only the pool can hold them
 ENGAGE_DELAY = 0.4  # seconds per Mixpanel request: extracts last ~6 s, long enough to overlap
-RUN_TIMEOUT = 330  # 20 runs x 7 task processes on 4 worker slots; ~3 min on 2 busy cores
+RUN_TIMEOUT = 480  # 20 runs x 7 task processes on 4 worker slots; ~3-4 min on 2 busy cores
+STAGING_PREFIX = "staging"
+WORKERS = ("worker1", "worker2")
 
 # Secrets set in the Connections (none may reach a log).
 MIXPANEL_SECRET = f"mp-secret-{secrets.token_hex(8)}"
@@ -184,20 +193,24 @@ class TimedMixpanel(FakeMixpanel):
 
 
 class StagingWatcher(threading.Thread):
-    """Samples the mode of everything under the staging root while runs are in flight (runs
-    delete their staged files when done, so looking afterwards would see nothing)."""
+    """Samples the mode of everything in the steps' scratch folders (`connector-segments+*` in
+    each worker's TMPDIR) while runs are in flight (a step deletes its scratch when it ends, so
+    looking afterwards would see nothing)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, roots: list[Path]) -> None:
         super().__init__(daemon=True)
-        self.root = root
+        self.roots = roots
         self.modes: dict[str, int] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.1):
-            with contextlib.suppress(OSError):  # a run removed it between listing and stat
-                for path in self.root.rglob("*"):
-                    self.modes[str(path.relative_to(self.root))] = path.stat().st_mode
+            for root in self.roots:
+                with contextlib.suppress(OSError):  # removed between listing and stat
+                    for scratch in root.glob(f"{SCRATCH_PREFIX}*"):
+                        for path in [scratch, *scratch.rglob("*")]:
+                            name = f"{root.name}/{path.relative_to(root)}"
+                            self.modes[name] = path.stat().st_mode
 
 
 # -- the cluster and its runs -------------------------------------------------------------------
@@ -210,10 +223,15 @@ def pg_role(pg_server: str) -> Iterator[dict]:
 
 
 def cluster_env(home: Path, ws: Path, pg: dict, port: int, fakes: dict) -> dict[str, str]:
-    mixpanel, netmera_fake = fakes["mixpanel"], fakes["netmera"]
+    mixpanel, netmera_fake, s3 = fakes["mixpanel"], fakes["netmera"], fakes["s3"]
     env = airflow_env(home, ws, pg, port, REDIS_URL)
     env.update(
         {
+            # Staging in the bucket only: no process is given a staging folder.
+            "CONNECTOR_SEGMENTS_STAGING_DIR": f"s3://aws_staging@{fakes['bucket']}/"
+            + STAGING_PREFIX,
+            "CONNECTOR_SEGMENTS_STAGING_SSE": "AES256",
+            "AIRFLOW_CONN_AWS_STAGING": s3.connection(),
             "CONNECTOR_SEGMENTS_POOL_MIXPANEL_API": str(POOL_SLOTS),
             "AIRFLOW_CONN_NETMERA_DEFAULT": netmera_conn(netmera_fake, NETMERA_KEY),
             "AIRFLOW_CONN_WAREHOUSE": sqlite_conn(ws / "warehouse.db"),
@@ -242,6 +260,8 @@ class Outcome:
     mixpanel: TimedMixpanel
     netmera: FakeNetmera
     staging: StagingWatcher
+    s3: S3Store
+    bucket: str
     home: Path
     timings: dict[str, float]
 
@@ -259,25 +279,37 @@ def outcome(pg_role: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     home, logs = ws / "airflow-home", ws / "logs"
     home.mkdir()
     logs.mkdir()
-    (ws / "staging").mkdir(mode=0o700)
+    tmpdirs = {name: ws / f"{name}-tmp" for name in WORKERS}  # each worker's own disk
+    for folder in tmpdirs.values():
+        folder.mkdir()
     segments = plan()
     load_pg_users(pg_role["netmera"], USERS)
+    s3 = shared_store()
+    bucket = f"cluster-{secrets.token_hex(6)}"
+    s3.client().create_bucket(Bucket=bucket)
     mixpanel = TimedMixpanel(username="svc-user", secret=MIXPANEL_SECRET, page_size=1)
     with mixpanel, FakeNetmera(api_key=NETMERA_KEY) as netmera:
         write_sources(ws, segments, mixpanel)
         port = free_port()
-        env = cluster_env(home, ws, pg_role, port, {"mixpanel": mixpanel, "netmera": netmera})
+        fakes = {"mixpanel": mixpanel, "netmera": netmera, "s3": s3, "bucket": bucket}
+        env = cluster_env(home, ws, pg_role, port, fakes)
         cluster = Cluster(env, logs)
         try:
-            airflow = boot(cluster, {seg.dag_id for seg in segments})
+            airflow = boot(
+                cluster,
+                {seg.dag_id for seg in segments},
+                worker_env=lambda name: {"TMPDIR": str(tmpdirs[name])},
+            )
             timings["cluster up"] = time.monotonic() - clock
-            staging = StagingWatcher(ws / "staging")
+            staging = StagingWatcher(list(tmpdirs.values()))
             staging.start()
             runs = trigger_all(airflow, segments)
             finished = airflow.wait_runs(runs, RUN_TIMEOUT)
             timings["20 runs"] = time.monotonic() - clock - timings["cluster up"]
-            yield Outcome(airflow, segments, finished, mixpanel, netmera, staging, home, timings)
             staging.done.set()
+            yield Outcome(
+                airflow, segments, finished, mixpanel, netmera, staging, s3, bucket, home, timings
+            )
         finally:
             cluster.stop()
             redis.Redis.from_url(REDIS_URL).flushdb()  # no queued work left for a later run
@@ -368,7 +400,7 @@ def test_no_log_holds_a_secret_or_a_users_email_or_phone(outcome: Outcome):
     logs = every_log(outcome)
     task_logs = [p for p in logs if outcome.home in p.parents]
     assert len(task_logs) >= 20 * 4, "expected the task logs of every run"
-    forbidden = [MIXPANEL_SECRET, NETMERA_KEY, WEBHOOK_PASSWORD, DB_PASSWORD]
+    forbidden = [MIXPANEL_SECRET, NETMERA_KEY, WEBHOOK_PASSWORD, DB_PASSWORD, S3_LOGIN, S3_SECRET]
     forbidden += [value for row in USERS for value in row[2:4]]
     found = {}
     for path in logs:
@@ -385,13 +417,37 @@ def staged_modes(outcome: Outcome) -> dict[str, str]:
     return {path: oct(stat.S_IMODE(mode)) for path, mode in seen.items()}
 
 
-def test_the_staging_root_keeps_everyone_but_the_service_user_out(outcome: Outcome):
-    """What protects staged personal data today: the root's 0700, which no run loosened, and
-    every staged path lies under it."""
-    root = Path(outcome.cluster.env["CONNECTOR_SEGMENTS_STAGING_DIR"])
-    assert stat.S_IMODE(root.stat().st_mode) == 0o700
-    assert root.stat().st_uid == os.getuid()
-    assert any(path.endswith(".parquet") for path in staged_modes(outcome))
+def test_every_run_staged_through_the_bucket_and_left_nothing_in_it(outcome: Outcome):
+    """The workers share no disk: each run's audience and members went through the store
+    (uploaded encrypted, read back by the later steps), and no object or scratch is left."""
+    under = f"/{outcome.bucket}/{STAGING_PREFIX}/"
+    requests = [r for r in outcome.s3.requests if r.path.startswith(under)]
+
+    def segments(name: str, uploads: bool) -> set[str]:
+        """The segments whose `name` was uploaded (or read), from `/bucket/prefix/<id>/...`."""
+        return {
+            r.path.split("/")[3]
+            for r in requests
+            if r.path.endswith(f"/{name}") and (r.is_upload if uploads else r.method == "GET")
+        }
+
+    refreshed = {seg.id for seg in outcome.segments}
+    for name in ("audience.parquet", "members.parquet"):
+        assert segments(name, uploads=True) == segments(name, uploads=False) == refreshed, name
+    assert {r.sse for r in requests if r.is_upload} == {"AES256"}
+    assert outcome.s3.keys(outcome.bucket) == []
+    scratch = [p for root in outcome.staging.roots for p in root.glob(f"{SCRATCH_PREFIX}*")]
+    assert scratch == []
+
+
+def test_the_scratch_folders_keep_everyone_but_the_service_user_out(outcome: Outcome):
+    """What protects staged personal data on a worker: each step's scratch folder, 0700 and the
+    service user's, every staged file inside it 0600."""
+    modes = staged_modes(outcome)
+    folders = {path: mode for path, mode in modes.items() if path.count("/") == 1}
+    assert folders and set(folders.values()) == {"0o700"}
+    assert {path.split("/")[0] for path in folders} <= {f"{name}-tmp" for name in WORKERS}
+    assert any(path.endswith(".parquet") for path in modes)
 
 
 def test_staged_files_and_folders_are_the_service_users_only(outcome: Outcome):
