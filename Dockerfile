@@ -17,7 +17,6 @@ COPY docker/create_admin.py /opt/airflow/docker/create_admin.py
 COPY docker/webserver_config.py /opt/airflow/webserver_config.py
 ENV PYTHONPATH=/opt/airflow
 
-# Mount points of the compose file's named volumes (staging: CONNECTOR_SEGMENTS_STAGING_DIR there):
-# a new volume takes the owner (airflow) and mode of the folder it is mounted on, so staged
-# audiences are the service user's alone.
-RUN mkdir -p -m 0700 /opt/airflow/staging && mkdir -p /opt/airflow/logs
+# The logs volume's mount point: a new volume takes the owner (airflow) of the folder it is
+# mounted on. Staging is a bucket (CONNECTOR_SEGMENTS_STAGING_DIR), no folder of the image.
+RUN mkdir -p /opt/airflow/logs

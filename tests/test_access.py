@@ -361,3 +361,18 @@ def test_a_yaml_naming_a_role_not_synced_yet_breaks_no_other_dag(base, fab_env, 
         path.unlink()
         airflow(fab_env, "dags", "reserialize")
     assert listed(sessions["ana"], base) == (SEES["ana"], 2)
+
+
+def test_sync_refuses_without_fabs_auth_manager(airflow_db):
+    """The embedded default (SimpleAuthManager): `access` has no effect, and the sync says so
+    instead of writing FAB tables nobody reads."""
+    done = subprocess.run(
+        [sys.executable, "-m", "include.orchestration.access", "sync"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "applies under FAB only" in done.stderr

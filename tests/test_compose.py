@@ -40,12 +40,15 @@ SECRETS = {
         {"conn_type": "http", "host": "https://restapi.netmera.com", "password": NETMERA_KEY}
     ),
 }
+# Settings the deployment requires that are no secret.
+SETTINGS = {"CONNECTOR_SEGMENTS_STAGING_DIR": "s3://aws_staging@cs-staging-test/runs"}
+REQUIRED = {**SECRETS, **SETTINGS}
 SECRET_STRINGS = [
     *(v for k, v in SECRETS.items() if k != "AIRFLOW_CONN_NETMERA_DEFAULT"),
     NETMERA_KEY,
 ]
 # Defaults that Airflow's own compose file and many examples ship.
-KNOWN_DEFAULTS = ["airflow:airflow", "airflow_jwt_secret", "change-me", "changeme"]
+KNOWN_DEFAULTS = ["airflow:airflow", "airflow_jwt_secret", "change-me", "changeme", "minioadmin"]
 
 AIRFLOW_SERVICES = {
     "airflow-init",
@@ -85,7 +88,7 @@ def compose_config(folder: Path, values: dict[str, str]) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    done = compose_config(tmp_path_factory.mktemp("compose"), SECRETS)
+    done = compose_config(tmp_path_factory.mktemp("compose"), REQUIRED)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -166,19 +169,34 @@ def test_each_service_runs_its_airflow_component(config):
         assert depends["redis"] == {"condition": "service_healthy"}, name
 
 
-def test_workers_scale_and_share_one_staging_volume(config):
+def test_workers_scale_and_share_nothing_but_the_staging_bucket(config):
     assert all("container_name" not in s for s in config["services"].values())  # --scale works
-    worker = config["services"]["airflow-worker"]
-    staging = env_of(config, "airflow-worker")["CONNECTOR_SEGMENTS_STAGING_DIR"]
-    assert f"staging:{staging}:rw" in worker["volumes"]
-    assert "staging" in config["volumes"]  # a named volume, not a folder of one container
-    for name in AIRFLOW_SERVICES:  # every component sees the same staging folder
-        assert env_of(config, name)["CONNECTOR_SEGMENTS_STAGING_DIR"] == staging, name
-        assert f"staging:{staging}:rw" in config["services"][name]["volumes"], name
-    # the image makes it the service user's alone, and a new volume takes that mode
-    assert ("RUN", f"mkdir -p -m 0700 {staging} && mkdir -p /opt/airflow/logs") in (
-        dockerfile_instructions()
-    )
+    staging = SETTINGS["CONNECTOR_SEGMENTS_STAGING_DIR"]
+    for name in AIRFLOW_SERVICES:  # every component stages in the same bucket, on no volume
+        env, service = env_of(config, name), config["services"][name]
+        assert env["CONNECTOR_SEGMENTS_STAGING_DIR"] == staging, name
+        assert "AIRFLOW_CONN_AWS_STAGING" in env, name  # passed on when set
+        assert all(v.split(":")[0] == "logs" for v in service.get("volumes", [])), name
+    assert "staging" not in config["volumes"]
+    # encryption is a setting, off unless given
+    assert env_of(config, "airflow-worker")["CONNECTOR_SEGMENTS_STAGING_SSE"] == ""
+    assert not any("staging" in args for op, args in dockerfile_instructions() if op == "RUN")
+
+
+def test_minio_is_an_optional_one_host_trial_store(config, tmp_path):
+    services = config["services"]
+    for name in ("minio", "minio-init"):
+        assert services[name]["profiles"] == ["minio"], name  # only on request
+    assert "ports" not in services["minio"]  # reached by the containers only
+    init = " ".join(services["minio-init"]["entrypoint"])
+    assert "mc mb --ignore-existing trial/connector-segments-staging" in init
+    assert "mc ilm rule add --expire-days 1 trial/connector-segments-staging" in init
+    # MinIO would start with its well-known password: without one it refuses to
+    command = " ".join(services["minio"]["command"])
+    assert 'test -n "$MINIO_ROOT_PASSWORD" || {' in command.replace("$$", "$")
+    given = compose_config(tmp_path, {**REQUIRED, "MINIO_ROOT_PASSWORD": "minio-test-pw-6t"})
+    minio = yaml.safe_load(given.stdout)["services"]["minio"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"] == "minio-test-pw-6t"
 
 
 def test_secrets_are_read_from_the_env_file(config):
@@ -218,15 +236,15 @@ def test_the_compose_file_holds_no_secret():
     for password in re.findall(r'"password":\s*"([^"]*)"', text):
         assert password.startswith("${POSTGRES_PASSWORD:?"), password
     # each secret is required: never a default (`:-`) nor silently empty (`${NAME}`)
-    assert required_variables() == set(SECRETS)
-    for name in SECRETS:
+    assert required_variables() == set(REQUIRED)
+    for name in REQUIRED:
         assert not re.search(rf"\$\{{{name}(\}}|:?-)", text), name
 
 
 @pytest.mark.parametrize("how", ["missing", "empty"])
-@pytest.mark.parametrize("name", sorted(SECRETS))
-def test_a_missing_secret_stops_compose_naming_it(name, how, tmp_path):
-    values = {k: v for k, v in SECRETS.items() if k != name}
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_a_missing_setting_stops_compose_naming_it(name, how, tmp_path):
+    values = {k: v for k, v in REQUIRED.items() if k != name}
     if how == "empty":
         values[name] = ""
     done = compose_config(tmp_path, values)

@@ -77,9 +77,7 @@ def synced_roles() -> frozenset[str] | None:
     """Under FAB's auth manager, the team roles the last sync made (none before the first);
     None under any other auth manager, where `access_control` is never read. One Variable
     read, once per shard file parsed."""
-    from airflow.configuration import conf
-
-    if "FabAuthManager" not in conf.get("core", "auth_manager", fallback=""):
+    if not _under_fab():
         return None
     # airflow.models' Variable, not the SDK's: in the DAG processor it asks the SDK's (through
     # the supervisor) and warns; in a plain process (`airflow dags reserialize`) it reads the
@@ -149,6 +147,12 @@ def _make_team_role(manager, name: str, report: SyncReport) -> None:
         role.permissions = dag_permissions + wanted
 
 
+def _under_fab() -> bool:
+    from airflow.configuration import conf
+
+    return "FabAuthManager" in conf.get("core", "auth_manager", fallback="")
+
+
 def _record_synced_roles(roles: list[str]) -> None:
     from airflow.models import Variable
 
@@ -182,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("sync", help="create the YAMLs' roles and sync DAG permissions")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    if not _under_fab():
+        print(
+            "access sync: Airflow's auth manager is not FAB's ([core] auth_manager); `access` "
+            "applies under FAB only, so there is nothing to sync",
+            file=sys.stderr,
+        )
+        return 1
     report = sync()
     if args.json:
         print(json.dumps(asdict(report)))
