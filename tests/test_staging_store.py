@@ -381,7 +381,6 @@ def test_a_retried_extract_on_another_host_resumes_from_the_checkpoints_kept_in_
 ):
     """Resumed at the first page not kept; read again from page 0 when a kept page is gone
     (expired by the bucket's lifecycle rule, say): never a partial audience."""
-    from include.config.segments import SegmentConfig
     from include.orchestration import refresh
     from include.sources import SourceError
 
@@ -393,9 +392,7 @@ def test_a_retried_extract_on_another_host_resumes_from_the_checkpoints_kept_in_
     ) as mp:
         mixpanel_segment(workspace, mp)
         connect_mixpanel(monkeypatch, mp, max_attempts=2)
-        config = SegmentConfig.model_validate(
-            yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
-        )
+        config = config_of(workspace, "mp")
         run_id = "manual__resume"
         refresh.start(config, run_id, dry_run=False, approve=False)
 
@@ -433,7 +430,6 @@ def test_a_retried_amplitude_extract_on_another_host_reuses_the_export_kept_in_s
 ):
     """The export's request id, then its download, are kept: a retry on another host asks
     Amplitude for no second export; a download no longer kept is downloaded again."""
-    from include.config.segments import SegmentConfig
     from include.orchestration import refresh
     from include.sources import SourceError
     from tests.test_vendor_sources import ROWS, vendor_conn
@@ -444,18 +440,9 @@ def test_a_retried_amplitude_extract_on_another_host_reuses_the_export_kept_in_s
         write_users(workspace / "netmera.db", [("nm-x", "00-0000000", None, None, None, True)])
         source = {"type": "amplitude", "cohort_id": "coh-1"}
         write_vendor_segment(workspace, "amp", source, "amplitude_id", {"user_id": "external_id"})
-        vendor_conn(
-            monkeypatch,
-            "amplitude_default",
-            amplitude,
-            "amp-key",
-            poll_interval=0.01,
-            requests_per_hour=36_000,
-            max_attempts=2,
-        )
-        config = SegmentConfig.model_validate(
-            yaml.safe_load((workspace / "segments" / "amp.yaml").read_text())
-        )
+        fast = {"poll_interval": 0.01, "requests_per_hour": 36_000, "max_attempts": 2}
+        vendor_conn(monkeypatch, "amplitude_default", amplitude, "amp-key", **fast)
+        config = config_of(workspace, "amp")
         run_id = "manual__resume"
         refresh.start(config, run_id, dry_run=False, approve=False)
 
@@ -483,3 +470,10 @@ def staged_nothing_left(s3: S3Staging, segment_id: str, run_id: str) -> bool:
 
     refresh.record_failure(segment_id, run_id, "match", "a later step failed")
     return s3.objects() == [] and s3.scratch_left() == []
+
+
+def config_of(ws: Path, segment_id: str):
+    from include.config.segments import SegmentConfig
+
+    path = ws / "segments" / f"{segment_id}.yaml"
+    return SegmentConfig.model_validate(yaml.safe_load(path.read_text()))
