@@ -61,8 +61,12 @@ class StagedAudience:
 
 
 def staging_root() -> Path:
-    """The local staging folder (when `CONNECTOR_SEGMENTS_STAGING_DIR` is no URL)."""
-    return Path(os.environ.get(STAGING_DIR_ENV) or _DEFAULT_ROOT)
+    """The local staging folder, when `CONNECTOR_SEGMENTS_STAGING_DIR` is no URL (an
+    object-store URL is `include.orchestration.staging_store.staging()`'s to open)."""
+    value = os.environ.get(STAGING_DIR_ENV) or str(_DEFAULT_ROOT)
+    if "://" in value:
+        raise ValueError(f"{STAGING_DIR_ENV} is an object-store URL, not a local folder")
+    return Path(value)
 
 
 def run_key(run_id: str) -> str:
@@ -132,9 +136,6 @@ class Staging(ABC):
     (`ObjectStaging`). Each method is told the step it serves, for its errors."""
 
     description: str  # the store in logs and errors (no credentials)
-
-    def __str__(self) -> str:
-        return self.description
 
     @abstractmethod
     def step(self, segment_id: str, run_id: str, step: str) -> AbstractContextManager[StepFolder]:

@@ -224,6 +224,9 @@ def test_an_action_is_404_unseen_403_read_only_and_allowed_to_act(base, sessions
             answer = session.post(url, json=body, timeout=30)
             if segment_id not in SEES[user]:
                 assert answer.status_code == 404, (segment_id, action)
+                missing = session.post(url.replace(segment_id, "nope"), json=body, timeout=30)
+                expected = missing.json()["detail"].replace("nope", segment_id)
+                assert (missing.status_code, answer.json()["detail"]) == (404, expected)
             elif segment_id not in ACTS[user]:
                 assert answer.status_code == 403, (segment_id, action)
                 assert f"{user} may not trigger runs" in answer.json()["detail"]
@@ -290,11 +293,16 @@ def test_sync_is_idempotent_and_follows_the_yamls(base, fab_env, sessions, store
         "dags_synced": 3,
         "invalid": [],
     }
-    # A permission added by hand to a team role is taken away again.
+    # Permissions added by hand to a team role are taken away again: on Airflow's resources,
+    # and on a DAG that is no segment of theirs.
     airflow(fab_env, "roles", "add-perms", "crm-a", "-r", "Connections", "-a", "can_read")
+    airflow(fab_env, "roles", "add-perms", "crm-a", "-r", f"DAG:{STALE_CHECK}", "-a", "can_read")
+    stale_check = f"{base}/api/v2/dags/{STALE_CHECK}"
     assert sessions["ana"].get(f"{base}/api/v2/connections", timeout=30).status_code == 200
+    assert sessions["ana"].get(stale_check, timeout=30).status_code == 200
     assert access_sync(fab_env)["roles_reset"] == ["crm-a"]
     assert sessions["ana"].get(f"{base}/api/v2/connections", timeout=30).status_code == 403
+    assert sessions["ana"].get(stale_check, timeout=30).status_code == 403
     # A segment whose `access` no longer names the team disappears for it at the next sync.
     path = store / "segments" / "crm_a_mail.yaml"
     original = path.read_text()

@@ -190,7 +190,8 @@ def test_minio_is_an_optional_one_host_trial_store(config, tmp_path):
     assert "ports" not in services["minio"]  # reached by the containers only
     init = " ".join(services["minio-init"]["entrypoint"])
     assert "mc mb --ignore-existing trial/connector-segments-staging" in init
-    assert "mc ilm rule add --expire-days 1 trial/connector-segments-staging" in init
+    rule = '{"ID": "expire-staged", "Status": "Enabled", "Expiration": {"Days": 1}}'
+    assert f"{rule}]}}' | mc ilm import trial/connector-segments-staging" in init  # idempotent
     # MinIO would start with its well-known password: without one it refuses to
     command = " ".join(services["minio"]["command"])
     assert 'test -n "$MINIO_ROOT_PASSWORD" || {' in command.replace("$$", "$")

@@ -217,6 +217,7 @@ def test_the_store_stopped_between_extract_and_match_fails_the_run_and_keeps_the
     [
         ({STAGING_DIR_ENV: "s3://aws_staging@/staging"}, "names no bucket", None),
         ({STAGING_DIR_ENV: "s3://aws_staging@My_Bucket/x"}, "is not a bucket", None),
+        ({STAGING_DIR_ENV: "s3://aws_staging@bucket/"}, "names no prefix inside the bucket", None),
         ({STAGING_DIR_ENV: "ftpx://aws_staging@bucket/x"}, "no filesystem for ftpx://", None),
         ({STAGING_DIR_ENV: "gs://gcp@bucket/x"}, "gcsfs", None),
         (

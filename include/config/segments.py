@@ -329,6 +329,10 @@ class SegmentConfigError(ValueError):
     """A segment YAML that cannot be used; the message names the file and the field."""
 
 
+class SegmentNotFound(SegmentConfigError):
+    """No YAML file for the segment id."""
+
+
 @dataclass(frozen=True)
 class LoadResult:
     segments: list[SegmentConfig]
@@ -398,7 +402,7 @@ def find_segment(segment_id: str, directory: Path | None = None) -> SegmentConfi
     paths = [directory / f"{segment_id}{suffix}" for suffix in SUFFIXES]
     paths = [path for path in paths if path.exists() or path.is_symlink()]
     if not paths:
-        raise SegmentConfigError(f"segment {segment_id!r}: no {segment_id}.yaml in {directory}")
+        raise SegmentNotFound(f"segment {segment_id!r}: no {segment_id}.yaml in {directory}")
     return load_segment(_only_file(paths))
 
 

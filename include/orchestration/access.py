@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Container, Iterable
 from dataclasses import asdict, dataclass, field
 
-from include.config.segments import SegmentConfig, load_segments
+from include.config.segments import SegmentConfig, dag_id_of, load_segments
 
 # FAB's DAG-level resources: "DAGs" (the DAG itself) and "DAG Runs". Triggering a run (each
 # action of the page) needs can_create on its runs and can_edit on the DAG: FAB's rule, which
@@ -56,6 +57,8 @@ TEAM_ROLE_PERMISSIONS = frozenset(
     }
 )
 DAG_RESOURCE_PREFIXES = ("DAG:", "DAG Run:")
+SEGMENT_DAG_PREFIXES = tuple(f"{prefix}{dag_id_of('')}" for prefix in DAG_RESOURCE_PREFIXES)
+log = logging.getLogger(__name__)
 ROLES_VARIABLE = "connector_segments_team_roles"  # JSON list of the roles the sync made
 
 
@@ -84,9 +87,18 @@ def synced_roles() -> frozenset[str] | None:
     # metadata DB, which the SDK's would not.
     from airflow.models import Variable
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return frozenset(json.loads(Variable.get(ROLES_VARIABLE, default_var="[]")))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return frozenset(json.loads(Variable.get(ROLES_VARIABLE, default_var="[]")))
+    except Exception as exc:  # a DAG file must load whatever the Variable holds
+        log.warning(
+            "Variable %s unreadable (%s): segment DAGs keep their permissions until the next "
+            "`python -m include.orchestration.access sync`",
+            ROLES_VARIABLE,
+            exc,
+        )
+        return frozenset()
 
 
 @dataclass
@@ -131,12 +143,15 @@ def sync() -> SyncReport:
 
 
 def _make_team_role(manager, name: str, report: SyncReport) -> None:
-    """The role exists with exactly TEAM_ROLE_PERMISSIONS besides its DAG permissions."""
+    """The role exists with exactly TEAM_ROLE_PERMISSIONS besides its segment DAGs'
+    permissions (which the DAG sync then sets from the YAMLs): nothing on other DAGs."""
     role = manager.find_role(name)
     if role is None:
         role = manager.add_role(name)
         report.roles_created.append(name)
-    dag_permissions = [p for p in role.permissions if _is_dag_resource(p.resource.name)]
+    dag_permissions = [
+        p for p in role.permissions if p.resource.name.startswith(SEGMENT_DAG_PREFIXES)
+    ]
     others = {(p.action.name, p.resource.name) for p in role.permissions} - {
         (p.action.name, p.resource.name) for p in dag_permissions
     }

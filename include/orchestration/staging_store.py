@@ -65,7 +65,8 @@ def staging() -> Staging:
                 f"{SSE_ENV} and {KMS_KEY_ENV} apply to staging in S3 only; {STAGING_DIR_ENV} "
                 "is a local folder"
             )
-        return LocalStaging(Path(urlsplit(value).path) if value else staging_root())
+        folder = urlsplit(value).path if value.lower().startswith("file://") else value
+        return LocalStaging(Path(folder) if folder else staging_root())
     return _object_staging(value)
 
 
@@ -89,6 +90,12 @@ def _object_staging(url: str) -> ObjectStaging:
         raise StagingMisconfigured(f"{where}: names no bucket (<scheme>://<conn id>@<bucket>/...)")
     if not _BUCKET.fullmatch(bucket):
         raise StagingMisconfigured(f"{where}: {bucket!r} is not a bucket or container name")
+    if not parts.path.strip("/"):
+        # Runs are removed by prefix (<prefix>/<segment id>/...): at the bucket's root a
+        # segment named like another application's folder would lose that folder's objects.
+        raise StagingMisconfigured(
+            f"{where}: names no prefix inside the bucket (<scheme>://<conn id>@<bucket>/<prefix>)"
+        )
     options = _upload_options(scheme, where)
     from airflow.sdk.io import has_fs
 

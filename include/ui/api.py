@@ -23,7 +23,13 @@ from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Req
 from fastapi.responses import Response, StreamingResponse
 
 from include.config.catalog import SegmentCatalog
-from include.config.segments import SegmentConfig, SegmentConfigError, dag_id_of, find_segment
+from include.config.segments import (
+    SegmentConfig,
+    SegmentConfigError,
+    SegmentNotFound,
+    dag_id_of,
+    find_segment,
+)
 from include.store.repository import CALCULATING, HELD, READY
 from include.store.views import details, is_known, listed, never_ran, page_rows, search
 
@@ -165,11 +171,12 @@ actions = APIRouter(dependencies=[Depends(refuse_cross_site)])
 
 
 def _may_trigger(segment_id: str, user: GetUserDep) -> tuple[SegmentConfig, str]:
-    """The segment (404 unknown or not readable by the user) and the user's name, if they may
-    trigger its DAG's runs (403 otherwise)."""
+    """The segment (404 unknown or not readable by the user, alike: its YAML is read only for
+    a user who may see it) and the user's name, if they may trigger its DAG's runs (403
+    otherwise)."""
+    if not SEGMENT_ID.match(segment_id) or not _authorized(user, [dag_id_of(segment_id)], "GET"):
+        raise HTTPException(404, _unknown(segment_id))
     config = _config(segment_id)
-    if not _authorized(user, [config.dag_id], "GET"):
-        raise HTTPException(404, f"unknown segment {segment_id!r}")
     if not _authorized(user, [config.dag_id], "POST"):
         raise HTTPException(403, f"{user.get_name()} may not trigger runs of {config.dag_id}")
     return config, user.get_name()
@@ -266,11 +273,19 @@ router.include_router(actions)
 # -- lookups -------------------------------------------------------------------------------------
 
 
+def _unknown(segment_id: str) -> str:
+    return f"unknown segment {segment_id!r}"
+
+
 def _config(segment_id: str) -> SegmentConfig:
+    """The segment's YAML; 404 without one (never naming the server's folders), or with the
+    config error, which names the file and field, for a YAML that cannot be used."""
     if not SEGMENT_ID.match(segment_id):
-        raise HTTPException(404, f"unknown segment {segment_id!r}")
+        raise HTTPException(404, _unknown(segment_id))
     try:
         return find_segment(segment_id)
+    except SegmentNotFound:
+        raise HTTPException(404, _unknown(segment_id)) from None
     except SegmentConfigError as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -284,7 +299,7 @@ def _may_read(segment_id: str, user: GetUserDep) -> str:
         or not is_known(_store(), segment_id)
         or not _authorized(user, [dag_id_of(segment_id)], "GET")
     ):
-        raise HTTPException(404, f"unknown segment {segment_id!r}")
+        raise HTTPException(404, _unknown(segment_id))
     return segment_id
 
 
@@ -313,8 +328,11 @@ def _authorized(user: BaseUser, dag_ids: list[str], method: str) -> set[str]:
 
 
 def _visible_dags(user: BaseUser, dag_ids: list[str], known: Container[str]) -> set[str]:
-    """Those of `dag_ids` whose runs the user may read (the list's filter): Airflow's DAGs in
-    one query, the few it has no DAG for yet (not parsed, invalid YAML) one by one."""
+    """Those of `dag_ids` the user may read (the list's filter): Airflow's DAGs in one query,
+    the few it has no DAG for yet (not parsed, invalid YAML) one by one. The query asks for
+    the DAG's own read permission, the per-segment routes for its runs' too: Airflow's roles
+    and the team roles `access` makes hold both, only a hand-made role with one of them sees
+    a row whose details answer 404."""
     from airflow.api_fastapi.app import get_auth_manager
 
     readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
