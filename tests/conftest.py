@@ -265,9 +265,9 @@ def airflow_api_server(
             assert server.poll() is None, log
             assert time.monotonic() < deadline, "api-server not healthy: " + log
             try:
-                if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
+                if requests.get(f"{base}/api/v2/monitor/health", timeout=10).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up, or busy starting
                 pass
             time.sleep(0.5)
         yield base

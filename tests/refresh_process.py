@@ -24,6 +24,12 @@ def main(segment_id: str, gate: Path) -> int:
     if dag is None:
         print(f"DAG not loaded; import errors: {bag.import_errors}", file=sys.stderr)
         return 2
+    # What a worker that has run a task before holds already: pyarrow's first array imports
+    # pandas (~0.3 s alone, seconds when every process does it at once on 2 cores), which
+    # would otherwise land between a segment's first and second page.
+    import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
+
     (gate / f"{segment_id}.ready").touch()
     while not (gate / "go").exists():
         time.sleep(0.01)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -193,9 +194,11 @@ def test_one_projects_segments_in_separate_processes_keep_its_budget_and_spare_a
     # (and process) sent them.
     assert min(gaps(project_a)) >= 0.8 * INTERVAL, gaps(project_a)
     # The other project's segment ran beside them at its own pace: had it shared their budget,
-    # its queries would have been four intervals apart.
+    # its queries would have been four intervals apart. The median, not the largest gap: a gap
+    # also holds the process's own work on the page before, which a loaded machine stretches
+    # (the first gap reached 2 s under load), while a shared budget would stretch them all.
     assert min(r.at for r in project_b) < max(r.at for r in project_a)
-    assert max(gaps(project_b)) < 2 * INTERVAL, gaps(project_b)
+    assert statistics.median(gaps(project_b)) < 2 * INTERVAL, gaps(project_b)
     assert published(capsys) == dict.fromkeys(plan, MEMBERS)
 
 
@@ -203,11 +206,13 @@ def test_one_projects_segments_in_separate_processes_keep_its_budget_and_spare_a
 def test_a_projects_concurrency_is_shared_by_its_segments_in_separate_processes(
     workspace, monkeypatch, capsys, tmp_path, airflow_db, pg_database
 ):
-    # Each page takes 0.6 s to answer and nothing paces the queries: only the shared slots
-    # keep three segments (three processes) to the project's two at once.
+    # Each page takes 1.2 s to answer and nothing paces the queries: only the shared slots
+    # keep three segments (three processes) to the project's two at once. The answers are
+    # slow enough (18 s for the three cohorts) that processes started seconds apart on a
+    # loaded machine still overlap (at 0.6 s one started too late once).
     limits = ProjectLimits(queries=10_000, window=1.0, concurrent=2)
     with FakeMixpanel(
-        secret=SECRET, project_id=PROJECT_A, page_size=PAGE_SIZE, limits=limits, answer_delay=0.6
+        secret=SECRET, project_id=PROJECT_A, page_size=PAGE_SIZE, limits=limits, answer_delay=1.2
     ) as fake:
         connect(monkeypatch, "mixpanel_a", fake, PROJECT_A, queries_per_hour=0, max_concurrent=2)
         plan = {f"c{n}": ("mixpanel_a", n) for n in (1, 2, 3)}

@@ -6,7 +6,9 @@ transaction, atomic on PostgreSQL (row lock) and SQLite (write lock) alike:
 - take a slot: mark the first slot whose lease has run out as ours, leased for
   `lease_seconds` (a holder that dies frees its slot by itself when the lease ends);
 - pace: move the project's `next_start` on by one interval and sleep until the old one;
-- give the slot back once the answer is read.
+- give the slot back once the answer is read: for HANDOFF seconds only another client may
+  take it (a client that gives a slot back and asks again at once would otherwise keep it,
+  its waiting peers polling in vain: one segment starved until the others had finished).
 Times are the database's clock, so workers on different hosts agree. Why the store's database
 and not Redis: docs/decisions.md ("Vendor budgets").
 """
@@ -29,6 +31,8 @@ from include.store.tables import vendor_pacing, vendor_slots
 log = logging.getLogger(__name__)
 
 SLOT_POLL = 0.2  # seconds between tries for a slot while the project's are all taken
+HANDOFF = 2 * SLOT_POLL  # a slot just given back waits this long for another client's poll
+_RELEASED = "~"  # holder of a slot given back: ~<the client that gave it> (fits String(36))
 _SAY_AFTER = 10.0  # a wait longer than this is logged, so a slow extract explains itself
 
 
@@ -72,6 +76,7 @@ class _SharedBudget:
     ) -> None:
         self.budgets, self.limits, self.lease = budgets, limits, lease
         self.vendor, self.project = vendor, project
+        self.client = uuid.uuid4().hex  # this budget object: one client, in one process
         self._pacing = (vendor_pacing.c.vendor == vendor) & (vendor_pacing.c.project == project)
         self._slots = (vendor_slots.c.vendor == vendor) & (vendor_slots.c.project == project)
 
@@ -113,7 +118,7 @@ class _SharedBudget:
                 free.c.vendor == self.vendor,
                 free.c.project == self.project,
                 free.c.slot < self.limits.concurrency,
-                free.c.lease_until < now,
+                self._free(free, now),
             )
             .order_by(free.c.slot)
             .limit(1)
@@ -123,12 +128,19 @@ class _SharedBudget:
         # one that waited for the other's row lock then finds it taken and tries again.
         take = (
             sa.update(vendor_slots)
-            .where(self._slots, vendor_slots.c.slot == first_free, vendor_slots.c.lease_until < now)
+            .where(self._slots, vendor_slots.c.slot == first_free, self._free(vendor_slots, now))
             .values(holder=holder, lease_until=now + self.lease)
             .returning(vendor_slots.c.slot)
         )
         with self.budgets.engine.begin() as conn:
             return conn.execute(take).scalar()
+
+    def _free(self, slots: sa.Table | sa.Alias, now: sa.ColumnElement) -> sa.ColumnElement[bool]:
+        """A slot this client may take: its lease over, or given back by another client."""
+        handed_off = slots.c.holder.startswith(_RELEASED) & (
+            slots.c.holder != f"{_RELEASED}{self.client}"
+        )
+        return (slots.c.lease_until < now) | handed_off
 
     def _pace(self) -> None:
         interval = self.limits.interval
@@ -173,7 +185,9 @@ class _SlotLease:
         self._update(lease_until=lease_until)
 
     def give_back(self) -> None:
-        self._update(holder=None, lease_until=0.0)
+        budget = self.budget
+        released = f"{_RELEASED}{budget.client}"
+        self._update(holder=released, lease_until=budget.budgets.now + HANDOFF)
 
     def _update(self, **values) -> None:
         with self.budget.budgets.engine.begin() as conn:
