@@ -53,6 +53,7 @@ ROLE_NAME_MAX_LEN = 64  # FAB's ab_role.name column
 # FAB's built-in roles keep their global access; `access sync` rewrites the roles it names, so
 # these are refused (in any case: some databases compare names without it).
 BUILTIN_ROLES = ("Admin", "Op", "User", "Viewer", "Public")
+_BUILTIN_FOLDED = frozenset(name.casefold() for name in BUILTIN_ROLES)
 
 
 class IdentifierKind(StrEnum):
@@ -267,7 +268,7 @@ class SegmentConfig(_Strict):
                     f"role {role!r} is not a name Airflow can hold: 1 to {ROLE_NAME_MAX_LEN} "
                     "printable characters, no space at either end"
                 )
-            if role.casefold() in {name.casefold() for name in BUILTIN_ROLES}:
+            if role.casefold() in _BUILTIN_FOLDED:
                 raise ValueError(
                     f"role {role!r} is one of Airflow's built-in roles "
                     f"({', '.join(BUILTIN_ROLES)}), which see every segment already: name a "

@@ -174,8 +174,7 @@ def _may_trigger(segment_id: str, user: GetUserDep) -> tuple[SegmentConfig, str]
     """The segment (404 unknown or not readable by the user, alike: its YAML is read only for
     a user who may see it) and the user's name, if they may trigger its DAG's runs (403
     otherwise)."""
-    if not SEGMENT_ID.match(segment_id) or not _authorized(user, [dag_id_of(segment_id)], "GET"):
-        raise HTTPException(404, _unknown(segment_id))
+    _require_visible(segment_id, user)
     config = _config(segment_id)
     if not _authorized(user, [config.dag_id], "POST"):
         raise HTTPException(403, f"{user.get_name()} may not trigger runs of {config.dag_id}")
@@ -294,13 +293,19 @@ def _may_read(segment_id: str, user: GetUserDep) -> str:
     """The segment's id, if the user may read its DAG's runs: its members and unmatched users
     are readable by those who may read its runs. 404 for a segment unknown or not readable
     alike, so that a team cannot learn which other segments exist."""
+    _require_visible(segment_id, user, in_store=True)
+    return segment_id
+
+
+def _require_visible(segment_id: str, user: BaseUser, *, in_store: bool = False) -> None:
+    """404, the same for every cause, unless the id is well-formed, (with `in_store`) the
+    store knows the segment, and the user may read its DAG's runs."""
     if (
         not SEGMENT_ID.match(segment_id)
-        or not is_known(_store(), segment_id)
+        or (in_store and not is_known(_store(), segment_id))
         or not _authorized(user, [dag_id_of(segment_id)], "GET")
     ):
         raise HTTPException(404, _unknown(segment_id))
-    return segment_id
 
 
 Readable = Annotated[str, Depends(_may_read)]
