@@ -168,7 +168,7 @@ def cmd_details(args: argparse.Namespace) -> int:
     from include.store.views import details as segment_details
     from include.store.views import never_ran
 
-    details = segment_details(_store(), args.id, args.runs)
+    details = segment_details(_store(), args.id, args.runs, _airflow_runs(args.id))
     if details is None:
         print(never_ran(args.id), file=sys.stderr)
         return 1
@@ -177,6 +177,21 @@ def cmd_details(args: argparse.Namespace) -> int:
     else:
         _print_details(details)
     return 0
+
+
+def _airflow_runs(segment_id: str) -> list[dict[str, Any]] | None:
+    """The segment DAG's runs as Airflow knows them, to list those no step recorded; None
+    (the store's runs only) where Airflow's metadata DB cannot be read."""
+    from include.orchestration.dag_state import recent_runs
+
+    try:
+        return recent_runs(dag_id_of(segment_id), 20)
+    except Exception as exc:  # no Airflow metadata DB here: the store's records still tell
+        print(
+            f"warning: Airflow's runs not read ({type(exc).__name__}); store records only",
+            file=sys.stderr,
+        )
+        return None
 
 
 def cmd_members(args: argparse.Namespace) -> int:

@@ -109,6 +109,16 @@ def test_restoring_the_version_before_a_wrong_refresh_gives_back_its_members_and
     assert (run["added"], run["removed"]) == (10, 10)  # nm-1..10 back, nm-11..20 out
     assert run["connector_users"] == first["connector_users"]
 
+    # The unmatched users served are the restored version's (the refresh that published
+    # version 1: one unknown email), not the wrong refresh's three.
+    from include.orchestration.connections import netmera_database
+
+    store = netmera_database().store
+    assert store.unmatched_run(SEGMENT) == first["runs"][0]["airflow_run_id"]
+    assert [reason for _, reason in store.unmatched(SEGMENT, store.unmatched_run(SEGMENT))] == [
+        "not_found"
+    ]
+
     # Nothing was extracted; the send ran after the restore and, not asked, skipped.
     states = _task_states(run["airflow_run_id"])
     assert states["start"] == states["restore"] == "success"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -41,6 +43,10 @@ ADDED = (
     "active_run",
     "actions",
     "may_trigger",
+    "schedule_text",
+    "next_refresh_at",
+    "overdue_since",
+    "status_reason",
 )
 
 
@@ -248,3 +254,101 @@ def test_an_unknown_segment_is_a_404_naming_it(api, viewer):
         404,
         "segment 'idle' has never run (or does not exist)",
     )
+
+
+def next_daily(hour: int, now: datetime) -> str:
+    """The next hour:00 UTC after `now`, as the API writes it."""
+    at = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return (at if at > now else at + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_each_row_says_why_it_is_not_ready_and_when_it_refreshes_next(api, viewer):
+    before = datetime.now(UTC)
+    rows = {s["id"]: s for s in get(viewer, f"{api}/api/segments").json()["segments"]}
+    after = datetime.now(UTC)
+    # All four DAGs are paused (as created): the reason a paused segment gets comes first.
+    assert {r["status_reason"] for r in rows.values()} == {
+        "Its DAG is paused in Airflow: nothing refreshes it until someone unpauses it."
+    }
+    assert rows["churners"]["next_refresh_at"] in {next_daily(2, before), next_daily(2, after)}
+    assert rows["idle"]["next_refresh_at"] in {next_daily(0, before), next_daily(0, after)}
+    assert rows["buyers"]["next_refresh_at"] is None  # manual
+    assert rows["churners"]["schedule_text"] == "At 02:00, UTC"
+    assert rows["buyers"]["schedule_text"].startswith("Manual")
+    assert all(r["overdue_since"] is None for r in rows.values())  # published just now
+
+    admin = token_session(api, "admin")
+    dag = f"{core_url(api)}/api/v2/dags/connector_segment_warehouse"
+    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
+    try:
+        (row,) = get(viewer, f"{api}/api/segments", id="warehouse").json()["segments"]
+    finally:
+        admin.patch(dag, json={"is_paused": True}, timeout=30)
+    # Failed: where and why, in words (its Connection does not exist).
+    assert row["status"] == "Failed"
+    assert row["status_reason"].startswith("The last refresh failed in extract: ")
+    assert "missing_db" in row["status_reason"]
+
+
+def test_unknown_filters_are_refused_and_every_answer_says_nosniff(api, viewer):
+    for bad in ({"status": "Broken"}, {"source_type": "ftp"}, {"source_type": "SQL"}):
+        answer = get(viewer, f"{api}/api/segments", **bad)
+        assert answer.status_code == 400, bad
+        assert repr(next(iter(bad.values()))) in answer.json()["detail"]
+    for ok in ({"status": "not active"}, {"status": "STALE"}, {"source_type": "amplitude"}):
+        assert get(viewer, f"{api}/api/segments", **ok).status_code == 200, ok
+    for path in (
+        "api/segments",
+        "api/segments/buyers/members.csv",
+        "api/segments/buyers/unmatched.csv",
+        "api/segments/buyers/chart.svg",
+        "api/segments/nope",
+        "static/app.js",
+    ):
+        answer = get(viewer, f"{api}/{path}")
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", path
+    zone = get(viewer, f"{api}/api/segments/buyers/chart.svg", tz="Asia/Tokyo")
+    assert "Times in Asia/Tokyo" in zone.text
+    assert get(viewer, f"{api}/api/segments/buyers/chart.svg", tz="../etc").status_code == 400
+
+
+def test_details_list_the_failed_run_with_its_task_and_error(api, viewer):
+    details = get(viewer, f"{api}/api/segments/warehouse").json()
+    run = details["runs"][0]
+    assert (run["status"], run["airflow_state"], run["kind"]) == ("failed", "failed", "refresh")
+    assert (run["failed_step"], run["log_task"]) == ("extract", "extract")
+    assert "missing_db" in run["error"]
+    assert {t["task_id"]: t["state"] for t in run["tasks"]}["extract"] == "failed"
+    # Who triggered it: dag.test() runs have no user; Airflow's run type says what they were.
+    assert run["triggered_by"]
+
+
+def test_a_run_failed_before_any_step_recorded_it_is_on_the_list_and_in_details(api, viewer):
+    """A run no step could record (here failed by hand while queued: no task ever began) is
+    Failed on the list, naming the run, and listed in Segment Details with Airflow's words."""
+    admin = token_session(api, "admin")
+    runs = f"{core_url(api)}/api/v2/dags/connector_segment_churners/dagRuns"
+    made = admin.post(runs, json={"logical_date": None}, timeout=30)
+    assert made.status_code == 200, made.text
+    run_id = made.json()["dag_run_id"]
+    failed = admin.patch(f"{runs}/{quote(run_id)}", json={"state": "failed"}, timeout=30)
+    assert failed.status_code == 200, failed.text
+
+    (row,) = get(viewer, f"{api}/api/segments", id="churners").json()["segments"]
+    dag = f"{core_url(api)}/api/v2/dags/connector_segment_churners"
+    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
+    try:
+        (unpaused,) = get(viewer, f"{api}/api/segments", id="churners").json()["segments"]
+    finally:
+        admin.patch(dag, json={"is_paused": True}, timeout=30)
+    assert row["status"] == unpaused["status"] == "Failed"
+    assert run_id in unpaused["status_reason"]
+    assert "failed before any step could record why" in unpaused["status_reason"]
+
+    details = get(viewer, f"{api}/api/segments/churners").json()
+    assert details["status"] == "Ready"  # the store's: nothing it published changed
+    newest = details["runs"][0]
+    assert (newest["airflow_run_id"], newest["status"]) == (run_id, "failed")
+    assert newest["error"].startswith("Airflow marked the run failed")
+    assert newest["connector_users"] is None  # nothing ran
+    assert [r["status"] for r in details["runs"][1:]] == ["published"]

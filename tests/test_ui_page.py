@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -86,18 +87,24 @@ def test_the_chart_draws_each_published_run_oldest_first_with_tooltips():
     tips = re.findall(r"<circle [^>]*><title>([^<]*)</title>", svg)
     # Two published runs; the first had no reachable count (push_permitted unmapped).
     assert tips == [
-        "Connector Users: 2,500 (v1, 2026-11-01 02:01 UTC)",
-        "Connector Users: 3,000 (v3, 2026-11-04 02:01 UTC)",
-        "Netmera Users: 2,200 (v1, 2026-11-01 02:01 UTC)",
-        "Netmera Users: 2,691 (v3, 2026-11-04 02:01 UTC)",
-        "Reachable: 1,617 (v3, 2026-11-04 02:01 UTC)",
+        "Connector Users: 2,500 (v1, 2026-11-01 02:01)",
+        "Connector Users: 3,000 (v3, 2026-11-04 02:01)",
+        "Netmera Users: 2,200 (v1, 2026-11-01 02:01)",
+        "Netmera Users: 2,691 (v3, 2026-11-04 02:01)",
+        "Reachable: 1,617 (v3, 2026-11-04 02:01)",
     ]
+    assert ">Times in UTC</text>" in svg
     for _, label, _ in SERIES:
         assert f">{label}</text>" in svg  # the legend
     assert ">5,000</text>" in svg and ">0</text>" in svg  # the y axis, thousands separated
     assert ">Nov 01</text>" in svg and ">Nov 04</text>" in svg  # the x axis
     x = [float(v) for v in re.findall(r'<circle cx="([\d.]+)"', svg)]
     assert x[0] < x[1]  # oldest on the left
+
+    # In the viewer's zone, which the chart names: 02:01 UTC is 05:01 in Istanbul.
+    istanbul = runs_chart(runs, ZoneInfo("Europe/Istanbul"))
+    assert "Reachable: 1,617 (v3, 2026-11-04 05:01)" in istanbul
+    assert ">Times in Europe/Istanbul</text>" in istanbul and ">05:01</text>" in istanbul
 
 
 def test_the_chart_without_a_published_run_says_so():

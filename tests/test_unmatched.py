@@ -36,10 +36,13 @@ def write_source(ws: Path, matched: range, unmatched: dict[str, tuple[str, str, 
     write_csv(ws / "audience.csv", ["uid", "ext", "email"], rows)
 
 
-def unmatched_rows() -> list[tuple[str, str]]:
+def unmatched_rows(run_id: str | None = None) -> list[tuple[str, str]]:
+    """The unmatched users of the run, by default the one the current version came from (as
+    the page's unmatched.csv serves them)."""
     from include.orchestration.connections import netmera_database
 
-    return list(netmera_database().store.unmatched(SEGMENT))
+    store = netmera_database().store
+    return list(store.unmatched(SEGMENT, run_id or store.unmatched_run(SEGMENT)))
 
 
 def stored_runs(ws: Path) -> set[str]:
@@ -124,10 +127,12 @@ def test_a_held_refresh_records_what_approving_it_would_add_and_remove(workspace
     assert held["status"] == "held"
     assert (held["base_version"], held["added"], held["removed"]) == (1, 1, 7)
     assert held["version"] is None  # nothing published
-    # The preview was rolled back; the held refresh's unmatched users are the last ones.
+    # The preview was rolled back. The held refresh's unmatched users are kept, named by its
+    # run; the current version's (none) stay what the page serves by default.
     with sqlite3.connect(workspace / "netmera.db") as db:
         assert db.execute("SELECT max(version) FROM cs_members").fetchone() == (1,)
-    assert unmatched_rows() == [("key-held-6120", "no_identifier")]
+    assert unmatched_rows(held["airflow_run_id"]) == [("key-held-6120", "no_identifier")]
+    assert unmatched_rows() == []
 
     # Approving publishes exactly what the preview said.
     assert run_segment(SEGMENT, approve=True) == "success"

@@ -114,6 +114,10 @@ Source = Annotated[
     Field(discriminator="type"),
 ]
 
+SOURCE_TYPES = tuple(
+    source.model_fields["type"].annotation.__args__[0]
+    for source in (FileSource, SqlSource, MixpanelSource, MixpanelWebhookSource, AmplitudeSource)
+)
 # Sources whose user key is fixed by the vendor's payload.
 FIXED_USER_KEY = {"mixpanel": "$distinct_id", "mixpanel_webhook": "mixpanel_distinct_id"}
 

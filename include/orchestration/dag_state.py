@@ -12,7 +12,23 @@ from typing import Any
 @dataclass(frozen=True)
 class DagState:
     paused: bool
-    active_run: dict[str, str] | None  # {"dag_run_id", "state"} of a queued or running run
+    active_run: dict[str, str] | None  # {"dag_run_id", "state", "kind"}: queued or running
+    # {"dag_run_id", "kind", "ended_at"} of the newest ended run, if it failed: the page shows
+    # a failure even when no step could record it (a task that never started).
+    last_failure: dict[str, str | None] | None = None
+
+
+def run_kind(conf: dict[str, Any] | None) -> str:
+    """What a run of a segment's DAG does, from its conf (the trigger form's params): restore,
+    send (Send Message alone), dry_run, approve or refresh (a scheduled run has no conf)."""
+    conf = conf or {}
+    if conf.get("restore_version") is not None:
+        return "restore"
+    if conf.get("refresh") is False:
+        return "send"
+    if conf.get("dry_run"):
+        return "dry_run"
+    return "approve" if conf.get("approve") else "refresh"
 
 
 class DagNotReady(LookupError):
@@ -20,29 +36,135 @@ class DagNotReady(LookupError):
 
 
 def dag_states(dag_ids: list[str] | None = None) -> dict[str, DagState]:
-    """Paused and the oldest active run of each segment DAG Airflow knows (of `dag_ids`, or
-    all of them): two queries, whatever the number of DAGs."""
+    """Paused, the oldest active run and the newest ended run (if it failed) of each segment
+    DAG Airflow knows (of `dag_ids`, or all of them): three queries, whatever the number of
+    DAGs."""
     import sqlalchemy as sa
     from airflow.models.dag import DagModel
     from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
+    from airflow.utils.state import DagRunState, TaskInstanceState
 
     dags = sa.select(DagModel.dag_id, DagModel.is_paused)
-    active = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
-        DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
+    mine = (
+        DagRun.dag_id.startswith("connector_segment_")
+        if dag_ids is None
+        else DagRun.dag_id.in_(dag_ids)
+    )
+    active = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.conf).where(
+        mine, DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
+    )
+    newest_ended = (
+        sa.select(sa.func.max(DagRun.id))
+        .where(mine, DagRun.state.in_([DagRunState.SUCCESS, DagRunState.FAILED]))
+        .group_by(DagRun.dag_id)
+    )
+    # A run whose only failed task is the send left the membership Ready: not a failure here.
+    send_only = ~sa.exists().where(
+        TaskInstance.dag_id == DagRun.dag_id,
+        TaskInstance.run_id == DagRun.run_id,
+        TaskInstance.state == TaskInstanceState.FAILED,
+        TaskInstance.task_id != "send_message",
+    ) & sa.exists().where(
+        TaskInstance.dag_id == DagRun.dag_id,
+        TaskInstance.run_id == DagRun.run_id,
+        TaskInstance.task_id == "send_message",
+        TaskInstance.state == TaskInstanceState.FAILED,
+    )
+    failed = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.conf, DagRun.end_date).where(
+        DagRun.id.in_(newest_ended), DagRun.state == DagRunState.FAILED, ~send_only
     )
     if dag_ids is None:
         dags = dags.where(DagModel.dag_id.startswith("connector_segment_"))
     else:
         dags = dags.where(DagModel.dag_id.in_(dag_ids))
-        active = active.where(DagRun.dag_id.in_(dag_ids))
     with create_session() as session:
         paused = dict(session.execute(dags).all())
         runs: dict[str, dict[str, str]] = {}
-        for dag_id, run_id, state in session.execute(active.order_by(DagRun.id.desc())).all():
-            runs[dag_id] = {"dag_run_id": run_id, "state": str(state)}  # the oldest wins
-    return {dag_id: DagState(bool(p), runs.get(dag_id)) for dag_id, p in paused.items()}
+        for dag_id, run_id, state, conf in session.execute(active.order_by(DagRun.id.desc())):
+            # the oldest wins
+            runs[dag_id] = {"dag_run_id": run_id, "state": str(state), "kind": run_kind(conf)}
+        failures = {
+            dag_id: {"dag_run_id": run_id, "kind": run_kind(conf), "ended_at": _iso(ended)}
+            for dag_id, run_id, conf, ended in session.execute(failed)
+        }
+    return {
+        dag_id: DagState(bool(p), runs.get(dag_id), failures.get(dag_id))
+        for dag_id, p in paused.items()
+    }
+
+
+# The steps in the order a run takes them: the first failed one is the run's failure.
+TASK_ORDER = ("start", "restore", "extract", "match", "validate", "publish", "send_message")
+
+
+def recent_runs(dag_id: str, limit: int) -> list[dict[str, Any]]:
+    """The DAG's newest `limit` runs as Airflow knows them, newest first: id, state, kind,
+    who triggered it, when it was queued, started and ended, and each task's state and
+    whether a worker ever began it. Two queries."""
+    import sqlalchemy as sa
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    query = (
+        sa.select(
+            DagRun.run_id,
+            DagRun.state,
+            DagRun.conf,
+            DagRun.triggering_user_name,
+            DagRun.run_type,
+            DagRun.queued_at,
+            DagRun.start_date,
+            DagRun.end_date,
+        )
+        .where(DagRun.dag_id == dag_id)
+        .order_by(DagRun.id.desc())
+        .limit(limit)
+    )
+    with create_session() as session:
+        found = session.execute(query).all()
+        tasks: dict[str, list[dict[str, Any]]] = {run.run_id: [] for run in found}
+        if found:
+            rows = session.execute(
+                sa.select(
+                    TaskInstance.run_id,
+                    TaskInstance.task_id,
+                    TaskInstance.state,
+                    TaskInstance.hostname,
+                    TaskInstance.try_number,
+                ).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id.in_(list(tasks)))
+            )
+            for run_id, task_id, state, hostname, tries in rows:
+                tasks[run_id].append(
+                    {
+                        "task_id": task_id,
+                        "state": str(state) if state else None,
+                        # A worker that began the task recorded its host (the execution API's
+                        # `run`); a task failed by the scheduler or by hand never did.
+                        "began": bool(hostname),
+                        "try_number": tries,
+                    }
+                )
+    order = {task: n for n, task in enumerate(TASK_ORDER)}
+    return [
+        {
+            "dag_run_id": run.run_id,
+            "state": str(run.state),
+            "kind": run_kind(run.conf),
+            "triggered_by": run.triggering_user_name or str(run.run_type),
+            "queued_at": _iso(run.queued_at),
+            "started_at": _iso(run.start_date),
+            "ended_at": _iso(run.end_date),
+            "tasks": sorted(tasks[run.run_id], key=lambda t: order.get(t["task_id"], 99)),
+        }
+        for run in found
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def trigger_run(

@@ -110,12 +110,13 @@ def _on_failure(context) -> None:
     """Final failure of a step: status Failed with the error; the membership is untouched.
     A failed send is recorded in its ledger instead: the membership is still Ready."""
     from include.orchestration.refresh import record_failure
+    from include.store.run_history import NO_EXCEPTION
 
     ti = context["ti"]
     if ti.task_id == "send_message":
         return
     segment_id = ti.dag_id.removeprefix("connector_segment_")
-    record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or "unknown error")
+    record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or NO_EXCEPTION)
 
 
 # The segments with an `alerts` block, by DAG id: what the run-failure callback looks up (the

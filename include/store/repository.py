@@ -187,19 +187,20 @@ class SegmentStore:
             for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
                 yield row.user_id
 
-    def unmatched(self, segment_id: str) -> Iterator[tuple[str, str]]:
-        """(user key, reason) of every unmatched source user of the last refresh that matched,
-        by user key, streamed; none if that refresh had none (never an older refresh's)."""
-        last = (
-            sa.select(runs.c.airflow_run_id)
-            .where(runs.c.segment_id == segment_id, self._matched_refresh())
-            .order_by(*self._newest_first())
-            .limit(1)
-            .scalar_subquery()
-        )
+    def unmatched_run(self, segment_id: str) -> str | None:
+        """The run whose unmatched source users explain the current version: the refresh
+        that published it (for a restored version, the refresh that first published it);
+        None if nothing is published."""
+        with self.engine.connect() as conn:
+            version = self._current_version(conn, segment_id)
+            return self._source_run(conn, segment_id, version) if version else None
+
+    def unmatched(self, segment_id: str, run_id: str | None) -> Iterator[tuple[str, str]]:
+        """(user key, reason) of every unmatched source user of the run (`unmatched_run`, or
+        one of the last few refreshes), by user key, streamed."""
         query = (
             sa.select(unmatched.c.user_key, unmatched.c.reason)
-            .where(unmatched.c.segment_id == segment_id, unmatched.c.airflow_run_id == last)
+            .where(*self._unmatched_of(segment_id, run_id or ""))
             .order_by(unmatched.c.user_key)
         )
         with self.engine.connect() as conn:
@@ -303,24 +304,39 @@ class SegmentStore:
                 .order_by(*self._newest_first())
                 .limit(KEEP_UNMATCHED_RUNS - 1)
             ).scalars()
+            # Those explaining a kept version stay while it is kept (a restore may make it
+            # current again, and the page's unmatched users must be the current version's).
+            explaining = {
+                self._source_run(conn, segment_id, kept["version"])
+                for kept in self._kept_versions(conn, segment_id)
+            }
             conn.execute(
                 unmatched.delete().where(
                     unmatched.c.segment_id == segment_id,
-                    unmatched.c.airflow_run_id.not_in([run_id, *others]),
+                    unmatched.c.airflow_run_id.not_in([run_id, *others, *explaining - {None}]),
                 )
             )
 
     def fail_run(self, segment_id: str, run_id: str, step: str, error: str) -> str:
         """Failed: the run records the error, redacted of personal data (and returns it as
-        recorded); membership and counts stay as they were."""
+        recorded), in a record of its own if it had none yet; membership and counts stay as
+        they were."""
         error = redact_personal_data(error)[:MAX_ERROR]
+        failed = {"status": "failed", "failed_step": step, "error": error, "finished_at": _now()}
         with self.engine.begin() as conn:
             owns_status = self._owns_status(conn, segment_id, run_id)
-            conn.execute(
-                self._run_update(segment_id, run_id).values(
-                    status="failed", failed_step=step, error=error, finished_at=_now()
+            recorded = conn.execute(self._run_update(segment_id, run_id).values(**failed))
+            if not recorded.rowcount:  # failed before `start` could open its record
+                conn.execute(
+                    runs.insert().values(
+                        segment_id=segment_id,
+                        airflow_run_id=run_id,
+                        dry_run=False,
+                        approve=False,
+                        started_at=failed["finished_at"],
+                        **failed,
+                    )
                 )
-            )
             if owns_status:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
         return error
@@ -540,6 +556,25 @@ class SegmentStore:
             .order_by(runs.c.version.desc())
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def _source_run(self, conn: sa.Connection, segment_id: str, version: int) -> str | None:
+        """The refresh whose audience `version` is: the run that published it, or, for a
+        restore, the one that published the version it restored (and so on)."""
+        for _ in range(100):  # a chain of restores; each restores an older version
+            run = conn.execute(
+                sa.select(runs.c.airflow_run_id, runs.c.restored_from)
+                .where(
+                    runs.c.segment_id == segment_id,
+                    runs.c.status == "published",
+                    runs.c.version == version,
+                )
+                .order_by(runs.c.id.desc())
+                .limit(1)
+            ).first()
+            if run is None or run.restored_from is None:
+                return run.airflow_run_id if run else None
+            version = run.restored_from
+        return None
 
     def _restorable_run(self, conn: sa.Connection, segment_id: str, version: int) -> dict[str, Any]:
         """The run that published `version`, if it can be restored; else RestoreRefused."""

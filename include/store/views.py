@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from include.config.catalog import SegmentSummary
 from include.config.segments import SegmentConfigError, find_segment, load_segments
-from include.store.repository import CALCULATING, HELD, READY, RUN_RESULTS
-from include.store.staleness import Staleness
+from include.store.repository import CALCULATING, FAILED, HELD, READY, RUN_RESULTS
+from include.store.run_history import run_history
+from include.store.staleness import Staleness, in_words
 from include.store.staleness import grace as stale_grace
 
 if TYPE_CHECKING:
@@ -89,26 +90,88 @@ def list_rows(store: SegmentStore) -> list[dict[str, Any]]:
 
 def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[dict[str, Any]]:
     """`list_rows`' objects, each also with what the page shows and may do: the source type
-    and schedule of its YAML (the store's source type if the YAML is gone), reachable users,
-    its DAG, whether that is paused and its active run (from `states`; paused None: no DAG,
-    or not parsed yet), and the actions its state allows now."""
+    and schedule of its YAML (the store's source type if the YAML is gone; in words too),
+    reachable users, its DAG, whether that is paused and its active run (from `states`; paused
+    None: no DAG, or not parsed yet), the actions its state allows now, when it refreshes next
+    and, unless it is Ready, why not (`status_reason`).
+
+    A refresh that failed where no step could record it (a task that never began) is newer
+    than the store knows: the row says Failed, naming the run."""
+    freshness = Staleness(datetime.now(UTC), stale_grace())
     rows = []
     for segment in segments:
         config, row = segment.config, segment.row
         state = states.get(config.dag_id) if config else None
-        rows.append(
-            {
-                **segment.entry(),
-                "source_type": segment.source_type,
-                "schedule": config.schedule if config else None,
-                "reachable": row["reachable"] if row else None,
-                "dag_id": config.dag_id if config else None,
-                "paused": state.paused if state else None,
-                "active_run": state.active_run if state else None,
-                "actions": allowed_actions(row, state),
-            }
-        )
+        schedule = config.schedule if config else None
+        last_update = row["last_update_date"] if row else None
+        entry = {
+            **segment.entry(),
+            "source_type": segment.source_type,
+            "schedule": schedule,
+            "schedule_text": in_words(schedule),
+            "next_refresh_at": iso(freshness.next_refresh(schedule)),
+            "overdue_since": iso(freshness.overdue_since(schedule, last_update)),
+            "reachable": row["reachable"] if row else None,
+            "dag_id": config.dag_id if config else None,
+            "paused": state.paused if state else None,
+            "active_run": state.active_run if state else None,
+            "actions": allowed_actions(row, state),
+        }
+        failure = unrecorded_failure(segment.status, state)
+        if failure:
+            entry["status"] = FAILED
+        entry["status_reason"] = status_reason(entry, row, failure)
+        rows.append(entry)
     return rows
+
+
+# A run of these kinds failing makes the segment Failed; a failed send, dry run or restore not.
+FAILING_KINDS = ("refresh", "approve")
+
+
+def unrecorded_failure(status: str | None, state: DagState | None) -> dict[str, Any] | None:
+    """The DAG's newest ended run, if it was a refresh that failed while the store does not say
+    Failed (no step or callback could record it)."""
+    failure = state.last_failure if state else None
+    if failure is None or failure["kind"] not in FAILING_KINDS or status == FAILED:
+        return None
+    return failure
+
+
+def status_reason(
+    entry: dict[str, Any], row: dict[str, Any] | None, failure: dict[str, Any] | None
+) -> str | None:
+    """Why the segment is not Ready, in a sentence, for the badge the page shows (the same
+    precedence: Not Active, then Failed and Held, then Stale); None when Ready, Calculating or
+    never run."""
+    if entry["paused"]:
+        return "Its DAG is paused in Airflow: nothing refreshes it until someone unpauses it."
+    if entry["active_run"] or entry["status"] == CALCULATING:
+        return None
+    if failure:
+        return (
+            f"Run {failure['dag_run_id']} failed before any step could record why (Airflow "
+            "state failed); Segment Details names the task and links its log. The published "
+            "membership is unchanged."
+        )
+    recorded = row["status_reason"] if row else None
+    if entry["status"] == FAILED:
+        return (
+            f"The last refresh failed in {recorded or 'a step'}. The published membership is "
+            "unchanged."
+        )
+    if entry["status"] == HELD:
+        return (
+            f"Held by a guardrail, not published: {recorded or 'see Segment Details'}. "
+            "Approve publishes it."
+        )
+    if entry["stale"]:
+        since = entry["overdue_since"].replace("T", " ").replace("Z", " UTC")
+        return (
+            f"Overdue since {since}: the scheduled refresh has not published; the members are "
+            "from the Last Update Date."
+        )
+    return None
 
 
 def allowed_actions(row: dict[str, Any] | None, state: DagState | None) -> list[str]:
@@ -176,15 +239,27 @@ def is_known(store: SegmentStore, segment_id: str) -> bool:
     return True
 
 
-def details(store: SegmentStore, segment_id: str, limit: int) -> dict[str, Any] | None:
-    """The segment and its last `limit` runs, as `details --json`; None if it never ran."""
+def details(
+    store: SegmentStore,
+    segment_id: str,
+    limit: int,
+    airflow_runs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """The segment and its last `limit` runs, as `details --json`; None if it never ran.
+    With `airflow_runs` (`dag_state.recent_runs`: the API has them), the runs are joined with
+    Airflow's (`run_history`): those no step recorded are listed too, and a segment whose only
+    runs are such is no longer "never ran"."""
     row = store.segment(segment_id)
-    if row is None:
+    if row is None and not airflow_runs:
         return None
     runs = [
         {k: (iso(r[k]) if k.endswith("_at") else r[k]) for k in RUN_FIELDS}
         for r in store.runs(segment_id, limit)
     ]
+    if airflow_runs is not None:
+        runs = run_history(runs, airflow_runs, limit)
+    if row is None:
+        return {**_unrecorded_segment(segment_id), "runs": runs, "versions": []}
     version = row["current_version"]
     current = (
         store.last_run_with_status(segment_id, "published", version=version) if version else None
@@ -207,8 +282,35 @@ def details(store: SegmentStore, segment_id: str, limit: int) -> dict[str, Any] 
         "refused_rows": current["refused_rows"] if current else None,
         "reasons": current["reasons"] if current else {},
         "matched_by": current["matched_by"] if current else {},
+        # The run whose unmatched source users explain the current version (unmatched.csv).
+        "unmatched_run": store.unmatched_run(segment_id),
         "runs": runs,
         "versions": kept_versions(store, segment_id, version),
+    }
+
+
+def _unrecorded_segment(segment_id: str) -> dict[str, Any]:
+    """`details`' fields for a segment the store has no row of (its runs never recorded)."""
+    try:
+        config = find_segment(segment_id)
+    except SegmentConfigError:
+        config = None
+    empty = ("current_version", "connector_users", "netmera_users", "reachable")
+    return {
+        "id": segment_id,
+        "name": config.name if config else segment_id,
+        "description": config.description if config else "",
+        "source_type": config.source.type if config else None,
+        "status": None,
+        "status_reason": None,
+        **dict.fromkeys(empty),
+        "message_sent": 0,
+        "last_update_date": None,
+        "matched_source_users": None,
+        "refused_rows": None,
+        "reasons": {},
+        "matched_by": {},
+        "unmatched_run": None,
     }
 
 

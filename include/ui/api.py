@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Container, Iterable, Iterator
 from typing import Annotated, Any
@@ -24,19 +25,34 @@ from fastapi.responses import Response, StreamingResponse
 
 from include.config.catalog import SegmentCatalog
 from include.config.segments import (
+    SOURCE_TYPES,
     SegmentConfig,
     SegmentConfigError,
     SegmentNotFound,
     dag_id_of,
     find_segment,
+    segments_dir,
 )
-from include.store.repository import CALCULATING, HELD, READY
-from include.store.views import details, is_known, listed, never_ran, page_rows, search
+from include.store.repository import CALCULATING, FAILED, HELD, READY
+from include.store.views import (
+    NOT_ACTIVE,
+    STALE,
+    details,
+    is_known,
+    listed,
+    never_ran,
+    page_rows,
+    search,
+)
 
 DETAILS_RUNS = 5  # as `details` (its --runs default)
 REPORT_SENDS = 20  # as `report` (its --limit default)
 CHART_RUNS = 30  # the chart's published runs are among the segment's last 30 runs
 SEGMENT_ID = re.compile(r"^[a-z0-9_]{1,200}$")  # as the YAML's `id`
+
+# What the list's filters accept (anything else is a 400, not an empty page).
+STATUS_NAMES = (READY, CALCULATING, FAILED, HELD, "Stale", "Not Active")
+STATUSES = {name.casefold() for name in STATUS_NAMES} | {STALE, NOT_ACTIVE}
 
 router = APIRouter(dependencies=[Depends(requires_authenticated())])
 _catalog = SegmentCatalog()  # the API server lists every segment on each page load
@@ -72,6 +88,12 @@ def list_segments(
     whose `access` names its role."""
     from include.orchestration.dag_state import dag_states
 
+    if status is not None and status.casefold() not in STATUSES:
+        raise HTTPException(400, f"unknown status {status!r}: one of {', '.join(STATUS_NAMES)}")
+    if source_type is not None and source_type not in SOURCE_TYPES:
+        raise HTTPException(
+            400, f"unknown source_type {source_type!r}: one of {', '.join(SOURCE_TYPES)}"
+        )
     states = dag_states()
     found = search(listed(_store(), _catalog.segments()), states, q, status, source_type)
     found = [s for s in found if id is None or s.id == id]
@@ -88,8 +110,12 @@ def list_segments(
 
 @router.get("/segments/{segment_id}")
 def segment_details(segment_id: Readable) -> dict[str, Any]:
-    """As `details ID --json`."""
-    found = details(_store(), segment_id, DETAILS_RUNS)
+    """As `details ID --json`, its runs joined with Airflow's: a run no step recorded (a task
+    that never began, a run failed by hand, a Send Message alone) is listed too, with its
+    Airflow state, its tasks and the one whose log explains it."""
+    from include.orchestration.dag_state import recent_runs
+
+    found = details(_store(), segment_id, DETAILS_RUNS, recent_runs(dag_id_of(segment_id), 20))
     if found is None:
         raise HTTPException(404, never_ran(segment_id))
     return found
@@ -133,20 +159,39 @@ def members_csv(segment_id: Readable) -> StreamingResponse:
 
 
 @router.get("/segments/{segment_id}/unmatched.csv")
-def unmatched_csv(segment_id: Readable) -> StreamingResponse:
-    """The last refresh's unmatched source users: their source user key and why."""
-    return _csv(
-        f"{segment_id}-unmatched.csv", ("user_key", "reason"), _store().unmatched(segment_id)
-    )
+def unmatched_csv(
+    segment_id: Readable, run: Annotated[str | None, Query(max_length=250)] = None
+) -> StreamingResponse:
+    """The unmatched source users (their source user key and why) of the refresh the current
+    version came from (`unmatched_run` in the details), or of `run` (a held or failed refresh;
+    the last few are kept). The file name says which run."""
+    store = _store()
+    run = run or store.unmatched_run(segment_id)
+    name = f"{segment_id}-unmatched-{re.sub(r'[^A-Za-z0-9_.-]+', '_', run or 'none')}.csv"
+    return _csv(name, ("user_key", "reason"), store.unmatched(segment_id, run))
 
 
 @router.get("/segments/{segment_id}/chart.svg")
-def chart(segment_id: Readable) -> Response:
-    """Connector, Netmera and Reachable users per published run (see `include.ui.chart`)."""
+def chart(segment_id: Readable, tz: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+    """Connector, Netmera and Reachable users per published run (see `include.ui.chart`), its
+    times in the IANA time zone `tz` (the page sends the browser's), else UTC."""
     from include.ui.chart import runs_chart
 
-    svg = runs_chart(_store().runs(segment_id, CHART_RUNS))
+    svg = runs_chart(_store().runs(segment_id, CHART_RUNS), _zone(tz))
     return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
+
+
+def _zone(name: str | None):
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not name:
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise HTTPException(
+            400, f"unknown time zone {name!r} (an IANA name: Europe/Istanbul)"
+        ) from None
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -286,7 +331,8 @@ def _config(segment_id: str) -> SegmentConfig:
     except SegmentNotFound:
         raise HTTPException(404, _unknown(segment_id)) from None
     except SegmentConfigError as exc:
-        raise HTTPException(404, str(exc)) from None
+        # The error names the file and field; the server's folders are nobody's business.
+        raise HTTPException(404, str(exc).replace(f"{segments_dir()}{os.sep}", "")) from None
 
 
 def _may_read(segment_id: str, user: GetUserDep) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import NoReturn
 
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from include.ui import page
 from include.ui.api import create_api_app
@@ -48,8 +49,29 @@ class PrefixRoute(BaseRoute):
         raise NoMatchFound(name, path_params)
 
 
+class NoSniff:
+    """`X-Content-Type-Options: nosniff` on every answer (JSON, CSV, SVG, errors): a browser
+    must never run a CSV of source user keys, or an error quoting one, as a script or page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Connector Segments", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(NoSniff)
     app.router.routes.append(PrefixRoute(WEBHOOKS, create_webhook_app()))
     app.mount("/api", create_api_app())
     app.include_router(page.router)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -38,10 +38,15 @@ def published_runs(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return sorted(done, key=lambda r: _when(r) or datetime.min)
 
 
-def runs_chart(runs: Iterable[Mapping[str, Any]], title: str = "Users per published run") -> str:
+def runs_chart(
+    runs: Iterable[Mapping[str, Any]],
+    zone: tzinfo = UTC,
+    title: str = "Users per published run",
+) -> str:
     """The chart of `runs` (the store's run rows: status, finished_at or started_at, version
-    and the three counts) as a standalone SVG document."""
-    points = published_runs(runs)
+    and the three counts) as a standalone SVG document, its times in `zone` (the page's
+    viewer's), which it names."""
+    points = [{**run, WHEN: _local(run, zone)} for run in published_runs(runs)]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label={quoteattr(title)} '
@@ -59,6 +64,10 @@ def runs_chart(runs: Iterable[Mapping[str, Any]], title: str = "Users per publis
     parts += _y_axis(top)
     parts += _x_axis(points)
     parts += _legend()
+    parts.append(
+        f'<text x="{WIDTH - RIGHT}" y="22" text-anchor="end" fill="#64748b" data-role="zone">'
+        f"Times in {escape(str(getattr(zone, 'key', zone)))}</text>"
+    )
     for field, label, colour in SERIES:
         parts += _line(points, field, label, colour, top)
     parts.append("</svg>")
@@ -79,6 +88,17 @@ def nice_ceiling(value: float) -> int:
 
 def _when(run: Mapping[str, Any]) -> datetime | None:
     return run.get("finished_at") or run.get("started_at")
+
+
+WHEN = "_local_time"  # a point's time in the chart's zone
+
+
+def _local(run: Mapping[str, Any], zone: tzinfo) -> datetime:
+    when = _when(run)
+    assert when is not None  # published_runs keeps dated runs only
+    if when.tzinfo is None:  # SQLite keeps no zone; the store writes UTC
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(zone)
 
 
 def _count(run: Mapping[str, Any], field: str) -> int | None:
@@ -119,14 +139,13 @@ def _x_axis(points: list[Mapping[str, Any]]) -> list[str]:
     for i, run in enumerate(points):
         if i % every and i != count - 1:
             continue
-        when = _when(run)
-        assert when is not None  # published_runs keeps dated runs only
+        when = run[WHEN]
         x = _x(i, count)
         parts.append(
             f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 18}" text-anchor="middle" fill="#475569">'
             f"{when:%b %d}</text>"
             f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 32}" text-anchor="middle" fill="#94a3b8"'
-            f' font-size="10">{when:%H:%M} UTC</text>'
+            f' font-size="10">{when:%H:%M}</text>'
         )
     return parts
 
@@ -160,10 +179,9 @@ def _line(
         f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>',
     ]
     for i, run, value in placed:
-        when = _when(run)
-        assert when is not None
+        when = run[WHEN]
         version = run.get("version")
-        tip = f"{label}: {value:,} (v{version}, {when:%Y-%m-%d %H:%M} UTC)"
+        tip = f"{label}: {value:,} (v{version}, {when:%Y-%m-%d %H:%M})"
         parts.append(
             f'<circle cx="{_x(i, count):.1f}" cy="{_y(value, top):.1f}" r="4" fill="{colour}" '
             f'stroke="#ffffff" stroke-width="1.5"><title>{escape(tip)}</title></circle>'
