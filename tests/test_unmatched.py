@@ -109,7 +109,7 @@ def test_a_retried_match_replaces_its_own_unmatched_users(workspace, capsys):
     staged = refresh.extract(config, run_id)
     refresh.match(config, run_id, staged)
     refresh.match(config, run_id, staged)  # the task's retry, after its rows were stored
-    assert len(unmatched_rows()) == len(UNMATCHED)
+    assert len(unmatched_rows(run_id)) == len(UNMATCHED)
 
 
 def test_a_held_refresh_records_what_approving_it_would_add_and_remove(workspace, capsys):

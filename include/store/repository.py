@@ -294,28 +294,7 @@ class SegmentStore:
         with self.engine.begin() as conn:
             conn.execute(unmatched.delete().where(*self._unmatched_of(segment_id, run_id)))
             _insert_batches(conn, unmatched, batches, segment_id=segment_id, airflow_run_id=run_id)
-            others = conn.execute(
-                sa.select(runs.c.airflow_run_id)
-                .where(
-                    runs.c.segment_id == segment_id,
-                    runs.c.airflow_run_id != run_id,
-                    self._matched_refresh(),
-                )
-                .order_by(*self._newest_first())
-                .limit(KEEP_UNMATCHED_RUNS - 1)
-            ).scalars()
-            # Those explaining a kept version stay while it is kept (a restore may make it
-            # current again, and the page's unmatched users must be the current version's).
-            explaining = {
-                self._source_run(conn, segment_id, kept["version"])
-                for kept in self._kept_versions(conn, segment_id)
-            }
-            conn.execute(
-                unmatched.delete().where(
-                    unmatched.c.segment_id == segment_id,
-                    unmatched.c.airflow_run_id.not_in([run_id, *others, *explaining - {None}]),
-                )
-            )
+            self._prune_unmatched(conn, segment_id, run_id)
 
     def fail_run(self, segment_id: str, run_id: str, step: str, error: str) -> str:
         """Failed: the run records the error, redacted of personal data (and returns it as
@@ -557,6 +536,31 @@ class SegmentStore:
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
 
+    def _prune_unmatched(self, conn: sa.Connection, segment_id: str, run_id: str) -> None:
+        """Keep the unmatched users of `run_id`, of the segment's newest KEEP_UNMATCHED_RUNS
+        refreshes (it included) and of the refreshes the kept versions came from (a restore may
+        make one current again, and the page's are the current version's); delete the rest."""
+        others = conn.execute(
+            sa.select(runs.c.airflow_run_id)
+            .where(
+                runs.c.segment_id == segment_id,
+                runs.c.airflow_run_id != run_id,
+                self._matched_refresh(),
+            )
+            .order_by(*self._newest_first())
+            .limit(KEEP_UNMATCHED_RUNS - 1)
+        ).scalars()
+        explaining = {
+            self._source_run(conn, segment_id, kept["version"])
+            for kept in self._kept_versions(conn, segment_id)
+        }
+        conn.execute(
+            unmatched.delete().where(
+                unmatched.c.segment_id == segment_id,
+                unmatched.c.airflow_run_id.not_in([run_id, *others, *explaining - {None}]),
+            )
+        )
+
     def _source_run(self, conn: sa.Connection, segment_id: str, version: int) -> str | None:
         """The refresh whose audience `version` is: the run that published it, or, for a
         restore, the one that published the version it restored (and so on)."""
@@ -698,6 +702,7 @@ class SegmentStore:
         )
         if not pruned:
             conn.execute(self._prune(outcome.version, segment_id))
+        self._prune_unmatched(conn, segment_id, run_id)
 
     @staticmethod
     def _prune(version: int, segment_id: str) -> sa.Delete:
