@@ -13,6 +13,8 @@ The chart's drawing is checked without a browser (`include.ui.chart` is a pure f
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -371,7 +373,7 @@ def table_rows(driver: Any) -> list[dict[str, Any]]:
                 "connector_users": number(cell("connector_users")),
                 "netmera_users": number(cell("netmera_users")),
                 "message_sent": number(cell("message_sent")),
-                "status": cell("status"),
+                "status": cell("status").splitlines()[0],  # the badge; its reason below
             }
         )
     return rows
@@ -426,6 +428,15 @@ def test_the_nav_opens_the_page_and_its_table_is_the_clis_list(demo, browser, ca
     [first] = [s for s in cli_json(capsys, "list") if s["id"] == rows[0]["id"]]
     stamp = by_css(browser, f'tr[data-id="{rows[0]["id"]}"] [data-field=last_update_date] time')
     assert stamp.get_attribute("title") == first["last_update_date"]
+    # How fresh, in words: the examples are manual; the schedule in words on hover.
+    fresh = by_css(browser, f'tr[data-id="{rows[0]["id"]}"] [data-field=freshness]')
+    fresh_text = r"refreshed (\d+ (minutes?|hours?) ago|this minute) · manual refresh only"
+    assert re.fullmatch(fresh_text, fresh.text), fresh.text
+    assert fresh.get_attribute("title").startswith("Manual")
+    # Held says why on the row itself.
+    reason = by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=status_reason]')
+    assert reason.get_attribute("title").startswith("Held by a guardrail, not published: ")
+    assert "max_shrink" in reason.get_attribute("title")
     shot(browser, "list")
     # Search and the status filter are the API's.
     search = by_css(browser, "input[name=q]")
@@ -524,6 +535,20 @@ def test_send_message_through_the_form_reaches_netmera_and_the_report(demo, brow
     assert by_css(browser, ".modal textarea[name=text]").get_attribute("value") == campaign["text"]
     title.clear()
     title.send_keys("Your cart <misses> you & more")
+    # A 10 % holdout: the form shows the split the API computes before the user confirms.
+    split = demo.api("segments/cart_abandoners/campaign", holdout_percent=10)
+    assert split["holdout"] > 0
+    holdout = by_css(browser, ".modal input[name=holdout_percent]")
+    holdout.clear()
+    holdout.send_keys("10")
+    wait_for(
+        lambda: by_css(browser, ".modal [data-field=holdout]").text == f"{split['holdout']:,}",
+        20,
+        "the split",
+    )
+    assert by_css(browser, ".modal [data-field=recipients]").text == f"{split['recipients']:,}"
+    assert confirm.text == f"Send to {split['recipients']:,} users"
+    assert "Reachable" in by_css(browser, ".modal [data-role=reachable-note]").text
     shot(browser, "send-form")
     confirm.click()
     assert notice(browser).startswith("Send Message started (run send")
@@ -542,11 +567,41 @@ def test_send_message_through_the_form_reaches_netmera_and_the_report(demo, brow
         number(row.find_element("css selector", "[data-field=recipients]").text)
         == (report["recipients"])
     )
-    assert report["recipients"] == campaign["recipients"] == len(set(demo.netmera.delivered()))
+    assert report["recipients"] == split["recipients"] == len(set(demo.netmera.delivered()))
+    assert (report["holdout"], report["holdout_percent"]) == (split["holdout"], 10)
+    assert report["recipients"] + report["holdout"] + report["not_addressable"] == split["members"]
+    assert (
+        number(row.find_element("css selector", "[data-field=holdout]").text.split()[0])
+        == (report["holdout"])
+    )
+    assert row.find_element("css selector", "[data-field=sent_by]").text == "by admin"
+    assert row.find_element("css selector", "[data-field=text]").text == report["text"]
+    key = row.find_element("css selector", "[data-field=notification_key]").text
+    assert key.endswith(str(report["notification_key"]))
+    # The held-out users' CSV, from the report's link: none of them was messaged.
+    href = row.find_element("css selector", "a[data-link=holdout-csv]").get_attribute("href")
+    held_out = demo.admin.get(href, timeout=30).text.split()[1:]
+    assert len(held_out) == report["holdout"]
+    ext_ids = external_ids(held_out)
+    assert ext_ids and not ext_ids & set(demo.netmera.delivered())
     stats = row.find_element("css selector", "[data-field=stats]").text
     for platform in report["stats"]:
         assert f"{platform['platform']} sent {platform['sent']:,}" in stats
     shot(browser, "message-report")
+
+
+def external_ids(user_ids: list[str]) -> set[str]:
+    """The Netmera user ids' extIds, from the demo's user table."""
+    import sqlite3
+
+    path = json.loads(os.environ["AIRFLOW_CONN_NETMERA_DB"])["host"]
+    with sqlite3.connect(path) as db:
+        marks = ",".join("?" * len(user_ids))
+        rows = db.execute(
+            f"SELECT DISTINCT external_id FROM netmera_users WHERE user_id IN ({marks})",
+            user_ids,
+        ).fetchall()
+    return {ext for (ext,) in rows if ext}
 
 
 def held_run(details: dict[str, Any]) -> dict[str, Any]:
@@ -634,8 +689,82 @@ def test_a_viewer_reads_every_page_but_its_action_buttons_say_why_it_may_not_act
         wait_for(lambda: by_css(driver, "[data-role=chart] svg"), 30, "the viewer's details")
         in_details = disabled_with_reason(driver, f".page-head {buttons}")
         assert len(in_details) == 2 and set(in_details) == {("true", NO_TRIGGER)}
+        # ... and they look it: the primary Send Message is no longer the accent blue.
+        send = by_css(driver, ".page-head button[data-action=send]")
+        colour = "return getComputedStyle(arguments[0]).backgroundColor"
+        assert driver.execute_script(colour, send) != "rgb(37, 99, 235)"
+        screenshot(driver, "viewer-details")
         driver.execute_script("location.hash = '#/segments/vip_customers/report'")
         wait_for(lambda: by_css(driver, "[data-role=report]"), 30, "the viewer's report")
+
+
+def test_a_deep_link_survives_the_back_button_and_a_reload(demo, browser):
+    listed(browser, demo)
+    by_css(browser, 'tr[data-id="vip_customers"] [data-field=name]').click()
+    name = wait_for(lambda: by_css(browser, ".page-head h1").text, 30, "the details")
+
+    def top_hash() -> str:
+        browser.switch_to.default_content()
+        try:
+            return browser.execute_script("return location.hash")
+        finally:
+            browser.switch_to.frame(by_css(browser, f'iframe[title="{VIEW_NAME}"]'))
+
+    assert top_hash() == "#/segments/vip_customers"  # the UI's own URL names the view
+    browser.back()
+    wait_for(lambda: table_rows(browser), 30, "the list, back")
+    assert top_hash() == ""
+    browser.forward()
+    wait_for(lambda: by_css(browser, ".page-head h1").text == name, 30, "the details, forward")
+    browser.switch_to.default_content()
+    browser.refresh()
+    frame = wait_for(lambda: by_css(browser, f'iframe[title="{VIEW_NAME}"]'), 60, "the iframe")
+    browser.switch_to.frame(frame)
+    wait_for(lambda: by_css(browser, ".page-head h1").text == name, 30, "the details, reloaded")
+    # A malformed link says so, with no script error.
+    browser.execute_script(
+        "window.pageErrors = [];"
+        "addEventListener('error', (e) => pageErrors.push(String(e.message)));"
+        "addEventListener('unhandledrejection', (e) => pageErrors.push(String(e.reason)));"
+        "location.hash = '#/segments/%E0%A4%A'"
+    )
+    wait_for(lambda: by_css(browser, "[data-role=bad-link]"), 20, "the malformed link's notice")
+    assert browser.execute_script("return window.pageErrors") == []
+
+
+def test_a_failed_refresh_says_why_on_the_list_and_links_its_log_in_details(demo, browser):
+    source = demo.folder / "data" / "winback.csv"
+    source.rename(source.with_suffix(".gone"))
+    try:
+        listed(browser, demo)
+        by_css(browser, f'tr[data-id="{WINBACK}"] button[data-action=refresh]').click()
+        assert notice(browser).startswith("Refresh started (run ")
+        wait_for(lambda: row_status(browser, WINBACK) == "Failed", RUN_TIMEOUT, "Failed")
+    finally:
+        source.with_suffix(".gone").rename(source)
+    run = demo.api(f"segments/{WINBACK}")["runs"][0]
+    assert (run["status"], run["failed_step"], run["log_task"]) == ("failed", "extract", "extract")
+    row_reason = by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=status_reason]')
+    assert row_reason.get_attribute("title") == (
+        f"The last refresh failed in extract: {run['error']}. The published membership is "
+        "unchanged."
+    )
+    shot(browser, "list-failed")
+    by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=name]').click()
+    error = wait_for(
+        lambda: by_css(browser, "[data-role=last-run] [data-field=error]"), 30, "the error"
+    )
+    assert not by_css(browser, "#notice").is_displayed()  # the notice stayed with its page
+    assert error.text == f"Failed in extract: {run['error']}"
+    log = by_css(browser, "[data-role=last-run] a[data-link=log]")
+    run_path = f"/runs/{quote(run['airflow_run_id'], safe='')}"
+    assert log.get_attribute("href").endswith(f"{run_path}/tasks/extract")
+    newest = by_css(browser, "[data-role=runs] tbody tr")
+    assert newest.get_attribute("data-status") == "failed"
+    assert newest.find_element("css selector", "[data-link=log]").text == "log of extract"
+    note = newest.find_element("css selector", "[data-field=note] .clamp")
+    assert note.get_attribute("title") == f"extract: {run['error']}"
+    shot(browser, "details-failed", height=2600)
 
 
 def test_the_page_loads_its_data_under_a_sub_path(demo, chromium_installed, tmp_path):

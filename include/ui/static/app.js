@@ -1,8 +1,10 @@
 /* Connector Segments page: a single page over the JSON API (api/..., relative URLs only).
  *
  * Hash routes: #/ (the list, with ?q=&status=&source_type=&offset=), #/segments/ID (Segment
- * Details), #/segments/ID/report (Message Report). Every value from the API is put in the
- * page as text (textContent, attributes): names and descriptions are user input.
+ * Details), #/segments/ID/report (Message Report). Inside Airflow's iframe the route is mirrored
+ * into the top window's URL, so a reload or a shared link opens the same view. Every value
+ * from the API is put in the page as text (textContent, attributes): names and descriptions
+ * are user input. Times are the user's local time; the chart is drawn in the same zone.
  */
 (() => {
   "use strict";
@@ -13,6 +15,9 @@
   const STATUS_FILTERS = ["Ready", "Calculating", "Failed", "Held", "Stale", "Not Active"];
   const SOURCE_TYPES = ["file", "sql", "mixpanel", "mixpanel_webhook", "amplitude"];
   const TASKS = ["start", "extract", "match", "validate", "publish", "send_message"];
+  const NOTICE_MS = 8000; // an information notice clears itself after this long
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const KINDS = { refresh: "Refresh", approve: "Approval", restore: "Restore", send: "Send Message", dry_run: "Dry run" };
   const REASONS = {
     ambiguous: "an identifier found more than one Netmera user",
     not_found: "no Netmera user has any of its identifiers",
@@ -62,6 +67,11 @@
     return value === null || value === undefined ? "—" : numbers.format(value);
   }
 
+  /** A segment's user count: "—" until it has published (0 would claim an empty audience). */
+  function users(row, value) {
+    return row.last_update_date ? count(value) : "—";
+  }
+
   function percent(value) {
     return value === null || value === undefined ? "—" : `${(value * 100).toFixed(1)} %`;
   }
@@ -83,6 +93,41 @@
     return h("time", { datetime: iso, title: iso, class: "nowrap", text: dates.format(parsed) });
   }
 
+  const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+
+  /** "3 h ago", "in 20 min": the distance from now in the largest unit that fits. */
+  function ago(iso) {
+    const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+    const units = [["day", 86400], ["hour", 3600], ["minute", 60]];
+    for (const [unit, size] of units) {
+      if (Math.abs(seconds) >= size) return relative.format(Math.round(seconds / size), unit);
+    }
+    return relative.format(0, "minute");
+  }
+
+  /** "today 03:30", "tomorrow 03:30", else the date: when the next refresh is, locally. */
+  function dayAndTime(iso) {
+    const at = new Date(iso);
+    const today = new Date();
+    const tomorrow = new Date(today.getFullYear(), today.getMonth(), today.getDate() + 1);
+    const sameDay = (a, b) => a.toDateString() === b.toDateString();
+    if (sameDay(at, today)) return `today ${hours.format(at)}`;
+    if (sameDay(at, tomorrow)) return `tomorrow ${hours.format(at)}`;
+    return dates.format(at);
+  }
+
+  /** How fresh the segment is, in words: "refreshed 3 h ago · next today 03:30" (Stale:
+   * "overdue since …"); the schedule in words on hover, the cron text kept for engineers. */
+  function freshness(row) {
+    const parts = [];
+    parts.push(row.last_update_date ? `refreshed ${ago(row.last_update_date)}` : "never refreshed");
+    if (row.overdue_since) parts.push(`overdue since ${dayAndTime(row.overdue_since)}`);
+    else if (row.next_refresh_at) parts.push(`next ${dayAndTime(row.next_refresh_at)}`);
+    else if (!row.schedule) parts.push("manual refresh only");
+    const title = [row.schedule_text, row.schedule ? `cron: ${row.schedule} (UTC)` : null].filter(Boolean).join(" · ");
+    return h("span", { class: row.overdue_since ? "fresh overdue" : "fresh", "data-field": "freshness", title, text: parts.join(" · ") });
+  }
+
   function slug(text) {
     return String(text).toLowerCase().replace(/[^a-z0-9]+/g, "-");
   }
@@ -92,6 +137,7 @@
    * Never run. */
   function badgeOf(row) {
     if (row.paused) return "Not Active";
+    if (row.active_run && row.active_run.kind === "send") return "Sending";
     if (row.status === "Calculating" || row.active_run) return "Calculating";
     if (row.status === "Failed" || row.status === "Held") return row.status;
     if (row.stale) return "Stale";
@@ -104,7 +150,7 @@
   }
 
   const SEND_STATUSES = ["sent", "sending", "partial", "failed"];
-  const RUN_STATUSES = ["published", "calculating", "failed", "held", "dry_run"];
+  const RUN_STATUSES = ["published", "calculating", "failed", "held", "dry_run", "queued", "running", "success"];
 
   function smallBadge(status, known) {
     return badge(status || "—", known.includes(status));
@@ -174,14 +220,26 @@
 
   // -- notices, modals, polling ------------------------------------------------------------
 
+  let noticeTimer = null;
+
+  /** A notice above the view: an error stays until dismissed or the view changes; an
+   * information clears itself after NOTICE_MS. */
   function say(message, isError) {
+    clearTimeout(noticeTimer);
+    if (!isError) noticeTimer = setTimeout(clearNotice, NOTICE_MS);
     notice.hidden = false;
     notice.className = isError ? "notice error" : "notice";
     replace(
       notice,
       h("span", { "data-role": "message", text: message }),
-      h("button", { type: "button", "aria-label": "Dismiss", text: "×", onclick: () => { notice.hidden = true; } }),
+      h("button", { type: "button", "aria-label": "Dismiss", text: "×", onclick: clearNotice }),
     );
+  }
+
+  function clearNotice() {
+    clearTimeout(noticeTimer);
+    notice.hidden = true;
+    notice.replaceChildren();
   }
 
   function closeModal() {
@@ -271,30 +329,69 @@
       }
     });
     openModal(title, form);
+    return button;
   }
 
+  const REACHABLE_NOTE = "Recipients are the members Netmera's REST API can address (those with an extId). " +
+    "Reachable, on the segment's page, counts members with a device that accepts push: Netmera delivers only to those, " +
+    "so the delivered count in Message Report is at most Reachable.";
+
   async function sendMessage(row, after) {
-    const campaign = await apiOrSay(`${segmentPath(row.id)}/campaign`);
+    const path = `${segmentPath(row.id)}/campaign`;
+    const campaign = await apiOrSay(path);
     if (!campaign) return;
     // The API's limits (longer is refused with 422).
     const title = h("input", { type: "text", name: "title", required: true, maxlength: 500 });
     title.value = campaign.title || "";
     const text = h("textarea", { name: "text", required: true, maxlength: 5000 });
     text.value = campaign.text || "";
+    const holdout = h("input", { type: "number", name: "holdout_percent", min: 0, max: 50, step: "any", required: true, class: "short" });
+    holdout.value = campaign.holdout_percent || 0;
+    const field = (name, value) => h("strong", { "data-field": name, text: count(value) });
+    const split = h("div", { class: "summary", "data-role": "split" });
+    const confirm = { label: null };
+    function showSplit(figures) {
+      replace(split,
+        h("div", {}, "Members: ", field("members", figures.members ?? (figures.recipients + figures.not_addressable))),
+        h("div", {}, "Recipients: ", field("recipients", figures.recipients),
+          h("span", { class: "muted small", text: " (messaged)" })),
+        h("div", {}, "Holdout: ", field("holdout", figures.holdout || 0),
+          h("span", { class: "muted small", text: ` (${numbers.format(Number(holdout.value) || 0)} % of the addressable members, chosen at random but fixed for this message and version; recorded, never messaged, to measure the campaign's lift)` })),
+        h("div", {}, "Not addressable: ", field("not_addressable", figures.not_addressable),
+          h("span", { class: "muted small", text: " (matched users without an extId: Netmera's REST API cannot reach them)" })),
+        h("p", { class: "muted small", "data-role": "reachable-note", text: `${REACHABLE_NOTE} This segment: Reachable ${count(row.reachable)}.` }));
+      if (confirm.button) confirm.button.textContent = `Send to ${count(figures.recipients)} users`;
+    }
+    showSplit(campaign);
+    let asked = 0;
+    async function resplit() {
+      const percent = Number(holdout.value);
+      if (!holdout.checkValidity() || Number.isNaN(percent)) return;
+      const mine = ++asked;
+      try {
+        const figures = await api(`${path}?${new URLSearchParams({ holdout_percent: percent })}`);
+        if (mine === asked) showSplit(figures);
+      } catch (error) {
+        if (mine === asked) replace(split, h("p", { class: "error", text: error.message }));
+      }
+    }
+    let timer = null;
+    holdout.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(resplit, 250); });
     const body = [
       h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
         ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
-      h("div", { class: "summary" },
-        h("div", {}, "Recipients: ", h("strong", { "data-field": "recipients", text: count(campaign.recipients) })),
-        h("div", {}, "Not addressable: ", h("strong", { "data-field": "not_addressable", text: count(campaign.not_addressable) }),
-          h("span", { class: "muted small", text: " (matched users without an extId: Netmera's REST API cannot reach them)" }))),
       h("label", { text: "Title" }), title,
       h("label", { text: "Message" }), text,
+      h("label", { text: "Holdout group (% of the addressable members not messaged, 0–50)" }), holdout,
+      split,
     ];
-    confirmBox(`Send Message: ${row.name}`, body, `Send to ${count(campaign.recipients)} users`, async () => {
-      started("Send Message", await post(`${segmentPath(row.id)}/send`, { title: title.value, text: text.value }));
-      after(row.id);
+    confirm.button = confirmBox(`Send Message: ${row.name}`, body, `Send to ${count(campaign.recipients)} users`, async () => {
+      const answer = await post(`${segmentPath(row.id)}/send`,
+        { title: title.value, text: text.value, holdout_percent: Number(holdout.value) || 0 });
+      started("Send Message", answer);
+      after(row.id, "send");
     }, "confirm-send");
+    if (holdout.value !== "0") resplit();
     title.focus();
   }
 
@@ -340,7 +437,11 @@
   // Ids acted upon: shown Calculating until the API shows the run (or for a few seconds).
   const pending = new Map();
   const PENDING_MS = 10000;
-  const markPending = (id) => pending.set(id, Date.now() + PENDING_MS);
+  const markPending = (id, action) => {
+    pending.set(id, Date.now() + PENDING_MS);
+    if (action === "send") pending.set(`${id}:send`, true);
+    else pending.delete(`${id}:send`);
+  };
 
   function listState() {
     const query = new URLSearchParams(location.hash.split("?")[1] || "");
@@ -357,6 +458,7 @@
     for (const [key, value] of Object.entries(state)) if (value) query.set(key, value);
     const text = query.toString();
     history.replaceState(null, "", text ? `#/?${text}` : "#/");
+    mirrorRoute();
   }
 
   function select(name, label, options, value) {
@@ -405,7 +507,7 @@
     prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE_SIZE); keepListState(state); reload(); });
     next.addEventListener("click", () => { state.offset += PAGE_SIZE; keepListState(state); reload(); });
 
-    const after = (id) => { markPending(id); reload(); };
+    const after = (id, action) => { markPending(id, action); reload(); };
     let loading = 0;
 
     async function load() {
@@ -432,7 +534,7 @@
       range.textContent = `${numbers.format(first)}–${numbers.format(last)} of ${numbers.format(page.total)}`;
       prev.disabled = state.offset === 0;
       next.disabled = last >= page.total;
-      const calculating = page.segments.some((row) => shownBadge(row) === "Calculating");
+      const calculating = page.segments.some((row) => ["Calculating", "Sending"].includes(shownBadge(row)));
       schedule(gen, calculating, reload);
     }
     load();
@@ -440,7 +542,8 @@
 
   function shownBadge(row) {
     const label = badgeOf(row);
-    return (pending.get(row.id) || 0) > Date.now() && label !== "Not Active" ? "Calculating" : label;
+    if ((pending.get(row.id) || 0) <= Date.now() || ["Not Active", "Sending"].includes(label)) return label;
+    return pending.get(`${row.id}:send`) ? "Sending" : "Calculating";
   }
 
   function segmentRow(row, after) {
@@ -455,16 +558,20 @@
         title: "Choose a kept version in Segment Details",
         onclick: () => { location.hash = `#/segments/${encodeURIComponent(row.id)}?versions`; } }));
     }
+    const label = shownBadge(row);
+    const reason = ["Failed", "Held", "Stale", "Not Active"].includes(label) ? row.status_reason : null;
     return h("tr", { "data-id": row.id },
       h("td", { class: "name" },
         h("a", { href: `#/segments/${encodeURIComponent(row.id)}`, "data-field": "name", text: row.name }),
-        h("div", { class: "muted small", text: `${row.id} · ${row.source_type}${row.schedule ? ` · ${row.schedule}` : " · manual"}` })),
-      h("td", { class: "num", "data-field": "connector_users", text: count(row.connector_users) }),
-      h("td", { class: "num", "data-field": "netmera_users", text: count(row.netmera_users) }),
+        h("div", { class: "muted small", text: `${row.id} · ${row.source_type}` }),
+        h("div", { class: "muted small" }, freshness(row))),
+      h("td", { class: "num", "data-field": "connector_users", text: users(row, row.connector_users) }),
+      h("td", { class: "num", "data-field": "netmera_users", text: users(row, row.netmera_users) }),
       h("td", { class: "num", "data-field": "message_sent", text: count(row.message_sent) }),
       h("td", { class: "desc", title: row.description }, h("div", { class: "clamp", text: row.description })),
       h("td", { class: "date", "data-field": "last_update_date" }, when(row.last_update_date, true)),
-      h("td", { "data-field": "status" }, badge(shownBadge(row))),
+      h("td", { class: "status", "data-field": "status" }, badge(label),
+        reason ? h("div", { class: "status-reason small clamp", "data-field": "status_reason", title: reason, text: reason }) : null),
       h("td", {}, h("div", { class: "actions" },
         actionButton(row, "send", "Send Message", (r) => sendMessage(r, after)),
         report,
@@ -512,15 +619,42 @@
     return h("a", { ...attrs, href: airflow(path), target: "_top", text, onclick: openTop });
   }
 
+  function runPath(dagId, run) {
+    return `${encodeURIComponent(dagId)}/runs/${encodeURIComponent(run.airflow_run_id)}`;
+  }
+
+  /** The run in Airflow, the log of the task that explains it (the failed one; a restore's
+   * `restore`), and the logs of the other tasks that ran (skipped ones have none). */
   function runLinks(dagId, run) {
     if (!dagId || !run || !run.airflow_run_id) return null;
-    const base = `${encodeURIComponent(dagId)}/runs/${encodeURIComponent(run.airflow_run_id)}`;
+    const base = runPath(dagId, run);
+    const ran = run.tasks && run.tasks.length
+      ? run.tasks.filter((t) => t.state && !["skipped", "removed", "upstream_failed"].includes(t.state)).map((t) => t.task_id)
+      : TASKS;
     return h("div", { class: "links" },
       airflowLink(base, "Open the DAG run in Airflow", { "data-link": "dag-run" }),
-      h("span", { class: "muted", text: "Task logs:" }),
-      TASKS.map((task) => airflowLink(`${base}/tasks/${encodeURIComponent(task)}`, task, {
-        "data-link": `task-${task}`, class: run.failed_step === task ? "failed-step" : null,
+      run.log_task ? airflowLink(`${base}/tasks/${encodeURIComponent(run.log_task)}`, `Log of ${run.log_task}`,
+        { "data-link": "log", class: run.status === "failed" ? "failed-step" : null }) : null,
+      ran.filter((t) => t !== run.log_task).length ? h("span", { class: "muted", text: "Other task logs:" }) : null,
+      ran.filter((t) => t !== run.log_task).map((task) => airflowLink(`${base}/tasks/${encodeURIComponent(task)}`, task, {
+        "data-link": `task-${task}`,
       })));
+  }
+
+  /** What a run did and how it ended, in words: its kind, Airflow's state when the store has
+   * no word for it, and who started it. */
+  function runTitle(run) {
+    const kind = KINDS[run.kind] || "Run";
+    const by = run.triggered_by && !["scheduled", "manual"].includes(run.triggered_by) ? ` by ${run.triggered_by}` : "";
+    return `${kind}${by}`;
+  }
+
+  function runNote(run) {
+    if (run.status === "failed") return `${run.failed_step ? `${run.failed_step}: ` : ""}${run.error || "failed"}`;
+    if (run.hold_reason) return run.hold_reason;
+    if (run.restored_from) return `restored from v${run.restored_from}`;
+    if (run.status === "queued" || run.status === "running") return `Airflow: ${run.status}`;
+    return "";
   }
 
   function stat(label, value, field) {
@@ -586,28 +720,39 @@
         h("tbody", {}, reasonRows.length ? reasonRows : h("tr", {}, h("td", { colspan: 3, class: "empty", text: "Every source user matched." }))))));
   }
 
+  function unmatchedLink(id, run, text) {
+    const query = run ? `?${new URLSearchParams({ run })}` : "";
+    return h("a", { class: "button", href: `api/${segmentPath(id)}/unmatched.csv${query}`,
+      download: `${id}-unmatched.csv`, "data-link": run ? "run-unmatched-csv" : "unmatched-csv", text });
+  }
+
   function lastRunCard(d) {
     const run = (d.runs || [])[0];
     if (!run) return null;
-    const note = run.status === "failed" && run.error
-      ? h("div", { class: "reason failed", "data-field": "error" }, `Failed in ${run.failed_step || "a step"}: `, run.error)
+    const note = run.status === "failed"
+      ? h("div", { class: "reason failed", "data-field": "error" }, `Failed${run.failed_step ? ` in ${run.failed_step}` : ""}: `, run.error || "no error recorded")
       : run.status === "held" ? h("div", { class: "reason held", "data-field": "hold_reason", text: `Held: ${run.hold_reason || "a guardrail tripped"}` })
         : null;
+    const matched = run.connector_users !== null && run.connector_users !== undefined;
+    const ownUnmatched = matched && run.airflow_run_id !== d.unmatched_run && run.kind !== "restore"
+      ? h("div", { class: "actions" }, unmatchedLink(d.id, run.airflow_run_id, "This run's unmatched source users (CSV)")) : null;
     return h("div", { class: "card", "data-role": "last-run" },
-      h("h2", {}, "Last run ", smallBadge(run.status, RUN_STATUSES), run.dry_run ? h("span", { class: "tag", text: "dry run" }) : null,
+      h("h2", {}, `Last run: ${runTitle(run)} `, smallBadge(run.status, RUN_STATUSES), run.dry_run ? h("span", { class: "tag", text: "dry run" }) : null,
         run.approve ? h("span", { class: "tag", text: "approval" }) : null),
       h("dl", { class: "kv" },
         h("dt", { text: "Run" }), h("dd", { class: "small", text: run.airflow_run_id }),
+        run.airflow_state ? [h("dt", { text: "Airflow state" }), h("dd", { "data-field": "airflow_state", text: run.airflow_state })] : null,
         h("dt", { text: "Started" }), h("dd", {}, when(run.started_at)),
         h("dt", { text: "Finished" }), h("dd", {}, when(run.finished_at)),
-        h("dt", { text: "Counts" }), h("dd", { text: `Connector ${count(run.connector_users)} → matched ${count(run.matched_source_users)} → Netmera ${count(run.netmera_users)} (reachable ${count(run.reachable)})` }),
-        h("dt", { text: "Changes" }), h("dd", {},
+        matched ? [h("dt", { text: "Counts" }), h("dd", { text: `Connector ${count(run.connector_users)} → matched ${count(run.matched_source_users)} → Netmera ${count(run.netmera_users)} (reachable ${count(run.reachable)})` })] : null,
+        run.version || run.added !== null && run.added !== undefined ? [h("dt", { text: "Changes" }), h("dd", {},
           h("span", { class: "plus", "data-field": "added", text: `+${count(run.added)} added` }), ", ",
           h("span", { class: "minus", "data-field": "removed", text: `−${count(run.removed)} removed` }),
           run.version ? ` (version ${run.version}${run.base_version ? ` vs ${run.base_version}` : ""})` : "",
-          run.restored_from ? ` · restored from version ${run.restored_from}` : "")),
+          run.restored_from ? ` · restored from version ${run.restored_from}` : "")] : null),
       note,
       validationBlock(run.validation),
+      ownUnmatched,
       runLinks(d.dag_id, run));
   }
 
@@ -640,28 +785,30 @@
 
   function runsTable(d) {
     const rows = (d.runs || []).map((r) => {
-      const link = d.dag_id ? airflowLink(`${encodeURIComponent(d.dag_id)}/runs/${encodeURIComponent(r.airflow_run_id)}`, r.airflow_run_id) : r.airflow_run_id;
-      const note = r.error ? `${r.failed_step || ""}: ${r.error}` : r.hold_reason || (r.restored_from ? `restored from v${r.restored_from}` : "");
-      return h("tr", {},
+      const run = d.dag_id ? airflowLink(runPath(d.dag_id, r), r.airflow_run_id, { "data-link": "run" }) : r.airflow_run_id;
+      const log = d.dag_id && r.log_task
+        ? airflowLink(`${runPath(d.dag_id, r)}/tasks/${encodeURIComponent(r.log_task)}`, `log of ${r.log_task}`, { "data-link": "log" }) : null;
+      const note = runNote(r);
+      return h("tr", { "data-run": r.airflow_run_id, "data-status": r.status },
         h("td", {}, when(r.started_at)),
-        h("td", { class: "small ellipsis" }, link),
+        h("td", {}, h("div", { text: runTitle(r) }), h("div", { class: "small ellipsis" }, run)),
         h("td", {}, smallBadge(r.status, RUN_STATUSES)),
         h("td", { class: "num", text: r.version ? `v${r.version}` : "—" }),
         h("td", { class: "num", text: count(r.connector_users) }),
         h("td", { class: "num", text: count(r.netmera_users) }),
-        h("td", { class: "num", text: count(r.reachable) }),
         h("td", { class: "num" }, h("span", { class: "plus", text: `+${count(r.added)}` }), " ", h("span", { class: "minus", text: `−${count(r.removed)}` })),
-        h("td", { class: "small ellipsis", title: note, text: note }));
+        h("td", { class: r.status === "failed" ? "note failed" : "note", "data-field": "note" },
+          h("div", { class: "clamp", title: note, text: note }), log));
     });
     return h("div", { class: "card flush", "data-role": "runs" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["Started", "Airflow run", "Status", "Version", "Connector", "Netmera", "Reachable", "Added / removed", "Note"]
-        .map((t, i) => h("th", { class: i >= 3 && i <= 7 ? "num" : null, text: t })))),
-      h("tbody", {}, rows)));
+      h("thead", {}, h("tr", {}, ["Started", "Run", "Status", "Version", "Connector", "Netmera", "Added / removed", "What happened"]
+        .map((t, i) => h("th", { class: i >= 3 && i <= 6 ? "num" : null, text: t })))),
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No run yet." })))));
   }
 
   async function loadChart(holder, id, gen) {
     try {
-      const response = await request(`${segmentPath(id)}/chart.svg`);
+      const response = await request(`${segmentPath(id)}/chart.svg?${new URLSearchParams({ tz: ZONE })}`);
       // Inline (not <img>) so the points' <title> tooltips work; parsed as XML, never as HTML.
       const doc = new DOMParser().parseFromString(await response.text(), "image/svg+xml");
       const svg = doc.documentElement;
@@ -675,7 +822,7 @@
   async function renderDetails(id, focusVersions) {
     const gen = generation;
     const reload = () => { if (gen === generation) renderDetails(id, false); };
-    const after = () => { markPending(id); reload(); };
+    const after = (_, action) => { markPending(id, action); reload(); };
     let d;
     let row;
     try {
@@ -701,33 +848,34 @@
       h("div", {},
         h("div", { class: "title" }, h("h1", { "data-field": "name", text: row.name }), badge(label)),
         h("div", { class: "sub", text: row.description }),
-        h("div", { class: "sub small", text: `${row.id} · source ${row.source_type} · ${row.schedule ? `schedule ${row.schedule}` : "manual refresh only"}` })),
+        h("div", { class: "sub small" }, `${row.id} · source ${row.source_type} · `, freshness(row))),
       h("div", { class: "actions" },
         actionButton(row, "send", "Send Message", (r) => sendMessage(r, after), true),
         h("a", { class: "button", href: `#/segments/${encodeURIComponent(id)}/report`, text: "Message Report" }),
         actionButton(row, "refresh", "Refresh", (r) => refresh(r, after)),
         row.status === "Held" ? actionButton(row, "approve", "Approve", (r) => approve(r, after)) : null,
         row.dag_id ? airflowLink(encodeURIComponent(row.dag_id), "Open in Airflow", { class: "button", "data-link": "dag" }) : null));
+    const reason = ["Failed", "Held", "Stale", "Not Active"].includes(label) && row.status_reason
+      ? h("div", { class: `reason ${slug(label)}`, "data-field": "status_reason", text: row.status_reason }) : null;
     if (d instanceof Error) {
       // Only a 404 means "never ran"; a refusal (401, 403) or a failure says what the API said.
       const problem = d.status === 404
         ? h("div", { class: "card empty", "data-role": "never-ran", text: `${d.message}. Press Refresh to run it.` })
         : h("div", { class: "notice error", "data-role": "error", text: d.message });
-      replace(view, head, problem);
-      schedule(gen, label === "Calculating", reload);
+      replace(view, head, reason, problem);
+      schedule(gen, ["Calculating", "Sending"].includes(label), reload);
       return;
     }
     const chart = h("div", { class: "chart", "data-role": "chart" }, h("p", { class: "muted", text: "Loading the chart…" }));
     replace(view, head,
       h("div", { class: "stats" },
-        stat("Connector Users", count(d.connector_users), "connector_users"),
-        stat("Netmera Users", count(d.netmera_users), "netmera_users"),
-        stat("Reachable", count(d.reachable), "reachable"),
+        stat("Connector Users", users(row, d.connector_users), "connector_users"),
+        stat("Netmera Users", users(row, d.netmera_users), "netmera_users"),
+        stat("Reachable", users(row, d.reachable), "reachable"),
         stat("Message Sent", count(d.message_sent), "message_sent"),
         stat("Current version", d.current_version ? `v${d.current_version}` : "—", "current_version"),
         stat("Last Update Date", when(d.last_update_date), "last_update_date")),
-      d.status === "Failed" && d.status_reason ? h("div", { class: "reason failed", "data-field": "status_reason", text: d.status_reason }) : null,
-      d.status === "Held" && d.status_reason ? h("div", { class: "reason held", "data-field": "status_reason", text: d.status_reason }) : null,
+      reason,
       h("div", { class: "card" }, h("h2", { text: "Users per published refresh" }), chart),
       h("div", { class: "card" }, h("h2", { text: "Why Connector Users and Netmera Users differ" + (d.current_version ? ` (version ${d.current_version})` : "") }),
         explanation(d), countsTables(d)),
@@ -735,11 +883,12 @@
       h("h2", { text: "Kept versions" }), versionsCard(d, row, after),
       h("div", { class: "card" }, h("h2", { text: "Downloads" }), h("div", { class: "actions" },
         h("a", { class: "button", href: `api/${segmentPath(id)}/members.csv`, download: `${id}-members.csv`, "data-link": "members-csv", text: "Members (Netmera user ids, CSV)" }),
-        h("a", { class: "button", href: `api/${segmentPath(id)}/unmatched.csv`, download: `${id}-unmatched.csv`, "data-link": "unmatched-csv", text: "Unmatched source users and reasons (CSV)" }))),
+        d.current_version ? unmatchedLink(id, null, `Unmatched source users of version ${d.current_version} and why (CSV)`) : null),
+        d.unmatched_run ? h("p", { class: "muted small", "data-field": "unmatched_run", text: `From run ${d.unmatched_run}, the refresh version ${d.current_version}'s audience came from.` }) : null),
       h("h2", { text: "Recent runs" }), runsTable(d));
     loadChart(chart, id, gen);
     if (focusVersions) document.getElementById("versions").scrollIntoView();
-    schedule(gen, label === "Calculating", reload);
+    schedule(gen, ["Calculating", "Sending"].includes(label), reload);
   }
 
   // -- Message Report ----------------------------------------------------------------------
@@ -766,10 +915,16 @@
     if (gen !== generation) return;
     setCrumbs(row || { id, name: id }, "Message Report");
     const rows = sends.map((s) => h("tr", { "data-send": s.send_key || "" },
-      h("td", {}, when(s.time)),
+      h("td", {}, when(s.time), s.sent_by ? h("div", { class: "muted small", "data-field": "sent_by", text: `by ${s.sent_by}` }) : null),
       h("td", { class: "num", text: `v${s.version}` }),
-      h("td", { "data-field": "title", text: s.title }),
+      h("td", { class: "message" }, h("div", { "data-field": "title", class: "strong", text: s.title }),
+        s.text ? h("div", { class: "muted small clamp", "data-field": "text", title: s.text, text: s.text }) : null,
+        s.notification_key !== null && s.notification_key !== undefined
+          ? h("div", { class: "muted small", "data-field": "notification_key", text: `Netmera notification key ${s.notification_key}` }) : null),
       h("td", { class: "num", "data-field": "recipients", text: count(s.recipients) }),
+      h("td", { class: "num", "data-field": "holdout" }, count(s.holdout ?? 0),
+        s.holdout ? h("div", { class: "muted small" }, `${numbers.format(s.holdout_percent)} % · `,
+          h("a", { href: `api/${segmentPath(id)}/sends/${encodeURIComponent(s.send_key)}/holdout.csv`, download: `${id}-holdout.csv`, "data-link": "holdout-csv", text: "CSV" })) : null),
       h("td", { "data-field": "status" }, smallBadge(s.status, SEND_STATUSES)),
       h("td", { class: "num", text: count(s.uncertain) }),
       h("td", { class: "num", text: count(s.not_addressable) }),
@@ -778,27 +933,62 @@
     replace(view,
       h("div", { class: "page-head" }, h("div", {},
         h("div", { class: "title" }, h("h1", { text: `Message Report: ${row ? row.name : id}` })),
-        h("div", { class: "sub", text: "Every Send Message of this segment, newest first, with Netmera's delivery stats." }))),
+        h("div", { class: "sub", text: "Every Send Message of this segment, newest first, with Netmera's delivery stats. The holdout group is the members held back to measure the campaign's lift." }))),
       h("div", { class: "card flush" }, h("table", { "data-role": "report" },
-        h("thead", {}, h("tr", {}, ["Time", "Version", "Title", "Recipients", "Status", "Uncertain", "Not addressable", "Delivery (per platform)", "Error"]
-          .map((t, i) => h("th", { class: [1, 3, 5, 6].includes(i) ? "num" : null, text: t })))),
-        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 9, class: "empty", text: "No message sent yet." }))))));
+        h("thead", {}, h("tr", {}, ["Time", "Version", "Message", "Recipients", "Holdout", "Status", "Uncertain", "Not addressable", "Delivery (per platform)", "Error"]
+          .map((t, i) => h("th", { class: [1, 3, 4, 6, 7].includes(i) ? "num" : null, text: t })))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 10, class: "empty", text: "No message sent yet." }))))));
     const sending = sends.some((s) => s.status === "sending");
     schedule(gen, sending, () => renderReport(id));
   }
 
   // -- routing -----------------------------------------------------------------------------
 
+  /** Airflow's UI around the page (the same origin), or null when the page is on its own. */
+  function airflowWindow() {
+    try {
+      const top = window.top;
+      return top !== window && top.location.origin === location.origin ? top : null;
+    } catch (_) {
+      return null; // framed by another origin: nothing to mirror
+    }
+  }
+
+  /** The route into the UI's own URL (`/plugin/connector-segments#/segments/ID`), so that a
+   * reload or a copied link opens this view: replaced, never pushed (the iframe's own hash
+   * changes already make the back button's steps), with the UI router's state kept. */
+  function mirrorRoute() {
+    const top = airflowWindow();
+    if (!top) return;
+    const url = top.location.pathname + top.location.search + (location.hash.length > 2 ? location.hash : "");
+    if (url !== top.location.pathname + top.location.search + top.location.hash) top.history.replaceState(top.history.state, "", url);
+  }
+
   function render() {
     generation += 1;
     closeModal();
+    clearNotice();
+    mirrorRoute();
     const [path, query] = (location.hash.replace(/^#/, "") || "/").split("?");
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    let parts;
+    try {
+      parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    } catch (_) {
+      setCrumbs();
+      replace(view, h("div", { class: "card empty", "data-role": "bad-link" },
+        "This link is not a valid page address. ", h("a", { href: "#/", text: "Back to the list" })));
+      return;
+    }
     if (parts[0] === "segments" && parts[1] && parts[2] === "report") renderReport(parts[1]);
     else if (parts[0] === "segments" && parts[1]) renderDetails(parts[1], query === "versions");
     else renderList();
   }
 
+  // Opened by the UI with no route of its own (a reload, a shared link): the UI's URL has it.
+  const framing = airflowWindow();
+  if (framing && location.hash.length <= 2 && framing.location.hash.startsWith("#/")) {
+    history.replaceState(null, "", framing.location.hash);
+  }
   window.addEventListener("hashchange", render);
   render();
 })();
