@@ -107,7 +107,8 @@ def _print_details(d: dict[str, Any]) -> None:
         f"{_cell('last_update_date', d['last_update_date'])}"
     )
     print(
-        f"Connector Users {d['connector_users']:,}   Netmera Users {d['netmera_users']:,}   "
+        f"Connector Users {_cell('connector_users', d['connector_users'])}   Netmera Users "
+        f"{_cell('netmera_users', d['netmera_users'])}   "
         f"Reachable {_cell('reachable', d['reachable'])}   Message Sent {d['message_sent']:,}"
     )
     if d["versions"]:
@@ -122,6 +123,7 @@ def _print_details(d: dict[str, Any]) -> None:
             f"run {run['airflow_run_id']}  {run['status']}{version}"
             f"{'  (dry run)' if run['dry_run'] else ''}{'  (approved)' if run['approve'] else ''}"
             f"  started {run['started_at']}"
+            + (f"  [{run['kind']}, Airflow: {run['airflow_state']}]" if run.get("kind") else "")
         )
         if run["connector_users"] is not None:
             print(
@@ -149,6 +151,8 @@ def _print_details(d: dict[str, Any]) -> None:
             print(f"  held: {run['hold_reason']}")
         if run["error"]:
             print(f"  failed in {run['failed_step']}: {run['error']}")
+        if run.get("log_task") and run["status"] == "failed":
+            print(f"  log: task {run['log_task']} of that run in Airflow")
 
 
 def _version_label(v: dict[str, Any]) -> str:

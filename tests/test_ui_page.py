@@ -698,6 +698,21 @@ def test_a_viewer_reads_every_page_but_its_action_buttons_say_why_it_may_not_act
         wait_for(lambda: by_css(driver, "[data-role=report]"), 30, "the viewer's report")
 
 
+def test_at_1024_px_every_action_button_is_in_view(demo, browser):
+    browser.set_window_size(1024, 900)
+    try:
+        listed(browser, demo)
+        width = browser.execute_script("return document.documentElement.clientWidth")
+        rights = browser.execute_script(
+            "return [...document.querySelectorAll('table.segments button')]"
+            ".map((b) => b.getBoundingClientRect().right)"
+        )
+        assert rights and max(rights) <= width, (max(rights), width)
+        shot(browser, "list-1024")
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
 def test_a_deep_link_survives_the_back_button_and_a_reload(demo, browser):
     listed(browser, demo)
     by_css(browser, 'tr[data-id="vip_customers"] [data-field=name]').click()
@@ -710,11 +725,17 @@ def test_a_deep_link_survives_the_back_button_and_a_reload(demo, browser):
         finally:
             browser.switch_to.frame(by_css(browser, f'iframe[title="{VIEW_NAME}"]'))
 
+    def into_page() -> None:  # WebDriver's back and forward leave the iframe
+        browser.switch_to.default_content()
+        browser.switch_to.frame(by_css(browser, f'iframe[title="{VIEW_NAME}"]'))
+
     assert top_hash() == "#/segments/vip_customers"  # the UI's own URL names the view
     browser.back()
+    into_page()
     wait_for(lambda: table_rows(browser), 30, "the list, back")
     assert top_hash() == ""
     browser.forward()
+    into_page()
     wait_for(lambda: by_css(browser, ".page-head h1").text == name, 30, "the details, forward")
     browser.switch_to.default_content()
     browser.refresh()

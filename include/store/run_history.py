@@ -45,9 +45,13 @@ def failure_in_words(tasks: list[dict[str, Any]]) -> tuple[str | None, str]:
     return None, MARKED_FAILED
 
 
-def log_task(kind: str, tasks: list[dict[str, Any]], failed_step: str | None) -> str | None:
+def log_task(
+    kind: str, tasks: list[dict[str, Any]], failed_step: str | None, status: str | None = None
+) -> str | None:
     """The task whose log explains the run: the failed one, else the one doing the run's work
-    (`restore`, `send_message`), else the last that ran."""
+    (`restore`, `send_message`; `validate` for a held refresh), else the last that ran."""
+    if status == "held":
+        return "validate"
     names = {t["task_id"] for t in tasks}
     if failed_step in names or (failed_step and not tasks):
         return failed_step
@@ -93,7 +97,9 @@ def run_history(
                 "airflow_state": run["state"],
                 "triggered_by": run["triggered_by"],
                 "tasks": [{"task_id": t["task_id"], "state": t["state"]} for t in tasks],
-                "log_task": log_task(run["kind"], tasks, record.get("failed_step")),
+                "log_task": log_task(
+                    run["kind"], tasks, record.get("failed_step"), record["status"]
+                ),
             }
         )
     for record in by_id.values():  # older than Airflow's list, or gone from Airflow
@@ -105,7 +111,7 @@ def run_history(
                 "airflow_state": None,
                 "triggered_by": None,
                 "tasks": [],
-                "log_task": log_task(kind, [], record.get("failed_step")),
+                "log_task": log_task(kind, [], record.get("failed_step"), record["status"]),
             }
         )
     merged.sort(key=lambda r: r.get("started_at") or "", reverse=True)

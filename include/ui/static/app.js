@@ -651,7 +651,7 @@
 
   function runNote(run) {
     if (run.status === "failed") return `${run.failed_step ? `${run.failed_step}: ` : ""}${run.error || "failed"}`;
-    if (run.hold_reason) return run.hold_reason;
+    if (run.hold_reason) return run.status === "held" ? run.hold_reason : `approved past: ${run.hold_reason}`;
     if (run.restored_from) return `restored from v${run.restored_from}`;
     if (run.status === "queued" || run.status === "running") return `Airflow: ${run.status}`;
     return "";
