@@ -796,7 +796,8 @@
         h("td", { class: "num", text: r.version ? `v${r.version}` : "—" }),
         h("td", { class: "num", text: count(r.connector_users) }),
         h("td", { class: "num", text: count(r.netmera_users) }),
-        h("td", { class: "num" }, h("span", { class: "plus", text: `+${count(r.added)}` }), " ", h("span", { class: "minus", text: `−${count(r.removed)}` })),
+        h("td", { class: "num" }, r.added === null || r.added === undefined ? "—" : [
+          h("span", { class: "plus", text: `+${count(r.added)}` }), " ", h("span", { class: "minus", text: `−${count(r.removed)}` })]),
         h("td", { class: r.status === "failed" ? "note failed" : "note", "data-field": "note" },
           h("div", { class: "clamp", title: note, text: note }), log));
     });
