@@ -13,6 +13,7 @@ words. Schedules fire in UTC (Airflow's default timezone, which the examples and
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,7 @@ class Staleness:
         return self._intervals[schedule]
 
 
+@functools.lru_cache(maxsize=1024)  # a page lists a few schedules many times
 def in_words(schedule: str | None) -> str:
     """The schedule as a marketer reads it ("At 03:30, UTC"); the cron text itself if it has no
     words."""
