@@ -33,8 +33,14 @@ demo ui cli: export CONNECTOR_SEGMENTS_SANDBOX_STATE := $(LOCAL)/netmera_sandbox
 demo ui cli: export AIRFLOW_CONN_NETMERA_DEFAULT := {"conn_type": "http", "host": "http://127.0.0.1:$(SANDBOX_PORT)/rest/3.0", "password": "netmera-sandbox-demo-key", "extra": {"timeout": 10, "max_attempts": 3, "backoff_base": 0.5}}
 # The UI's demo logins (user:role; include/demo/ui_logins.py fixes their passwords), served on
 # 127.0.0.1 only: those passwords are no secret. Set AIRFLOW__API__HOST=0.0.0.0 to serve others.
+# Airflow runs as include/demo/local_airflow.py starts it: `airflow standalone`'s parts with the
+# task-log servers on 127.0.0.1 (standalone binds them to every interface). It derives
+# AIRFLOW__CORE__EXECUTION_API_SERVER_URL from AIRFLOW__API__PORT (default 8080) and the host
+# unless set, and its --check, the recipe's first step, stops at once naming the variable to
+# set when the ports do not fit together or are taken.
 ui: export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,viewer:viewer
 ui: export AIRFLOW__API__HOST ?= 127.0.0.1
+LOCAL_AIRFLOW := $(BIN)/python -m include.demo.local_airflow
 
 .PHONY: install demo test ui cli lint clean
 
@@ -63,13 +69,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 ui: $(STAMP)
+	@$(LOCAL_AIRFLOW) --check
 	mkdir -p $(LOCAL)
 	$(BIN)/airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || { cat $(LOCAL)/airflow-db-migrate.log; exit 1; }
 	$(BIN)/python -m include.orchestration.pools
 	# A first `make ui` without `make demo` seeds and refreshes the examples, so the page has data.
 	test -f $(LOCAL)/netmera.db || { $(BIN)/python -m include.demo.seed --db $(LOCAL)/netmera.db --warehouse $(LOCAL)/warehouse.db && $(SANDBOX) $(BIN)/python -m include.demo.refresh_all; }
 	@$(BIN)/python -m include.demo.ui_logins
-	$(SANDBOX) $(BIN)/airflow standalone
+	$(SANDBOX) $(LOCAL_AIRFLOW)
 
 # The CLI against the demo's database, e.g. `make cli ARGS="details churn_risk"`.
 cli: $(STAMP)

@@ -3,10 +3,10 @@
 
     AIRFLOW_ADMIN_PASSWORD=... python docker/create_admin.py
 
-Users and roles live in Airflow's metadata DB (FAB's auth manager): this one logs in first
-and adds the others (`airflow users create`, or the UI's Security menu; README, "Users, roles
-and per-team access"). An existing `admin` gets the password from the environment again, so
-changing it in `.env` changes it at the next `docker compose up airflow-init`; its roles and
+Users and roles live in Airflow's metadata DB (FAB's auth manager): this one logs in first and
+adds the others (`airflow users create`, or the UI's Security menu; docs/production.md, "Users,
+roles and per-team access"). An existing `admin` gets the password from the environment again,
+so changing it in `.env` changes it at the next `docker compose up airflow-init`; its roles and
 the other users are left as they are. The password is never printed.
 """
 

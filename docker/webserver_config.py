@@ -1,10 +1,10 @@
 """FAB's configuration for the Airflow API server (Dockerfile: /opt/airflow/webserver_config.py,
 read through `[fab] config_file`). Users and roles are in Airflow's metadata DB (AUTH_DB); to
 log in through the company's directory or identity provider instead, set AUTH_TYPE and the
-block of your choice below (README, "Logins: LDAP or OAuth"), rebuild the image, and map the
-directory's groups to the roles that segments' `access` names (AUTH_ROLES_MAPPING), so that
-a team's members get their segments at their first login. Secrets come from the environment,
-never from this file.
+block of your choice below (docs/production.md, "Logins: LDAP or OAuth"), rebuild the image,
+and map the directory's groups to the roles that segments' `access` names (AUTH_ROLES_MAPPING),
+so that a team's members get their segments at their first login. Secrets come from the
+environment, never from this file.
 """
 
 from __future__ import annotations
