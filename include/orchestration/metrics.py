@@ -63,7 +63,9 @@ def _quiet(event: Callable[_P, None]) -> Callable[_P, None]:
     return sent_or_logged
 
 
-def _send(kind: str, name: str, value: float | timedelta, segment: tuple[str, str], **more: str):
+def _send(
+    kind: str, name: str, value: float | timedelta, segment: tuple[str, str], **more: str
+) -> None:
     """One per-segment metric in both forms (the module docstring says why)."""
     from airflow.sdk.configuration import conf
     from airflow.sdk.observability import stats
