@@ -5,7 +5,9 @@ refresh within one interval of its schedule plus `CONNECTOR_SEGMENTS_STALE_GRACE
 and sends the Stale alert of each one whose YAML `alerts` block asks for it (`on` includes
 `stale`), once per stale episode: a segment is alerted again only after a publish and a new
 spell of staleness. An alert no channel took is tried again at the next check; one that
-cannot be delivered is logged (`include/orchestration/alerts.py`).
+cannot be delivered is logged (`include/orchestration/alerts.py`). Each check also counts
+every stale segment in the metrics (`connector_segments.stale`, and the gauge
+`connector_segments.stale_segments`: `include/orchestration/metrics.py`).
 
 It also marks **Failed** the run records left "calculating" by Airflow runs that failed with
 no step or callback reporting, e.g. a segment YAML made invalid while its run was in flight

@@ -179,6 +179,8 @@ def _run_path(config: SegmentConfig, run_id: str) -> str:
 def alert_failed_run(config: SegmentConfig, run_id: str) -> None:
     """The Airflow run failed: alert if it left the segment Failed, with the recorded error.
     A store that cannot be read is alerted too: nothing else will say so."""
+    from include.store.repository import fails_segment
+
     if not _wants(config, FAILED):
         return
     try:
@@ -186,15 +188,7 @@ def alert_failed_run(config: SegmentConfig, run_id: str) -> None:
     except Exception as exc:
         reason = f"the run failed, and the segment store could not be read: {_why(exc)}"
     else:
-        # What makes the segment Failed (the store's `_owns_status`): a failed refresh, not a
-        # failed dry run or restore, and not a run whose record is fine (its send failed).
-        failed_refresh = (
-            run is not None
-            and run["status"] == "failed"
-            and not run["dry_run"]
-            and run["restored_from"] is None
-        )
-        if not failed_refresh:
+        if not fails_segment(run):
             log.info(
                 "segment %s: run %s failed without making the segment Failed (a Send Message, "
                 "dry run or restore): no alert",
@@ -224,6 +218,7 @@ def alert_stale_segments() -> dict[str, int]:
     at the next check. Raises only if the store or the segments folder cannot be read."""
     from include.config.catalog import SegmentSummary
     from include.config.segments import load_segments
+    from include.orchestration import metrics
     from include.store.stale_alerts import StaleAlerts, as_utc
     from include.store.staleness import grace
     from include.store.views import listed
@@ -231,6 +226,7 @@ def alert_stale_segments() -> dict[str, int]:
     configs = load_segments().segments
     db = netmera_database()
     stale = [s for s in listed(db.store, [SegmentSummary.of(c) for c in configs]) if s.stale]
+    metrics.stale_check((s.id, s.source_type) for s in stale)
     watching = {c.id: c for c in configs if _wants(c, STALE)}
     memory = StaleAlerts(db.engine)
     alerted = memory.alerted()

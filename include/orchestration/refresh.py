@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.config.segments import SegmentConfig
-from include.orchestration import alerts
+from include.orchestration import alerts, metrics
 from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
 from include.orchestration.staging_store import staging
 from include.staging import AUDIENCE_FILE, StagedAudience
@@ -102,6 +102,7 @@ def _members(run: StepFolder) -> Iterator[pa.RecordBatch]:
     yield from _parquet_batches(run.fetch(MEMBERS_FILE), ["user_id", "matched_by"])
 
 
+@metrics.timed
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     """Source → staged Parquet, batch by batch; kept for match once complete."""
     from include.sources import read_source
@@ -126,6 +127,7 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     return staged
 
 
+@metrics.timed
 def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
     """Staged audience x Netmera user table → members Parquet beside it, kept for validate and
     publish; the unmatched source users (key, reason) and the counts on the run record
@@ -169,6 +171,7 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
     return result
 
 
+@metrics.timed
 def validate(
     config: SegmentConfig,
     run_id: str,
@@ -235,6 +238,7 @@ def _validated(
             removed,
         )
         alerts.alert_held(config, run_id, hold_reason)  # logs, never raises, if undelivered
+        metrics.held(config)
         return "held"
     if decision.outcome == HOLD:
         log.warning(
@@ -246,6 +250,7 @@ def _validated(
     return "publish"
 
 
+@metrics.timed
 def publish(
     config: SegmentConfig, run_id: str, matched: MatchResult, *, dry_run: bool
 ) -> Publication:
@@ -264,6 +269,8 @@ def publish(
         )
         # Staged files hold personal data: drop them once the run has done its job.
         run.remove_run()
+    if not dry_run:
+        metrics.published(config, run_id)
     if config.source.type == "mixpanel_webhook" and not dry_run:
         _compact_webhook_state(config.id)
     return outcome
@@ -281,6 +288,7 @@ def _compact_webhook_state(segment_id: str) -> None:
         log.info("segment %s: %d webhook diff sessions folded into the export", segment_id, folded)
 
 
+@metrics.timed
 def restore(
     config: SegmentConfig, run_id: str, version: int, *, dry_run: bool = False
 ) -> Publication:
@@ -303,6 +311,7 @@ def restore(
         outcome.added,
         outcome.removed,
     )
+    metrics.published(config, run_id)
     return outcome
 
 
@@ -333,6 +342,8 @@ def _remove_staged(segment_id: str, run_id: str, step: str) -> None:
         log.warning("segment %s: the run's staged files were not removed: %s", segment_id, exc)
 
 
+@metrics.timed
+@metrics.counts_sends
 def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     """Send Message to the published membership (after this run's publish, or without a
     refresh): `include/campaign/message.py`."""

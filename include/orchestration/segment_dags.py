@@ -108,14 +108,17 @@ PARAMS = {
 
 def _on_failure(context) -> None:
     """Final failure of a step: status Failed with the error; the membership is untouched.
-    A failed send is recorded in its ledger instead: the membership is still Ready."""
+    A failed send is recorded in its ledger instead (and counted): the membership is still
+    Ready."""
+    from include.orchestration import metrics
     from include.orchestration.refresh import record_failure
     from include.store.run_history import NO_EXCEPTION
 
     ti = context["ti"]
-    if ti.task_id == "send_message":
-        return
     segment_id = ti.dag_id.removeprefix("connector_segment_")
+    if ti.task_id == "send_message":
+        metrics.send_failed(segment_id)
+        return
     record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or NO_EXCEPTION)
 
 
@@ -127,13 +130,17 @@ _ALERTING: dict[str, SegmentConfig] = {}
 def _on_run_failure(context) -> None:
     """Once per failed run. A run that failed without a step reporting it (a killed worker, a
     state set from the UI): a run record left "calculating" becomes Failed, so the status
-    never sticks. Then the segment's Failed alert, if it has one (and the run left it Failed)."""
+    never sticks. Then the `failed` metric and the segment's Failed alert, if it has one (both
+    only if the run left it Failed)."""
+    from include.orchestration import metrics
     from include.orchestration.refresh import abandon_run
 
     run = context["dag_run"]
+    segment_id = run.dag_id.removeprefix("connector_segment_")
     try:
-        abandon_run(run.dag_id.removeprefix("connector_segment_"), run.run_id)
+        abandon_run(segment_id, run.run_id)
     finally:
+        metrics.run_failed(segment_id, run.run_id)
         config = _ALERTING.get(run.dag_id)
         if config is not None:
             from include.orchestration.alerts import alert_failed_run

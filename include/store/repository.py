@@ -82,6 +82,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def fails_segment(run: dict[str, Any] | None) -> bool:
+    """Whether a run record is a failure that made its segment Failed: a refresh's, not a
+    dry run's or a restore's (`_owns_status`), nor a run whose record is fine (its send
+    failed, or it never started: a Send Message)."""
+    return (
+        run is not None
+        and run["status"] == "failed"
+        and not run["dry_run"]
+        and run["restored_from"] is None
+    )
+
+
 def _insert_batches(
     conn: sa.Connection, table: sa.Table, batches: Iterable[pa.RecordBatch], **keys: Any
 ) -> None:
