@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import cli, cli_json, netmera_conn, run_segment, write_csv, write_users
+from tests.conftest import (
+    cli,
+    cli_json,
+    netmera_conn,
+    run_segment,
+    use_pg_netmera_db,
+    write_csv,
+    write_users,
+)
 from tests.fakes import FakeNetmera
 from tests.holdout import documented_holdout
 
@@ -44,12 +52,15 @@ def connect(monkeypatch, fake: FakeNetmera, key: str, **extra) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, key, **settings))
 
 
+# 2,550 Netmera users: 2,500 with an extId, 50 with an email but without one.
+USERS = [(f"nm-{i}", f"ext-{i:05d}", None, None, None, True) for i in range(1, 2501)]
+USERS += [(f"nm-{i}", None, f"u{i}@example.com", None, None, True) for i in range(2501, 2551)]
+
+
 @pytest.fixture
 def segment(workspace: Path) -> Path:
     """2,550 matched users: 2,500 with an extId, 50 matched by email but without one."""
-    users = [(f"nm-{i}", f"ext-{i:05d}", None, None, None, True) for i in range(1, 2501)]
-    users += [(f"nm-{i}", None, f"u{i}@example.com", None, None, True) for i in range(2501, 2551)]
-    write_users(workspace / "netmera.db", users)
+    write_users(workspace / "netmera.db", USERS)
     rows = [[f"s{i}", f"ext-{i:05d}", ""] for i in range(1, 2501)]
     rows += [[f"s{i}", "", f"U{i}@example.com"] for i in range(2501, 2551)]
     write_csv(workspace / "audience.csv", ["uid", "ext", "email"], rows)
@@ -400,9 +411,14 @@ def assert_everyone_else_once(netmera: FakeNetmera, held: set[str]) -> None:
     assert Counter(netmera.delivered()) == Counter(set(ADDRESSABLE) - held_ext_ids)
 
 
-def test_the_yamls_holdout_is_recorded_and_never_messaged(segment, netmera, capsys):
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_yamls_holdout_is_recorded_and_never_messaged(
+    segment, netmera, capsys, monkeypatch, request, store
+):
     from include.campaign.send import Message
 
+    if store == "postgres":  # the store migrated there, the draw streamed from there
+        use_pg_netmera_db(monkeypatch, request.getfixturevalue("pg_database"), USERS)
     yaml_holdout(segment, 10)
     assert run_segment(SEGMENT, send_message=True) == "success"
 
