@@ -161,7 +161,8 @@ def _sent_by() -> str:
     run = get_current_context()["dag_run"]
     if run.triggering_user_name:
         return run.triggering_user_name
-    return "schedule" if run.run_type == "scheduled" else str(getattr(run.run_type, "value", ""))
+    kind = str(getattr(run.run_type, "value", run.run_type))  # DagRunType, or its value
+    return "schedule" if kind == "scheduled" else kind
 
 
 # Steps hand each other frozen dataclasses (include/orchestration/refresh.py); through XCom they
