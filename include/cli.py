@@ -7,7 +7,8 @@
     details ID [--json] the segment and its last runs: counts, reasons, matches per kind
     members ID          the current members' Netmera user ids, one a line
     doctor [--json]     netmera_db, store migrations and user table indexes: what is missing
-    report ID [--json]  Message Report: sends, recipients, status and Netmera delivery stats
+    report ID [--json]  Message Report: sends, recipients, holdout, sender, status and Netmera
+                        delivery stats
     restore ID --version N [--json]
                         make kept version N current again, as a run of the segment's DAG:
                         triggered through the Airflow API server when the Connection
@@ -227,7 +228,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{r['time']}  v{r['version']}  {r['title']!r}  {r['status']}  "
             f"{r['recipients']:,}/{r['planned']:,} sent  notification {r['notification_key']}"
             + (f"  uncertain {r['uncertain']:,}" if r["uncertain"] else "")
+            + (
+                f"  held out {r['holdout']:,} ({r['holdout_percent']:g}%)"
+                if r["holdout_percent"] or r["holdout"]
+                else ""
+            )
             + (f"  not addressable {r['not_addressable']:,}" if r["not_addressable"] else "")
+            + (f"  by {r['sent_by']}" if r["sent_by"] else "")
         )
         if r["error"]:
             print(f"    failed: {r['error']}")

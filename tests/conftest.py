@@ -283,6 +283,17 @@ def airflow_api_server(
             os.killpg(server.pid, signal.SIGKILL)  # anything of the group still left
 
 
+@contextlib.contextmanager
+def segments_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Connector Segments API's base URL on a real `airflow api-server` that knows the
+    users admin and viewer."""
+    log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
+    with airflow_api_server(
+        log_path, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer"
+    ) as base:
+        yield f"{base}/connector-segments"
+
+
 def token_session(api: str, username: str) -> requests.Session:
     """A session carrying the user's Bearer token from `POST /auth/token` (`api`: the
     plugin's base URL; the password is the one SimpleAuthManager generated)."""

@@ -32,12 +32,18 @@ def write_yaml(folder: Path, name: str, config: dict | str) -> Path:
     return path
 
 
+CAMPAIGN = {"title": "Hi", "text": "New in store"}
+HOLDOUT = "campaign.holdout_percent"
 BROKEN = [
     ("unknown_key", {"guardrails": {"max_shrinkk": 0.2}}, "guardrails.max_shrinkk"),
     ("bad_kind", {"identifiers": [{"field": "uid", "kind": "phone"}]}, "identifiers.0.kind"),
     ("bad_schedule", {"schedule": "every night"}, "schedule"),
     ("bad_source", {"source": {"type": "file"}}, "source.file.path"),
     ("bad_id", {"id": "Bad-Id"}, "id"),
+    *(
+        (f"holdout_{name}", {"campaign": {**CAMPAIGN, "holdout_percent": value}}, HOLDOUT)
+        for name, value in (("bool", True), ("text", "10"), ("high", 50.5), ("negative", -1))
+    ),
 ]
 
 
@@ -50,6 +56,21 @@ def test_validate_names_the_file_and_the_field(tmp_path, capsys, name, change, f
     assert str(path) in err
     assert f"field '{field}'" in err
     assert "1 valid, 1 invalid" in out
+
+
+def test_holdout_percent_is_a_number_from_0_to_50_decimals_allowed(tmp_path, capsys):
+    for name, value in (("none", 0), ("some", 12.5), ("half", 50)):
+        campaign = {**CAMPAIGN, "holdout_percent": value}
+        write_yaml(tmp_path, name, {**GOOD, "id": name, "campaign": campaign})
+    code, out, err = cli(capsys, "validate", "--dir", str(tmp_path))
+    assert (code, err) == (0, "")
+    assert "3 valid, 0 invalid" in out
+    write_yaml(
+        tmp_path, "high", {**GOOD, "id": "high", "campaign": {**CAMPAIGN, "holdout_percent": 51}}
+    )
+    code, _, err = cli(capsys, "validate", "--dir", str(tmp_path))
+    assert code == 1
+    assert f"high.yaml: field '{HOLDOUT}': Input should be less than or equal to 50" in err
 
 
 def test_validate_rejects_a_file_that_is_not_yaml_mapping(tmp_path, capsys):
@@ -134,6 +155,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
         "message_title",
         "message_text",
         "send_key",
+        "holdout_percent",
         "restore_version",
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
@@ -170,9 +192,18 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 "message_title": None,
                 "message_text": None,
                 "send_key": "k1",
+                "holdout_percent": None,
                 "restore_version": None,
             }
-            for bad in ({"send_message": "yes"}, {"send_key": 7}, {"restore_version": 0}):
+            for bad in (
+                {"send_message": "yes"},
+                {"send_key": 7},
+                {"restore_version": 0},
+                {"holdout_percent": 51},
+                {"holdout_percent": -1},
+                {"holdout_percent": "ten"},
+                {"holdout_percent": True},
+            ):
                 with pytest.raises(ParamValidationError, match=next(iter(bad))):
                     process_params(dag, task, bad, suppress_exception=False)
     # A run's conf is written into its DAG's Params: another DAG's defaults must not move.

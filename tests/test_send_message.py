@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,8 +20,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import cli, cli_json, netmera_conn, run_segment, write_csv, write_users
+from tests.conftest import (
+    cli,
+    cli_json,
+    netmera_conn,
+    run_segment,
+    use_pg_netmera_db,
+    write_csv,
+    write_users,
+)
 from tests.fakes import FakeNetmera
+from tests.holdout import documented_holdout
 
 pytestmark = pytest.mark.dagrun
 
@@ -42,12 +52,15 @@ def connect(monkeypatch, fake: FakeNetmera, key: str, **extra) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, key, **settings))
 
 
+# 2,550 Netmera users: 2,500 with an extId, 50 with an email but without one.
+USERS = [(f"nm-{i}", f"ext-{i:05d}", None, None, None, True) for i in range(1, 2501)]
+USERS += [(f"nm-{i}", None, f"u{i}@example.com", None, None, True) for i in range(2501, 2551)]
+
+
 @pytest.fixture
 def segment(workspace: Path) -> Path:
     """2,550 matched users: 2,500 with an extId, 50 matched by email but without one."""
-    users = [(f"nm-{i}", f"ext-{i:05d}", None, None, None, True) for i in range(1, 2501)]
-    users += [(f"nm-{i}", None, f"u{i}@example.com", None, None, True) for i in range(2501, 2551)]
-    write_users(workspace / "netmera.db", users)
+    write_users(workspace / "netmera.db", USERS)
     rows = [[f"s{i}", f"ext-{i:05d}", ""] for i in range(1, 2501)]
     rows += [[f"s{i}", "", f"U{i}@example.com"] for i in range(2501, 2551)]
     write_csv(workspace / "audience.csv", ["uid", "ext", "email"], rows)
@@ -104,6 +117,8 @@ def test_refresh_with_send_message_sends_each_matched_ext_id_once(segment, netme
     (report,) = cli_json(capsys, "report", SEGMENT)
     assert (report["recipients"], report["status"], report["version"]) == (2500, "sent", 1)
     assert report["not_addressable"] == 50  # matched by email, no extId to address them by
+    assert (report["holdout"], report["holdout_percent"]) == (0, 0)  # no holdout by default
+    assert (report["text"], report["sent_by"]) == ("Your cart misses you", "dag_test")
     assert report["notification_key"] == 1
     assert sum(s["sent"] + s["failed"] for s in report["stats"]) == 2500
     assert {s["platform"] for s in report["stats"]} <= {"IOS", "ANDROID"}
@@ -367,3 +382,143 @@ def test_nothing_to_send_is_not_listed(segment, netmera, capsys, logs):
     assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
     assert "has no published membership to message" in logs.text
     assert cli_json(capsys, "report", SEGMENT) == []
+
+
+# -- a holdout group: recorded, never messaged, drawn once -------------------------------------
+
+MEMBERS = {f"nm-{i}": f"ext-{i:05d}" if i <= 2500 else None for i in range(1, 2551)}
+
+
+def yaml_holdout(segment: Path, percent: float) -> None:
+    path = segment / "segments" / f"{SEGMENT}.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["campaign"]["holdout_percent"] = percent
+    path.write_text(yaml.safe_dump(config))
+
+
+def recorded_holdout(send_key: str) -> list[str]:
+    """The held-out user ids the send's ledger entry recorded."""
+    from include.orchestration.connections import netmera_database
+
+    ledger = netmera_database().sends
+    return list(ledger.holdout_ids(ledger.find(send_key)["id"]))
+
+
+def assert_everyone_else_once(netmera: FakeNetmera, held: set[str]) -> None:
+    """Every addressable member but the held-out ones messaged, once; no held-out extId."""
+    held_ext_ids = {MEMBERS[user] for user in held}
+    assert held_ext_ids and not held_ext_ids & set(netmera.delivered())
+    assert Counter(netmera.delivered()) == Counter(set(ADDRESSABLE) - held_ext_ids)
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_yamls_holdout_is_recorded_and_never_messaged(
+    segment, netmera, capsys, monkeypatch, request, store
+):
+    from include.campaign.send import Message
+
+    if store == "postgres":  # the store migrated there, the draw streamed from there
+        use_pg_netmera_db(monkeypatch, request.getfixturevalue("pg_database"), USERS)
+    yaml_holdout(segment, 10)
+    assert run_segment(SEGMENT, send_message=True) == "success"
+
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    held = set(recorded_holdout(report["send_key"]))
+    fingerprint = Message("Come back", "Your cart misses you").fingerprint
+    assert held == documented_holdout(SEGMENT, 1, fingerprint, MEMBERS, 10)
+    assert len(held) == 250  # floor(2,500 addressable x 10 / 100)
+    assert_everyone_else_once(netmera, held)
+    assert (report["recipients"], report["holdout"], report["holdout_percent"]) == (2250, 250, 10)
+    members = cli_json(capsys, "details", SEGMENT)["netmera_users"]
+    assert report["recipients"] + report["holdout"] + report["not_addressable"] == members == 2550
+    assert cli_json(capsys, "list")[0]["message_sent"] == 2250
+    code, out, _ = cli(capsys, "report", SEGMENT)
+    assert code == 0
+    assert "2,250/2,250 sent" in out and "held out 250 (10%)" in out and "by dag_test" in out
+
+    # The trigger's holdout_percent wins over the YAML's: 0 holds nobody out.
+    everyone = {"send_key": "all", "holdout_percent": 0}
+    assert run_segment(SEGMENT, send_message=True, refresh=False, **everyone) == "success"
+    latest = cli_json(capsys, "report", SEGMENT)[0]
+    assert (latest["recipients"], latest["holdout"], latest["holdout_percent"]) == (2500, 0, 0)
+    assert recorded_holdout(latest["send_key"]) == []
+
+
+def test_a_send_refused_mid_way_resumes_with_the_holdout_it_drew(segment, netmera, capsys, logs):
+    assert run_segment(SEGMENT) == "success"
+    dry_run = {"send_message": True, "refresh": False, "dry_run": True}
+    assert run_segment(SEGMENT, **dry_run, holdout_percent=10) == "success"
+    assert "to 2250 users of version 1 in 3 batches, holding out 250 (10.0%)" in logs.text
+    assert cli_json(capsys, "report", SEGMENT) == [] and netmera.requests == []
+
+    netmera.fail_next("quota", path=FakeNetmera.SEND, after=1)  # the second batch is refused
+    assert run_segment(SEGMENT, send_message=True, refresh=False, holdout_percent=10) == "failed"
+    (failed,) = cli_json(capsys, "report", SEGMENT)
+    assert (failed["status"], failed["recipients"], failed["holdout"]) == ("failed", 1000, 250)
+    held = recorded_holdout(failed["send_key"])
+
+    # Resumed with another percent: the holdout drawn at the start stands, nobody is drawn again.
+    assert run_segment(SEGMENT, send_message=True, refresh=False, holdout_percent=20) == "success"
+    assert recorded_holdout(failed["send_key"]) == held
+    assert_everyone_else_once(netmera, set(held))
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["status"], report["recipients"], report["holdout"]) == ("sent", 2250, 250)
+    assert report["holdout_percent"] == 10
+    assert "keeps the holdout it was created with (10.0%, 250 members)" in logs.text
+
+
+def test_a_send_in_flight_across_the_upgrade_to_0009_resumes_counting_as_before(
+    segment, netmera, capsys
+):
+    """A send made before holdouts (its batches count extIds, one member each), failed after
+    its first batch, is resumed by the upgraded store: nobody messaged twice, counts whole."""
+    import sqlalchemy as sa
+
+    from include.campaign.send import Message, send_key
+    from tests.test_config_in_flight import alembic_to
+
+    database = segment / "netmera.db"
+    engine = sa.create_engine(f"sqlite:///{database}")
+    alembic_to(engine, "0008")
+    key = send_key(SEGMENT, 1, Message("Come back", "Your cart misses you"), None)
+    batches = [ADDRESSABLE[:1000], ADDRESSABLE[1000:2000], ADDRESSABLE[2000:]]
+    now = "2026-01-01 00:00:00.000000"
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "INSERT INTO cs_segments (id, name, description, source_type, status, "
+            "current_version, connector_users, netmera_users, message_sent, updated_at) "
+            "VALUES (?, 'Buyers', '', 'file', 'Ready', 1, 2550, 2550, 1000, ?)",
+            (SEGMENT, now),
+        )
+        db.executemany(
+            "INSERT INTO cs_members VALUES (?, 1, ?, 'external_id')",
+            [(SEGMENT, user) for user in MEMBERS],
+        )
+        db.execute(
+            "INSERT INTO cs_sends (id, segment_id, version, send_key, fingerprint, title, text, "
+            "platforms, status, recipients, not_addressable, sent, uncertain, batches, "
+            "airflow_run_id, error, created_at, updated_at) VALUES (1, ?, 1, ?, '', "
+            "'Come back', 'Your cart misses you', '[\"IOS\", \"ANDROID\"]', 'failed', 2500, 50, "
+            "1000, 0, 3, 'manual__before', 'quota', ?, ?)",
+            (SEGMENT, key, now, now),
+        )
+        db.executemany(
+            "INSERT INTO cs_send_batches VALUES (1, ?, ?, ?, ?, ?)",
+            [
+                (n, "sent" if n == 0 else "pending", len(b), json.dumps(b), now)
+                for n, b in enumerate(batches)
+            ],
+        )
+
+    assert run_segment(SEGMENT, send_message=True, refresh=False) == "success"
+    assert sorted(netmera.delivered()) == ADDRESSABLE[1000:]
+    (report,) = cli_json(capsys, "report", SEGMENT)
+    assert (report["status"], report["recipients"], report["planned"]) == ("sent", 2500, 2500)
+    assert (report["holdout"], report["holdout_percent"], report["sent_by"]) == (0, 0, None)
+    assert cli_json(capsys, "list")[0]["message_sent"] == 2500
+
+    alembic_to(engine, "0008", down=True)  # and back: the new columns go, the sends stay
+    with sqlite3.connect(database) as db:
+        assert "holdout" not in {row[1] for row in db.execute("PRAGMA table_info(cs_sends)")}
+        assert db.execute("SELECT count(*) FROM cs_send_batches").fetchone() == (3,)
+    engine.dispose()

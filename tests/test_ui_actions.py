@@ -75,6 +75,9 @@ def netmera(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[
     )
     write_audience(ws, "guarded", list(range(1, 21)))
     segment_yaml(ws, "guarded")
+    write_audience(ws, "nightly", list(range(1, 11)))  # paused until its test: then scheduled
+    campaign = {"title": "Tonight", "text": "Deals", "send_on_refresh": True, "holdout_percent": 10}
+    segment_yaml(ws, "nightly", schedule="@once", campaign=campaign)
     with FakeNetmera(api_key=KEY) as fake:
         module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, KEY))
         assert run_segment("shop") == "success"
@@ -136,7 +139,10 @@ def airflow_run(session, api: str, segment_id: str, run_id: str) -> dict:
 def finished(session, api: str, segment_id: str, answer: requests.Response) -> dict:
     """The run an action answered with, once Airflow has run it."""
     assert answer.status_code == 202, answer.text
-    run_id = answer.json()["dag_run_id"]
+    return run_ended(session, api, segment_id, answer.json()["dag_run_id"])
+
+
+def run_ended(session, api: str, segment_id: str, run_id: str) -> dict:
     deadline = time.monotonic() + 180
     while (run := airflow_run(session, api, segment_id, run_id))["state"] not in (
         "success",
@@ -255,24 +261,41 @@ def test_send_message_shows_its_audience_sends_once_and_is_reported(api, admin, 
         "title": "Spring sale",
         "text": "20% off today",
         "platforms": ["IOS", "ANDROID"],
+        "holdout_percent": 0,
         "version": 2,
+        "members": 30,
         "recipients": 30,
+        "holdout": 0,
         "not_addressable": 0,
     }
     run = finished(admin, api, "shop", post(admin, api, "shop", "send", json={}))
     assert (run["state"], run["triggering_user_name"]) == ("success", "admin")
+    assert "holdout_percent" not in run["conf"]  # none asked: the YAML's
     assert sorted(netmera.delivered()) == sorted(f"ext-{i}" for i in range(1, 31))
     again = post(admin, api, "shop", "send", json={})
     assert again.status_code == 409
     assert "already sent to version 2" in again.json()["detail"]
     (sent,) = admin.get(f"{api}/api/segments/shop/report", timeout=30).json()
     assert (sent["title"], sent["recipients"], sent["version"]) == ("Spring sale", 30, 2)
+    assert (sent["sent_by"], sent["holdout"]) == ("admin", 0)
     assert cli_json(capsys, "report", "shop")[0]["recipients"] == 30
-    # Another text is another message: it may go to the same version.
-    other = post(admin, api, "shop", "send", json={"title": "Last day", "text": "Ends tonight"})
-    assert finished(admin, api, "shop", other)["state"] == "success"
-    assert len(netmera.delivered()) == 60
-    assert row(admin, api, "shop")["message_sent"] == 60
+    # Another text is another message: it may go to the same version, here holding out 10 %.
+    message = {"title": "Last day", "text": "Ends tonight", "holdout_percent": 10}
+    split = admin.get(f"{api}/api/segments/shop/campaign", params=message, timeout=30).json()
+    assert (split["recipients"], split["holdout"]) == (27, 3)
+    run = finished(admin, api, "shop", post(admin, api, "shop", "send", json=message))
+    assert (run["state"], run["conf"]["holdout_percent"]) == ("success", 10)
+    newest = admin.get(f"{api}/api/segments/shop/report", timeout=30).json()[0]
+    assert (newest["recipients"], newest["holdout"], newest["sent_by"]) == (27, 3, "admin")
+    url = f"{api}/api/segments/shop/sends/{newest['send_key']}/holdout.csv"
+    header, *held = read_csv(admin, url)
+    assert header == ["user_id"] and len(held) == 3
+    messaged = netmera.delivered(newest["notification_key"])
+    assert sorted(messaged + [f"ext-{u.removeprefix('nm-')}" for (u,) in held]) == sorted(
+        f"ext-{i}" for i in range(1, 31)
+    )
+    assert len(netmera.delivered()) == 57
+    assert row(admin, api, "shop")["message_sent"] == 57
 
 
 def test_approve_publishes_what_the_held_refresh_showed(api, admin, module_workspace, capsys):
@@ -336,3 +359,22 @@ def test_restore_gives_back_the_previous_versions_members_and_counts(
     )
     # A restore matches nothing: the unmatched are still the last refresh's (none).
     assert read_csv(admin, f"{api}/api/segments/shop/unmatched.csv") == [["user_key", "reason"]]
+
+
+def test_a_scheduled_refresh_sends_on_refresh_as_the_schedule(api, admin, netmera, capsys):
+    dag = f"{core_url(api)}/api/v2/dags/connector_segment_nightly"
+    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 180
+    while not (runs := admin.get(f"{dag}/dagRuns", timeout=30).json()["dag_runs"]):
+        assert time.monotonic() < deadline, "the scheduler made no run of nightly"
+        time.sleep(1)
+    (run,) = runs
+    run = run_ended(admin, api, "nightly", run["dag_run_id"])
+    assert (run["run_type"], run["state"], run["triggering_user_name"]) == (
+        "scheduled",
+        "success",
+        None,
+    )
+    (sent,) = cli_json(capsys, "report", "nightly")
+    assert (sent["sent_by"], sent["recipients"], sent["holdout"]) == ("schedule", 9, 1)
+    assert len(netmera.delivered(sent["notification_key"])) == 9

@@ -19,11 +19,11 @@ import requests
 import yaml
 
 from tests.conftest import (
-    airflow_api_server,
     cli_json,
     core_url,
     netmera_conn,
     run_segment,
+    segments_api,
     token_session,
     write_csv,
     write_users,
@@ -100,12 +100,8 @@ def store(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[Pa
 
 @pytest.fixture(scope="module")
 def api(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API's base URL on a real API server that knows the users admin and viewer."""
-    log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
-    with airflow_api_server(
-        log_path, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer"
-    ) as base:
-        yield f"{base}/connector-segments"
+    with segments_api(tmp_path_factory) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

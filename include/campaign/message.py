@@ -11,14 +11,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from include.campaign.send import (
-    DEFAULT_PLATFORMS,
-    Message,
-    SendRefused,
-    audience,
-    failure_key,
-    send,
-)
+from include.campaign.audience import audience
+from include.campaign.send import DEFAULT_PLATFORMS, Message, SendRefused, failure_key, send
+from include.config.segments import MAX_HOLDOUT_PERCENT
 
 if TYPE_CHECKING:
     from include.clients.netmera import NetmeraClient
@@ -34,11 +29,13 @@ def send_message(
     params: dict[str, Any],
     db: NetmeraDatabase,
     client: Callable[[], NetmeraClient],
+    sent_by: str | None = None,
 ) -> dict[str, Any]:
     """Send the campaign to the published membership. Raises SendRefused when there is
     nothing to do (not listed in Message Report); a failure (no message, no usable Connection,
     Netmera refusing) raises too, once it is a failed ledger entry with its reason. Neither
-    touches the membership or its status."""
+    touches the membership or its status. `sent_by`: who triggered it (the run's user, or
+    "schedule"), recorded in the ledger."""
     asked = params.get("send_message") or (
         params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
     )
@@ -48,12 +45,13 @@ def send_message(
         version = _target_version(config, run_id, params, db)
         try:
             message = message_for(config, params)
+            percent = holdout_percent_for(config, params)
         except ValueError as exc:
             if not params.get("dry_run"):  # a dry run writes nothing, failures included
-                _record_failure(config, run_id, params, db, version, exc)
+                _record_failure(config, run_id, params, db, version, exc, sent_by)
             raise
         if params.get("dry_run"):
-            return _preview(config, message, version, db)
+            return _preview(config, message, percent, version, db)
         return send(
             engine=db.engine,
             client=client,
@@ -63,6 +61,8 @@ def send_message(
             message=message,
             nonce=params.get("send_key") or None,
             run_id=run_id,
+            holdout_percent=percent,
+            sent_by=sent_by,
         )
     except SendRefused as exc:  # nothing to do, or already sent: say why, send nothing
         log.warning("segment %s: nothing sent: %s", config.id, exc)
@@ -94,24 +94,36 @@ def _target_version(
 
 
 def _preview(
-    config: SegmentConfig, message: Message, version: int, db: NetmeraDatabase
+    config: SegmentConfig, message: Message, percent: float, version: int, db: NetmeraDatabase
 ) -> dict[str, Any]:
-    target = audience(db.engine, db.users, config.id, version)
+    target = audience(
+        db.engine,
+        db.users,
+        config.id,
+        version,
+        fingerprint=message.fingerprint,
+        holdout_percent=percent,
+    )
     log.info(
-        "segment %s: dry run: would send %r to %d users of version %d in %d batches "
-        "(%d members without an extId cannot be addressed); nothing sent",
+        "segment %s: dry run: would send %r to %d users of version %d in %d batches, "
+        "holding out %d (%s%%) (%d members without an extId cannot be addressed); nothing sent",
         config.id,
         message.title,
         target.recipients,
         version,
         len(target.batches),
+        len(target.holdout),
+        percent,
         target.not_addressable,
     )
     return {
         "dry_run": True,
         "version": version,
+        "members": target.members,
         "recipients": target.recipients,
-        "batches": [len(b) for b in target.batches],
+        "holdout": len(target.holdout),
+        "holdout_percent": percent,
+        "batches": [len(b.ext_ids) for b in target.batches],
         "not_addressable": target.not_addressable,
         "title": message.title,
     }
@@ -124,6 +136,7 @@ def _record_failure(
     db: NetmeraDatabase,
     version: int,
     error: Exception,
+    sent_by: str | None,
 ) -> None:
     """A trigger that cannot make a message: listed in Message Report as failed, with why."""
     campaign = config.campaign
@@ -138,6 +151,7 @@ def _record_failure(
         },
         error=str(error),
         run_id=run_id,
+        sent_by=sent_by,
     )
 
 
@@ -153,3 +167,18 @@ def message_for(config: SegmentConfig, params: dict[str, Any]) -> Message:
             "YAML or the message_title and message_text trigger parameters"
         )
     return Message(title, text, campaign.platforms if campaign else DEFAULT_PLATFORMS)
+
+
+def holdout_percent_for(config: SegmentConfig, params: dict[str, Any]) -> float:
+    """The share of addressable members a send holds out: the trigger's `holdout_percent` over
+    the YAML campaign's, 0 without either (ValueError naming the segment outside 0..50)."""
+    asked = params.get("holdout_percent")
+    if asked is None:
+        return config.campaign.holdout_percent if config.campaign else 0.0
+    if isinstance(asked, bool) or not isinstance(asked, int | float):
+        raise ValueError(f"segment {config.id!r}: holdout_percent {asked!r} is not a number")
+    if not 0 <= asked <= MAX_HOLDOUT_PERCENT:
+        raise ValueError(
+            f"segment {config.id!r}: holdout_percent {asked!r} is outside 0..{MAX_HOLDOUT_PERCENT}"
+        )
+    return float(asked)

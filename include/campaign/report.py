@@ -9,16 +9,25 @@ from include.store.views import iso
 
 
 def send_report(send: dict[str, Any], client) -> dict[str, Any]:
-    """One send of the ledger, with its per-platform stats when `client` can fetch them."""
+    """One send of the ledger, with its per-platform stats when `client` can fetch them.
+
+    Counts are of members: planned + holdout + not_addressable = the version's members at the
+    send (recipients = planned once every batch is sent); `holdout_shared` counts those held
+    out for sharing a drawn member's extId (include/campaign/audience.py)."""
     entry = {
         "time": iso(send["created_at"]),
         "version": send["version"],
         "title": send["title"],
+        "text": send["text"],
+        "sent_by": send["sent_by"],
         "recipients": send["sent"],
         "status": send["status"],
         "notification_key": send["notification_key"],
         "not_addressable": send["not_addressable"],
         "uncertain": send["uncertain"],
+        "holdout": send["holdout"],
+        "holdout_shared": send["holdout_shared"],
+        "holdout_percent": send["holdout_percent"],
         "planned": send["recipients"],
         "send_key": send["send_key"],
         "error": send["error"],

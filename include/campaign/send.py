@@ -12,6 +12,11 @@ The ledger entry is written before the Netmera client is built, so a send that c
 (no usable Connection, Netmera refusing or unreachable) is a failed entry with its reason, which
 the next trigger of the same key resumes. A trigger with no message at all is recorded under
 `failure_key` (see include/store/sends.py).
+
+A send may hold out a share of the addressable members (`holdout_percent`, drawn as
+include/campaign/audience.py says): drawn when the ledger entry is created and recorded in the
+same transaction as its batches, so a retry or resume never draws again. The percent is not
+part of the key: the same message reaches a version once, whatever share it holds out.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from include.campaign.audience import Audience, audience
 from include.clients.http import AmbiguousOutcome, VendorError
-from include.clients.netmera import MAX_EXT_IDS, NetmeraClient, NetmeraError
+from include.clients.netmera import NetmeraClient, NetmeraError
 from include.store import sends as ledger_states
 from include.store.sends import SendLedger
-from include.store.tables import members
 
 if TYPE_CHECKING:
     from include.matching.user_table import UserTable
@@ -69,61 +74,6 @@ def failure_key(segment_id: str, version: int, run_id: str) -> str:
     return f"{segment_id}/v{version}/failed/{hashlib.sha256(run_id.encode()).hexdigest()[:16]}"
 
 
-@dataclass(frozen=True)
-class Audience:
-    batches: list[list[str]]
-    not_addressable: int
-
-    @property
-    def recipients(self) -> int:
-        return sum(len(b) for b in self.batches)
-
-
-def audience(engine: sa.Engine, users: UserTable, segment_id: str, version: int) -> Audience:
-    """The version's members by extId, deduplicated and sorted, in batches of ≤1000.
-
-    A member whose Netmera user has no extId cannot be addressed through the REST API: counted
-    as not_addressable, never dropped silently.
-    """
-    table = sa.table(
-        users.table,
-        sa.column(users.columns["user_id"]),
-        sa.column(users.columns["external_id"]),
-        schema=users.schema,
-    )
-    user_id, external_id = table.c[users.columns["user_id"]], table.c[users.columns["external_id"]]
-    per_member = (
-        sa.select(members.c.user_id, sa.func.min(external_id).label("ext_id"))
-        .select_from(members.outerjoin(table, user_id == members.c.user_id))
-        .where(members.c.segment_id == segment_id, members.c.version == version)
-        .group_by(members.c.user_id)
-        .subquery()
-    )
-    with engine.connect() as conn:
-        missing = conn.execute(
-            sa.select(sa.func.count()).where(per_member.c.ext_id.is_(None))
-        ).scalar_one()
-        ext_ids = conn.execute(
-            sa.select(per_member.c.ext_id)
-            .where(per_member.c.ext_id.is_not(None))
-            .distinct()
-            .order_by(per_member.c.ext_id)
-        ).scalars()
-        batches = list(_chunks(ext_ids, MAX_EXT_IDS))
-    return Audience(batches=batches, not_addressable=missing)
-
-
-def _chunks(values, size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for value in values:
-        batch.append(str(value))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def send(
     *,
     engine: sa.Engine,
@@ -134,11 +84,16 @@ def send(
     message: Message,
     nonce: str | None,
     run_id: str,
+    holdout_percent: float = 0,
+    sent_by: str | None = None,
 ) -> dict[str, Any]:
     """Send (or resume sending) the message to the version; returns the ledger's summary.
 
     `client` builds the Netmera client, once the ledger entry exists: a Connection that is
-    undefined or unusable fails the entry (with its reason) like a refusal from Netmera does."""
+    undefined or unusable fails the entry (with its reason) like a refusal from Netmera does.
+    The holdout (`include/campaign/audience.py`) is drawn once, when the entry is created, and
+    recorded with its batches: a resumed send keeps it, whatever `holdout_percent` it is given.
+    `sent_by` (who triggered the send) is recorded for Message Report."""
     ledger = SendLedger(engine)
     key = send_key(segment_id, version, message, nonce)
     entry = ledger.find(key)
@@ -149,12 +104,15 @@ def send(
             "nothing sent. Trigger with a new send_key to send it again."
         )
     if entry is None:
-        target = audience(engine, users, segment_id, version)
-        if not target.batches:
-            raise SendRefused(
-                f"segment {segment_id!r}: version {version} has no addressable "
-                f"members ({target.not_addressable} without an extId)"
-            )
+        target = audience(
+            engine,
+            users,
+            segment_id,
+            version,
+            fingerprint=message.fingerprint,
+            holdout_percent=holdout_percent,
+        )
+        _refuse_empty(target, segment_id, version)
         send_id = ledger.create(
             segment_id=segment_id,
             version=version,
@@ -163,25 +121,25 @@ def send(
             message=asdict(message) | {"platforms": list(message.platforms)},
             batches=target.batches,
             not_addressable=target.not_addressable,
+            holdout=target.holdout,
+            holdout_shared=target.holdout_shared,
+            holdout_percent=holdout_percent,
+            sent_by=sent_by,
             run_id=run_id,
         )
         log.info(
-            "segment %s: send %s created: %d recipients in %d batches, %d not addressable",
+            "segment %s: send %s created: %d recipients in %d batches, %d held out (%s%%), "
+            "%d not addressable",
             segment_id,
             key,
             target.recipients,
             len(target.batches),
+            len(target.holdout),
+            holdout_percent,
             target.not_addressable,
         )
     else:
-        send_id = entry["id"]
-        caught = ledger.recover(send_id)
-        log.info(
-            "segment %s: resuming send %s%s",
-            segment_id,
-            key,
-            f"; {caught} batch(es) caught mid-request marked uncertain" if caught else "",
-        )
+        send_id = _resume(ledger, entry, segment_id, holdout_percent)
     entry = ledger.find(key)
     notification_key = entry["notification_key"]
     try:
@@ -201,12 +159,13 @@ def send(
     status = ledger_states.PARTIAL if entry["uncertain"] else ledger_states.DONE
     ledger.finish(send_id, status)
     log.info(
-        "segment %s: send %s %s: %d sent, %d uncertain, %d not addressable",
+        "segment %s: send %s %s: %d sent, %d uncertain, %d held out, %d not addressable",
         segment_id,
         key,
         status,
         entry["sent"],
         entry["uncertain"],
+        entry["holdout"],
         entry["not_addressable"],
     )
     return {
@@ -215,9 +174,43 @@ def send(
         "notification_key": notification_key,
         "sent": entry["sent"],
         "uncertain": entry["uncertain"],
+        "holdout": entry["holdout"],
+        "holdout_percent": entry["holdout_percent"],
         "not_addressable": entry["not_addressable"],
         "batches": entry["batches"],
     }
+
+
+def _refuse_empty(target: Audience, segment_id: str, version: int) -> None:
+    if target.batches:
+        return
+    held = f", {len(target.holdout)} held out" if target.holdout else ""
+    raise SendRefused(
+        f"segment {segment_id!r}: version {version} has no member to message "
+        f"({target.not_addressable} without an extId{held})"
+    )
+
+
+def _resume(ledger: SendLedger, entry: dict[str, Any], segment_id: str, percent: float) -> int:
+    """The entry's send again: its batches and holdout as recorded (never drawn again)."""
+    caught = ledger.recover(entry["id"])
+    log.info(
+        "segment %s: resuming send %s%s",
+        segment_id,
+        entry["send_key"],
+        f"; {caught} batch(es) caught mid-request marked uncertain" if caught else "",
+    )
+    if percent != entry["holdout_percent"]:
+        log.warning(
+            "segment %s: send %s keeps the holdout it was created with (%s%%, %d members); "
+            "holdout_percent %s%% does not apply to a resumed send",
+            segment_id,
+            entry["send_key"],
+            entry["holdout_percent"],
+            entry["holdout"],
+            percent,
+        )
+    return entry["id"]
 
 
 def _reason(exc: Exception) -> str:
@@ -227,7 +220,7 @@ def _reason(exc: Exception) -> str:
 def _send_batches(
     ledger: SendLedger, client: NetmeraClient, send_id: int, notification_key: int, segment_id: str
 ) -> None:
-    for batch_no, ext_ids in ledger.pending(send_id):
+    for batch_no, ext_ids, behind in ledger.pending(send_id):
 
         def claim(b: int = batch_no) -> None:
             if not ledger.claim(send_id, b):
@@ -248,7 +241,7 @@ def _send_batches(
             continue
         except AmbiguousOutcome as exc:
             # Netmera may have sent it: never again for this key. The rest still goes out.
-            ledger.mark_uncertain(send_id, batch_no, len(ext_ids))
+            ledger.mark_uncertain(send_id, batch_no, behind)
             log.warning(
                 "segment %s: batch %d outcome unknown (%s); not resent", segment_id, batch_no, exc
             )
@@ -256,5 +249,5 @@ def _send_batches(
         except (NetmeraError, VendorError):
             ledger.mark_pending(send_id, batch_no)  # refused or never accepted: not sent
             raise
-        ledger.mark_sent(send_id, batch_no, segment_id, len(ext_ids))
+        ledger.mark_sent(send_id, batch_no, segment_id, behind)
         log.info("segment %s: batch %d sent (%d extIds)", segment_id, batch_no, len(ext_ids))

@@ -140,6 +140,9 @@ class Guardrails(_Strict):
     allow_empty: bool = False
 
 
+MAX_HOLDOUT_PERCENT = 50  # a holdout past half the audience is no campaign
+
+
 class Campaign(_Strict):
     """The segment's default message for Send Message (trigger Params may override the text)."""
 
@@ -149,6 +152,9 @@ class Campaign(_Strict):
         default=("IOS", "ANDROID"), min_length=1
     )
     send_on_refresh: bool = False
+    # The share of addressable members held out of each send (recorded, never messaged); a
+    # number (decimals allowed), strictly: `true` or "10" are mistakes, not 1 % or 10 %.
+    holdout_percent: float = Field(default=0.0, ge=0, le=MAX_HOLDOUT_PERCENT, strict=True)
 
 
 AlertEvent = Literal["failed", "held", "stale"]

@@ -344,9 +344,11 @@ def _remove_staged(segment_id: str, run_id: str, step: str) -> None:
 
 @metrics.timed
 @metrics.counts_sends
-def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+def send_message(
+    config: SegmentConfig, run_id: str, params: dict[str, Any], sent_by: str | None = None
+) -> dict[str, Any]:
     """Send Message to the published membership (after this run's publish, or without a
-    refresh): `include/campaign/message.py`."""
+    refresh): `include/campaign/message.py`. `sent_by`: who triggered the run."""
     from include.campaign.message import send_message as send_campaign
     from include.clients.netmera import NetmeraClient
 
@@ -358,4 +360,4 @@ def send_message(config: SegmentConfig, run_id: str, params: dict[str, Any]) -> 
     def client() -> NetmeraClient:
         return NetmeraClient(get_connection(NETMERA_CONN_ID))
 
-    return send_campaign(config, run_id, params, netmera_database(), client)
+    return send_campaign(config, run_id, params, netmera_database(), client, sent_by)

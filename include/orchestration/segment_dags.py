@@ -29,7 +29,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
 
-from include.config.segments import SegmentConfig, load_segments, shard_of
+from include.config.segments import MAX_HOLDOUT_PERCENT, SegmentConfig, load_segments, shard_of
 from include.orchestration.access import access_control, synced_roles
 from include.orchestration.pools import pool_for
 
@@ -94,6 +94,16 @@ PARAMS = {
         description="Only to send the same message to the same version again: any new value.",
         **SCHEMA_DRAFT,
     ),
+    "holdout_percent": Param(
+        None,
+        type=["null", "number"],
+        minimum=0,
+        maximum=MAX_HOLDOUT_PERCENT,
+        title="Holdout percent",
+        description="Share of the addressable members (0-50) that Send Message holds out: "
+        "recorded, never messaged. Empty: the YAML campaign's (default 0).",
+        **SCHEMA_DRAFT,
+    ),
     "restore_version": Param(
         None,
         type=["null", "integer"],
@@ -151,6 +161,16 @@ def _on_run_failure(context) -> None:
 def _run() -> tuple[str, dict]:
     context = get_current_context()
     return context["run_id"], context["params"]
+
+
+def _sent_by() -> str:
+    """Who a send is for Message Report: the run's triggering user (the page, Airflow's UI and
+    API set it), else what started the run ("schedule" for a scheduled one)."""
+    run = get_current_context()["dag_run"]
+    if run.triggering_user_name:
+        return run.triggering_user_name
+    kind = str(getattr(run.run_type, "value", run.run_type))  # DagRunType, or its value
+    return "schedule" if kind == "scheduled" else kind
 
 
 # Steps hand each other frozen dataclasses (include/orchestration/refresh.py); through XCom they
@@ -300,7 +320,8 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
 
             run_id, params = _run()
             try:
-                return refresh.send_message(refresh.config_for_run(config, run_id), run_id, params)
+                started_with = refresh.config_for_run(config, run_id)
+                return refresh.send_message(started_with, run_id, params, _sent_by())
             except SendRefused as exc:
                 raise AirflowSkipException(str(exc)) from None
             except (NetmeraError, ValueError) as exc:

@@ -13,10 +13,15 @@ by the next trigger of the same key (`recover`), from its first batch not sent. 
 has no message to send at all gets a failed entry of its own (`record_failure`), keyed by the
 run (`<segment>/v<version>/failed/<run hash>`, never a message's key), so it is listed with its
 reason and blocks nothing. Errors are stored redacted, as run errors are.
+
+Counts (recipients, sent, uncertain, holdout, not_addressable) are of members (Netmera user
+ids), each batch knowing the members behind its extIds; the held-out members' user ids are
+written with the batches (`cs_send_holdout`), so a resumed send never draws them again.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +30,9 @@ import sqlalchemy as sa
 
 from include.store import migrate
 from include.store.redaction import MAX_ERROR, redact_personal_data
-from include.store.tables import segments, send_batches, sends
+from include.store.tables import segments, send_batches, send_holdout, sends
 
+HOLDOUT_ROWS = 10_000  # held-out user ids a statement
 PENDING, IN_FLIGHT, SENT, UNCERTAIN = "pending", "in_flight", "sent", "uncertain"
 SENDING, DONE, PARTIAL, FAILED = "sending", "sent", "partial", "failed"  # see the docstring
 
@@ -68,10 +74,16 @@ class SendLedger:
         send_key: str,
         fingerprint: str,
         message: dict[str, Any],
-        batches: Iterable[list[str]],
+        batches: Iterable[tuple[list[str], int]],
         not_addressable: int,
+        holdout: Iterable[str],
+        holdout_shared: int,
+        holdout_percent: float,
+        sent_by: str | None,
         run_id: str,
     ) -> int:
+        """The send's entry, its batches ((extIds, the members behind them), in order) and its
+        held-out members' user ids, in one transaction; counts are the members'."""
         now = _now()
         with self.engine.begin() as conn:
             send_id = conn.execute(
@@ -88,32 +100,54 @@ class SendLedger:
                     not_addressable=not_addressable,
                     sent=0,
                     uncertain=0,
+                    holdout=0,
+                    holdout_shared=holdout_shared,
+                    holdout_percent=holdout_percent,
                     batches=0,
                     airflow_run_id=run_id,
+                    sent_by=sent_by,
                     created_at=now,
                     updated_at=now,
                 )
             ).inserted_primary_key[0]
             recipients = count = 0
-            for number, ext_ids in enumerate(batches):
+            for number, (ext_ids, members) in enumerate(batches):
                 conn.execute(
                     send_batches.insert().values(
                         send_id=send_id,
                         batch_no=number,
                         status=PENDING,
                         size=len(ext_ids),
+                        members=members,
                         ext_ids=ext_ids,
                         updated_at=now,
                     )
                 )
-                recipients += len(ext_ids)
+                recipients += members
                 count += 1
+            held, user_ids = 0, iter(holdout)
+            while chunk := list(itertools.islice(user_ids, HOLDOUT_ROWS)):
+                conn.execute(
+                    send_holdout.insert(), [{"send_id": send_id, "user_id": u} for u in chunk]
+                )
+                held += len(chunk)
             conn.execute(
                 sends.update()
                 .where(sends.c.id == send_id)
-                .values(recipients=recipients, batches=count)
+                .values(recipients=recipients, batches=count, holdout=held)
             )
         return send_id
+
+    def holdout_ids(self, send_id: int) -> Iterator[str]:
+        """The send's held-out members' user ids, sorted, streamed."""
+        query = (
+            sa.select(send_holdout.c.user_id)
+            .where(send_holdout.c.send_id == send_id)
+            .order_by(send_holdout.c.user_id)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
+                yield row.user_id
 
     def record_failure(
         self,
@@ -124,6 +158,7 @@ class SendLedger:
         message: dict[str, Any],
         error: str,
         run_id: str,
+        sent_by: str | None = None,
     ) -> int:
         """A send that failed before it had a ledger entry of its own: failed, nothing planned
         or sent, with the (redacted) error. Again for the same `send_key` updates the error."""
@@ -149,8 +184,12 @@ class SendLedger:
                     not_addressable=0,
                     sent=0,
                     uncertain=0,
+                    holdout=0,
+                    holdout_shared=0,
+                    holdout_percent=0,
                     batches=0,
                     airflow_run_id=run_id,
+                    sent_by=sent_by,
                     created_at=now,
                     **values,
                 )
@@ -170,7 +209,7 @@ class SendLedger:
             )
             caught = conn.execute(
                 sa.select(
-                    sa.func.coalesce(sa.func.sum(send_batches.c.size), 0), sa.func.count()
+                    sa.func.coalesce(sa.func.sum(send_batches.c.members), 0), sa.func.count()
                 ).where(send_batches.c.send_id == send_id, send_batches.c.status == IN_FLIGHT)
             ).one()
             if caught[1]:
@@ -186,15 +225,16 @@ class SendLedger:
                 )
         return caught[1]
 
-    def pending(self, send_id: int) -> Iterator[tuple[int, list[str]]]:
+    def pending(self, send_id: int) -> Iterator[tuple[int, list[str], int]]:
+        """(batch number, extIds, the members behind them) of each batch still to send."""
         query = (
-            sa.select(send_batches.c.batch_no, send_batches.c.ext_ids)
+            sa.select(send_batches.c.batch_no, send_batches.c.ext_ids, send_batches.c.members)
             .where(send_batches.c.send_id == send_id, send_batches.c.status == PENDING)
             .order_by(send_batches.c.batch_no)
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        yield from ((r.batch_no, list(r.ext_ids)) for r in rows)
+        yield from ((r.batch_no, list(r.ext_ids), r.members) for r in rows)
 
     def claim(self, send_id: int, batch_no: int) -> bool:
         """pending → in_flight, only if still pending: of two workers on one send, exactly one
@@ -212,27 +252,27 @@ class SendLedger:
         with self.engine.begin() as conn:
             conn.execute(self._batch(send_id, batch_no).values(status=PENDING, updated_at=_now()))
 
-    def mark_sent(self, send_id: int, batch_no: int, segment_id: str, size: int) -> None:
+    def mark_sent(self, send_id: int, batch_no: int, segment_id: str, members: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(self._batch(send_id, batch_no).values(status=SENT, updated_at=_now()))
             conn.execute(
                 sends.update()
                 .where(sends.c.id == send_id)
-                .values(sent=sends.c.sent + size, updated_at=_now())
+                .values(sent=sends.c.sent + members, updated_at=_now())
             )
             conn.execute(
                 segments.update()
                 .where(segments.c.id == segment_id)
-                .values(message_sent=segments.c.message_sent + size)
+                .values(message_sent=segments.c.message_sent + members)
             )
 
-    def mark_uncertain(self, send_id: int, batch_no: int, size: int) -> None:
+    def mark_uncertain(self, send_id: int, batch_no: int, members: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(self._batch(send_id, batch_no).values(status=UNCERTAIN, updated_at=_now()))
             conn.execute(
                 sends.update()
                 .where(sends.c.id == send_id)
-                .values(uncertain=sends.c.uncertain + size, updated_at=_now())
+                .values(uncertain=sends.c.uncertain + members, updated_at=_now())
             )
 
     def finish(self, send_id: int, status: str, error: str | None = None) -> None:

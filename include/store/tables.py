@@ -88,12 +88,18 @@ sends = sa.Table(
     sa.Column("platforms", sa.JSON, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("notification_key", sa.BigInteger),
+    # Counted in members (Netmera user ids): recipients + holdout + not_addressable = the
+    # version's members (include/campaign/audience.py).
     sa.Column("recipients", sa.Integer, nullable=False),
     sa.Column("not_addressable", sa.Integer, nullable=False),
     sa.Column("sent", sa.Integer, nullable=False),
     sa.Column("uncertain", sa.Integer, nullable=False),
+    sa.Column("holdout", sa.Integer, nullable=False),
+    sa.Column("holdout_shared", sa.Integer, nullable=False),  # of holdout: sharing its extId
+    sa.Column("holdout_percent", sa.Float, nullable=False),
     sa.Column("batches", sa.Integer, nullable=False),
     sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    sa.Column("sent_by", sa.String(250)),  # the run's triggering user, or "schedule"
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -105,9 +111,18 @@ send_batches = sa.Table(
     sa.Column("send_id", sa.Integer, primary_key=True),
     sa.Column("batch_no", sa.Integer, primary_key=True),
     sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # extIds
+    sa.Column("members", sa.Integer, nullable=False),  # the members behind them
     sa.Column("ext_ids", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A send's held-out members: recorded with its batches, never messaged.
+send_holdout = sa.Table(
+    "cs_send_holdout",
+    metadata,
+    sa.Column("send_id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.String(200), primary_key=True),
 )
 
 # Vendor budgets (`vendor_budgets.py`); times are seconds since the epoch on the DB's clock.

@@ -25,6 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from include.config.catalog import SegmentCatalog
 from include.config.segments import (
+    MAX_HOLDOUT_PERCENT,
     SOURCE_TYPES,
     SegmentConfig,
     SegmentConfigError,
@@ -131,22 +132,51 @@ def segment_report(segment_id: Readable) -> list[dict[str, Any]]:
 
 
 @router.get("/segments/{segment_id}/campaign")
-def segment_campaign(segment_id: Readable) -> dict[str, Any]:
+def segment_campaign(
+    segment_id: Readable,
+    holdout_percent: Annotated[float | None, Query(ge=0, le=MAX_HOLDOUT_PERCENT)] = None,
+    title: Annotated[str | None, Query(max_length=500)] = None,
+    text: Annotated[str | None, Query(max_length=5000)] = None,
+) -> dict[str, Any]:
     """What Send Message would send, before the user confirms: the YAML campaign (title and
-    text may be null: the form asks for them) and the published version's recipients."""
-    from include.campaign.send import DEFAULT_PLATFORMS, audience
+    text may be null: the form asks for them; `holdout_percent` its default) and the split of
+    the published version's members the send would make (members = recipients + holdout +
+    not_addressable), for the `holdout_percent` asked (else the YAML's) and the message the
+    form would send (`title`/`text` over the YAML's: the draw depends on the message)."""
+    from include.campaign.audience import audience
+    from include.campaign.message import holdout_percent_for, message_for
+    from include.campaign.send import DEFAULT_PLATFORMS
 
     config = _config(segment_id)
     version = _published_version(_segment_row(segment_id))
+    asked = {
+        "message_title": title or None,
+        "message_text": text or None,
+        "holdout_percent": holdout_percent,
+    }
+    try:
+        fingerprint = message_for(config, asked).fingerprint
+    except ValueError:  # no message yet: counts differ only where members share an extId
+        fingerprint = ""
     db = _db()
-    target = audience(db.engine, db.users, segment_id, version)
+    target = audience(
+        db.engine,
+        db.users,
+        segment_id,
+        version,
+        fingerprint=fingerprint,
+        holdout_percent=holdout_percent_for(config, asked),
+    )
     campaign = config.campaign
     return {
         "title": campaign.title if campaign else None,
         "text": campaign.text if campaign else None,
         "platforms": list(campaign.platforms if campaign else DEFAULT_PLATFORMS),
+        "holdout_percent": campaign.holdout_percent if campaign else 0.0,
         "version": version,
+        "members": target.members,
         "recipients": target.recipients,
+        "holdout": len(target.holdout),
         "not_addressable": target.not_addressable,
     }
 
@@ -156,6 +186,19 @@ def members_csv(segment_id: Readable) -> StreamingResponse:
     """The current members' Netmera user ids (as `members ID`)."""
     rows = ((user_id,) for user_id in _store().member_ids(segment_id))
     return _csv(f"{segment_id}-members.csv", ("user_id",), rows)
+
+
+@router.get("/segments/{segment_id}/sends/{send_key:path}/holdout.csv")
+def holdout_csv(segment_id: Readable, send_key: str) -> StreamingResponse:
+    """A send's held-out members' Netmera user ids; `send_key` as Message Report lists it
+    (its `/` may come encoded or not). 404 for a key that is not one of this segment's sends."""
+    ledger = _db().sends
+    entry = ledger.find(send_key)
+    if entry is None or entry["segment_id"] != segment_id:
+        raise HTTPException(404, f"segment {segment_id!r} has no send {send_key!r}")
+    rows = ((user_id,) for user_id in ledger.holdout_ids(entry["id"]))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", send_key)  # a send_key param may hold anything
+    return _csv(f"{name}-holdout.csv", ("user_id",), rows)
 
 
 @router.get("/segments/{segment_id}/unmatched.csv")
@@ -241,8 +284,13 @@ def send(
     actor: Actor,
     title: Annotated[str | None, Body(max_length=500)] = None,
     text: Annotated[str | None, Body(max_length=5000)] = None,
+    holdout_percent: Annotated[
+        float | None, Body(ge=0, le=MAX_HOLDOUT_PERCENT, strict=True)
+    ] = None,
 ) -> dict[str, str]:
-    """Send Message to the published version: the YAML campaign, or `title`/`text`."""
+    """Send Message to the published version: the YAML campaign, or `title`/`text`, holding
+    out `holdout_percent` of the addressable members (else the YAML's). The holdout is no part
+    of the send's key: a message already sent to the version is refused whatever it asks."""
     from include.campaign.message import message_for
     from include.campaign.send import send_key
     from include.store import sends as ledger
@@ -266,7 +314,10 @@ def send(
             f"this message was already sent to version {version} of segment {config.id!r}; "
             "change the title or text to send another",
         )
-    return _trigger(actor, "send", {"refresh": False, "send_message": True, **params})
+    conf = {"refresh": False, "send_message": True, **params}
+    if holdout_percent is not None:
+        conf["holdout_percent"] = holdout_percent
+    return _trigger(actor, "send", conf)
 
 
 @actions.post("/segments/{segment_id}/approve", status_code=202)
