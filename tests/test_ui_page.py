@@ -536,7 +536,12 @@ def test_send_message_through_the_form_reaches_netmera_and_the_report(demo, brow
     title.clear()
     title.send_keys("Your cart <misses> you & more")
     # A 10 % holdout: the form shows the split the API computes before the user confirms.
-    split = demo.api("segments/cart_abandoners/campaign", holdout_percent=10)
+    split = demo.api(
+        "segments/cart_abandoners/campaign",
+        holdout_percent=10,
+        title="Your cart <misses> you & more",
+        text=campaign["text"],
+    )
     assert split["holdout"] > 0
     holdout = by_css(browser, ".modal input[name=holdout_percent]")
     holdout.clear()

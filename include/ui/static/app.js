@@ -369,14 +369,18 @@
       if (!holdout.checkValidity() || Number.isNaN(percent)) return;
       const mine = ++asked;
       try {
-        const figures = await api(`${path}?${new URLSearchParams({ holdout_percent: percent })}`);
+        // Which members are held out depends on the message too: ask with the form's.
+        const query = new URLSearchParams({ holdout_percent: percent, title: title.value, text: text.value });
+        const figures = await api(`${path}?${query}`);
         if (mine === asked) showSplit(figures);
       } catch (error) {
         if (mine === asked) replace(split, h("p", { class: "error", text: error.message }));
       }
     }
     let timer = null;
-    holdout.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(resplit, 250); });
+    for (const input of [holdout, title, text]) {
+      input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(resplit, 300); });
+    }
     const body = [
       h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
         ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
@@ -391,7 +395,7 @@
       started("Send Message", answer);
       after(row.id, "send");
     }, "confirm-send");
-    if (holdout.value !== "0") resplit();
+    if (Number(holdout.value)) resplit();
     title.focus();
   }
 
