@@ -930,19 +930,19 @@
       h("td", { class: "num", "data-field": "holdout" }, count(s.holdout ?? 0),
         s.holdout ? h("div", { class: "muted small" }, `${numbers.format(s.holdout_percent)} % · `,
           h("a", { href: `api/${segmentPath(id)}/sends/${encodeURIComponent(s.send_key)}/holdout.csv`, download: `${id}-holdout.csv`, "data-link": "holdout-csv", text: "CSV" })) : null),
-      h("td", { "data-field": "status" }, smallBadge(s.status, SEND_STATUSES)),
+      h("td", { class: "send-status" }, h("span", { "data-field": "status" }, smallBadge(s.status, SEND_STATUSES)),
+        s.error ? h("div", { class: "small error-text", "data-field": "error", text: s.error }) : null),
       h("td", { class: "num", text: count(s.uncertain) }),
       h("td", { class: "num", text: count(s.not_addressable) }),
-      h("td", { "data-field": "stats" }, platformStats(s.stats) || h("span", { class: "muted small", text: s.stats_error || "—" })),
-      h("td", { class: "small", text: s.error || "" })));
+      h("td", { "data-field": "stats" }, platformStats(s.stats) || h("span", { class: "muted small", text: s.stats_error || "—" }))));
     replace(view,
       h("div", { class: "page-head" }, h("div", {},
         h("div", { class: "title" }, h("h1", { text: `Message Report: ${row ? row.name : id}` })),
         h("div", { class: "sub", text: "Every Send Message of this segment, newest first, with Netmera's delivery stats. The holdout group is the members held back to measure the campaign's lift." }))),
       h("div", { class: "card flush" }, h("table", { "data-role": "report" },
-        h("thead", {}, h("tr", {}, ["Time", "Version", "Message", "Recipients", "Holdout", "Status", "Uncertain", "Not addressable", "Delivery (per platform)", "Error"]
+        h("thead", {}, h("tr", {}, ["Time", "Version", "Message", "Recipients", "Holdout", "Status", "Uncertain", "Not addressable", "Delivery (per platform)"]
           .map((t, i) => h("th", { class: [1, 3, 4, 6, 7].includes(i) ? "num" : null, text: t })))),
-        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 10, class: "empty", text: "No message sent yet." }))))));
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 9, class: "empty", text: "No message sent yet." }))))));
     const sending = sends.some((s) => s.status === "sending");
     schedule(gen, sending, () => renderReport(id));
   }
