@@ -258,6 +258,18 @@ def next_daily(hour: int, now: datetime) -> str:
     return (at if at > now else at + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def unpaused_row(api: str, viewer: requests.Session, segment_id: str) -> dict:
+    """The segment's list row while its DAG is unpaused (a paused one's reason is its pause)."""
+    admin = token_session(api, "admin")
+    dag = f"{core_url(api)}/api/v2/dags/connector_segment_{segment_id}"
+    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
+    try:
+        (row,) = get(viewer, f"{api}/api/segments", id=segment_id).json()["segments"]
+    finally:
+        admin.patch(dag, json={"is_paused": True}, timeout=30)
+    return row
+
+
 def test_each_row_says_why_it_is_not_ready_and_when_it_refreshes_next(api, viewer):
     before = datetime.now(UTC)
     rows = {s["id"]: s for s in get(viewer, f"{api}/api/segments").json()["segments"]}
@@ -273,13 +285,7 @@ def test_each_row_says_why_it_is_not_ready_and_when_it_refreshes_next(api, viewe
     assert rows["buyers"]["schedule_text"].startswith("Manual")
     assert all(r["overdue_since"] is None for r in rows.values())  # published just now
 
-    admin = token_session(api, "admin")
-    dag = f"{core_url(api)}/api/v2/dags/connector_segment_warehouse"
-    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
-    try:
-        (row,) = get(viewer, f"{api}/api/segments", id="warehouse").json()["segments"]
-    finally:
-        admin.patch(dag, json={"is_paused": True}, timeout=30)
+    row = unpaused_row(api, viewer, "warehouse")
     # Failed: where and why, in words (its Connection does not exist).
     assert row["status"] == "Failed"
     assert row["status_reason"].startswith("The last refresh failed in extract: ")
@@ -331,12 +337,7 @@ def test_a_run_failed_before_any_step_recorded_it_is_on_the_list_and_in_details(
     assert failed.status_code == 200, failed.text
 
     (row,) = get(viewer, f"{api}/api/segments", id="churners").json()["segments"]
-    dag = f"{core_url(api)}/api/v2/dags/connector_segment_churners"
-    assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
-    try:
-        (unpaused,) = get(viewer, f"{api}/api/segments", id="churners").json()["segments"]
-    finally:
-        admin.patch(dag, json={"is_paused": True}, timeout=30)
+    unpaused = unpaused_row(api, viewer, "churners")
     assert row["status"] == unpaused["status"] == "Failed"
     assert run_id in unpaused["status_reason"]
     assert "failed before any step could record why" in unpaused["status_reason"]
