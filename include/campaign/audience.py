@@ -102,7 +102,11 @@ def audience(
             if k
             else []
         )
-        held_ext_ids = {ext for _, _, ext in drawn}
+        # Every extId of a drawn member's user, not only the one it is addressed by: a push to
+        # any of them would reach it.
+        held_ext_ids = {ext for _, _, ext in drawn} | _all_ext_ids(
+            conn, users, [user for _, user, _ in drawn]
+        )
         by_ext_id = _stream(conn, rows.order_by(per_member.c.ext_id, per_member.c.user_id))
         batches, holdout = _split(by_ext_id, held_ext_ids)
     return Audience(
@@ -113,15 +117,32 @@ def audience(
     )
 
 
-def _per_member(users: UserTable, segment_id: str, version: int) -> sa.Subquery:
-    """(user_id, ext_id) of each member of the version; ext_id null for those without one."""
+def _user_columns(users: UserTable) -> tuple[sa.TableClause, sa.ColumnClause, sa.ColumnClause]:
     table = sa.table(
         users.table,
         sa.column(users.columns["user_id"]),
         sa.column(users.columns["external_id"]),
         schema=users.schema,
     )
-    user_id, external_id = table.c[users.columns["user_id"]], table.c[users.columns["external_id"]]
+    return table, table.c[users.columns["user_id"]], table.c[users.columns["external_id"]]
+
+
+def _all_ext_ids(conn: sa.Connection, users: UserTable, user_ids: list[str]) -> set[str]:
+    """Every extId the user table holds for these users (a user may have several)."""
+    _, user_id, external_id = _user_columns(users)
+    found: set[str] = set()
+    for start in range(0, len(user_ids), MAX_EXT_IDS):
+        chunk = user_ids[start : start + MAX_EXT_IDS]
+        query = (
+            sa.select(external_id).distinct().where(user_id.in_(chunk), external_id.is_not(None))
+        )
+        found.update(str(ext) for ext in conn.execute(query).scalars())
+    return found
+
+
+def _per_member(users: UserTable, segment_id: str, version: int) -> sa.Subquery:
+    """(user_id, ext_id) of each member of the version; ext_id null for those without one."""
+    table, user_id, external_id = _user_columns(users)
     return (
         sa.select(members.c.user_id, sa.func.min(external_id).label("ext_id"))
         .select_from(members.outerjoin(table, user_id == members.c.user_id))
