@@ -114,3 +114,43 @@ def test_a_held_refresh_points_at_validate_and_a_record_airflow_forgot_keeps_its
     )
     assert (held["log_task"], held["airflow_state"]) == ("validate", None)
     assert (forgotten["error"], forgotten["log_task"]) == ("boom", "extract")
+
+
+def test_a_run_that_failed_before_start_fails_the_segment_only_if_it_was_a_refresh(tmp_path):
+    """The record a failure opens for a run whose `start` never began is the run the trigger
+    asked for: a dry run's or a restore's leaves the segment Ready; a refresh's makes it
+    Failed."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from include.store.repository import SegmentStore
+    from include.store.tables import segments
+
+    store = SegmentStore(sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}"))
+    with store.engine.begin() as conn:
+        conn.execute(
+            segments.insert().values(
+                id="s",
+                name="S",
+                description="",
+                source_type="file",
+                status="Ready",
+                current_version=2,
+                connector_users=5,
+                netmera_users=4,
+                message_sent=0,
+                updated_at=datetime.now(UTC),
+            )
+        )
+    store.fail_run("s", "dry", "start", NO_EXCEPTION, dry_run=True)
+    store.fail_run("s", "restore", "start", NO_EXCEPTION, restored_from=1)
+    assert store.segment("s")["status"] == "Ready"
+    assert (store.run("s", "dry")["dry_run"], store.run("s", "restore")["restored_from"]) == (
+        True,
+        1,
+    )
+    store.fail_run("s", "refresh", "start", NO_EXCEPTION)
+    assert store.segment("s")["status"] == "Failed"
+    assert store.segment("s")["status_reason"] == f"start: {NO_EXCEPTION}"
+    assert store.run("s", "refresh")["status"] == "failed"

@@ -315,9 +315,27 @@ def restore(
     return outcome
 
 
-def record_failure(segment_id: str, run_id: str, step: str, error: BaseException | str) -> None:
+def record_failure(
+    segment_id: str,
+    run_id: str,
+    step: str,
+    error: BaseException | str,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """A step failed for good. `params`: the run's trigger parameters, for a record the run
+    never opened (its `start` failed before it began): a dry run's or a restore's failure
+    must not make the segment Failed."""
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    text = _store().fail_run(segment_id, run_id, step, text)  # as recorded: redacted
+    params = params or {}
+    text = _store().fail_run(  # as recorded: redacted
+        segment_id,
+        run_id,
+        step,
+        text,
+        dry_run=bool(params.get("dry_run")),
+        approve=bool(params.get("approve")),
+        restored_from=params.get("restore_version"),
+    )
     # Retries are over: nothing will resume from the staged files.
     _remove_staged(segment_id, run_id, f"{step} (failed)")
     log.error("segment %s: %s failed; previous membership kept. %s", segment_id, step, text)

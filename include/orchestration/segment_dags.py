@@ -121,15 +121,18 @@ def _on_failure(context) -> None:
     A failed send is recorded in its ledger instead (and counted): the membership is still
     Ready."""
     from include.orchestration import metrics
+    from include.orchestration.dag_state import run_kind
     from include.orchestration.refresh import record_failure
     from include.store.run_history import NO_EXCEPTION
 
     ti = context["ti"]
     segment_id = ti.dag_id.removeprefix("connector_segment_")
-    if ti.task_id == "send_message":
-        metrics.send_failed(segment_id)
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    if ti.task_id == "send_message" or run_kind(conf) == "send":
+        metrics.send_failed(segment_id)  # a Send Message alone whose start never began too
         return
-    record_failure(segment_id, ti.run_id, ti.task_id, context.get("exception") or NO_EXCEPTION)
+    error = context.get("exception") or NO_EXCEPTION
+    record_failure(segment_id, ti.run_id, ti.task_id, error, conf)
 
 
 # The segments with an `alerts` block, by DAG id: what the run-failure callback looks up (the

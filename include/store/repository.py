@@ -308,26 +308,38 @@ class SegmentStore:
             _insert_batches(conn, unmatched, batches, segment_id=segment_id, airflow_run_id=run_id)
             self._prune_unmatched(conn, segment_id, run_id)
 
-    def fail_run(self, segment_id: str, run_id: str, step: str, error: str) -> str:
+    def fail_run(
+        self,
+        segment_id: str,
+        run_id: str,
+        step: str,
+        error: str,
+        *,
+        dry_run: bool = False,
+        approve: bool = False,
+        restored_from: int | None = None,
+    ) -> str:
         """Failed: the run records the error, redacted of personal data (and returns it as
-        recorded), in a record of its own if it had none yet; membership and counts stay as
-        they were."""
+        recorded), in a record of its own if it had none yet (what the run was, `dry_run`,
+        `approve`, `restored_from`, from its trigger); membership and counts stay as they
+        were; the segment is Failed only by a refresh's failure."""
         error = redact_personal_data(error)[:MAX_ERROR]
         failed = {"status": "failed", "failed_step": step, "error": error, "finished_at": _now()}
         with self.engine.begin() as conn:
-            owns_status = self._owns_status(conn, segment_id, run_id)
             recorded = conn.execute(self._run_update(segment_id, run_id).values(**failed))
-            if not recorded.rowcount:  # failed before `start` could open its record
-                conn.execute(
+            if not recorded.rowcount:  # failed before `start` could open its record: one as
+                conn.execute(  # the run was asked for (`dry_run`... from its trigger's conf)
                     runs.insert().values(
                         segment_id=segment_id,
                         airflow_run_id=run_id,
-                        dry_run=False,
-                        approve=False,
+                        dry_run=dry_run,
+                        approve=approve,
+                        restored_from=restored_from,
                         started_at=failed["finished_at"],
                         **failed,
                     )
                 )
+            owns_status = self._owns_status(conn, segment_id, run_id)
             if owns_status:
                 self._set_status(conn, segment_id, FAILED, f"{step}: {error}")
         return error
