@@ -13,9 +13,12 @@ from typing import Any
 class DagState:
     paused: bool
     active_run: dict[str, str] | None  # {"dag_run_id", "state", "kind"}: queued or running
-    # {"dag_run_id", "kind", "ended_at"} of the newest ended run, if it failed: the page shows
-    # a failure even when no step could record it (a task that never started).
-    last_failure: dict[str, str | None] | None = None
+
+
+# Runs whose failure makes a segment Failed (a failed send, dry run or restore does not), and
+# how many of a DAG's newest ended runs are searched for the newest of them.
+REFRESH_KINDS = ("refresh", "approve")
+ENDED_RUNS = 10
 
 
 def run_kind(conf: dict[str, Any] | None) -> str:
@@ -36,63 +39,90 @@ class DagNotReady(LookupError):
 
 
 def dag_states(dag_ids: list[str] | None = None) -> dict[str, DagState]:
-    """Paused, the oldest active run and the newest ended run (if it failed) of each segment
-    DAG Airflow knows (of `dag_ids`, or all of them): three queries, whatever the number of
-    DAGs."""
+    """Paused and the oldest active run of each segment DAG Airflow knows (of `dag_ids`, or
+    all of them): two queries, whatever the number of DAGs."""
     import sqlalchemy as sa
     from airflow.models.dag import DagModel
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState, TaskInstanceState
+    from airflow.utils.state import DagRunState
 
     dags = sa.select(DagModel.dag_id, DagModel.is_paused)
-    mine = (
-        DagRun.dag_id.startswith("connector_segment_")
-        if dag_ids is None
-        else DagRun.dag_id.in_(dag_ids)
-    )
     active = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.conf).where(
-        mine, DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
-    )
-    newest_ended = (
-        sa.select(sa.func.max(DagRun.id))
-        .where(mine, DagRun.state.in_([DagRunState.SUCCESS, DagRunState.FAILED]))
-        .group_by(DagRun.dag_id)
-    )
-    # A run whose only failed task is the send left the membership Ready: not a failure here.
-    send_only = ~sa.exists().where(
-        TaskInstance.dag_id == DagRun.dag_id,
-        TaskInstance.run_id == DagRun.run_id,
-        TaskInstance.state == TaskInstanceState.FAILED,
-        TaskInstance.task_id != "send_message",
-    ) & sa.exists().where(
-        TaskInstance.dag_id == DagRun.dag_id,
-        TaskInstance.run_id == DagRun.run_id,
-        TaskInstance.task_id == "send_message",
-        TaskInstance.state == TaskInstanceState.FAILED,
-    )
-    failed = sa.select(DagRun.dag_id, DagRun.run_id, DagRun.conf, DagRun.end_date).where(
-        DagRun.id.in_(newest_ended), DagRun.state == DagRunState.FAILED, ~send_only
+        DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
     )
     if dag_ids is None:
         dags = dags.where(DagModel.dag_id.startswith("connector_segment_"))
     else:
         dags = dags.where(DagModel.dag_id.in_(dag_ids))
+        active = active.where(DagRun.dag_id.in_(dag_ids))
     with create_session() as session:
         paused = dict(session.execute(dags).all())
         runs: dict[str, dict[str, str]] = {}
         for dag_id, run_id, state, conf in session.execute(active.order_by(DagRun.id.desc())):
             # the oldest wins
             runs[dag_id] = {"dag_run_id": run_id, "state": str(state), "kind": run_kind(conf)}
-        failures = {
-            dag_id: {"dag_run_id": run_id, "kind": run_kind(conf), "ended_at": _iso(ended)}
-            for dag_id, run_id, conf, ended in session.execute(failed)
-        }
-    return {
-        dag_id: DagState(bool(p), runs.get(dag_id), failures.get(dag_id))
-        for dag_id, p in paused.items()
-    }
+    return {dag_id: DagState(bool(p), runs.get(dag_id)) for dag_id, p in paused.items()}
+
+
+def refresh_failures(dag_ids: list[str]) -> dict[str, dict[str, str | None]]:
+    """For each of `dag_ids` (a page of the list: bounded) whose newest ended refresh failed:
+    that run (`{"dag_run_id", "kind", "ended_at"}`). A Send Message or a dry run ending after
+    it does not hide it; a refresh whose only failed task is its send is no failure (the
+    membership was published). One query over those DAGs' newest ended runs."""
+    import sqlalchemy as sa
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    if not dag_ids:
+        return {}
+
+    def failed_task(send: bool) -> sa.Exists:
+        return sa.exists().where(
+            TaskInstance.dag_id == DagRun.dag_id,
+            TaskInstance.run_id == DagRun.run_id,
+            TaskInstance.state == TaskInstanceState.FAILED,
+            (TaskInstance.task_id == "send_message")
+            if send
+            else (TaskInstance.task_id != "send_message"),
+        )
+
+    ended = (
+        sa.select(
+            DagRun.dag_id,
+            DagRun.run_id,
+            DagRun.state,
+            DagRun.conf,
+            DagRun.end_date,
+            (~failed_task(send=False) & failed_task(send=True)).label("send_only"),
+            sa.func.row_number()
+            .over(partition_by=DagRun.dag_id, order_by=DagRun.id.desc())
+            .label("newest"),
+        )
+        .where(
+            DagRun.dag_id.in_(dag_ids),
+            DagRun.state.in_([DagRunState.SUCCESS, DagRunState.FAILED]),
+        )
+        .subquery()
+    )
+    seen: set[str] = set()
+    failures: dict[str, dict[str, str | None]] = {}
+    query = sa.select(ended).where(ended.c.newest <= ENDED_RUNS).order_by(ended.c.newest)
+    with create_session() as session:
+        for run in session.execute(query):
+            kind = run_kind(run.conf)
+            if run.dag_id in seen or kind not in REFRESH_KINDS:
+                continue
+            seen.add(run.dag_id)
+            if str(run.state) == DagRunState.FAILED and not run.send_only:
+                failures[run.dag_id] = {
+                    "dag_run_id": run.run_id,
+                    "kind": kind,
+                    "ended_at": _iso(run.end_date),
+                }
+    return failures
 
 
 # The steps in the order a run takes them: the first failed one is the run's failure.

@@ -63,7 +63,8 @@ class Staleness:
             return None
         from croniter import croniter
 
-        return croniter(PRESETS.get(schedule, schedule), self.now).get_next(datetime)
+        now = self.now.astimezone(UTC)
+        return croniter(PRESETS.get(schedule, schedule), now).get_next(datetime)
 
     def overdue_since(self, schedule: str | None, last_update: datetime | None) -> datetime | None:
         """For a Stale segment: the first scheduled refresh after its last publish, the one
@@ -72,8 +73,10 @@ class Staleness:
             return None
         from croniter import croniter
 
+        # In UTC, where the schedule fires (PostgreSQL answers in its session's zone).
         if last_update.tzinfo is None:
             last_update = last_update.replace(tzinfo=UTC)
+        last_update = last_update.astimezone(UTC)
         return croniter(PRESETS.get(schedule, schedule), last_update).get_next(datetime)
 
     def _interval(self, schedule: str) -> timedelta:

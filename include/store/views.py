@@ -24,7 +24,13 @@ RUN_FIELDS = ["airflow_run_id", "status", "dry_run", "approve", "started_at", *R
 
 
 def iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    """UTC, as ISO 8601 with a Z. A value with a zone (PostgreSQL answers in its session's
+    zone) is converted; one without (SQLite keeps none) is UTC as the store wrote it."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -88,15 +94,20 @@ def list_rows(store: SegmentStore) -> list[dict[str, Any]]:
     return [segment.entry() for segment in listed(store)]
 
 
-def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[dict[str, Any]]:
+def page_rows(
+    segments: list[Listed],
+    states: Mapping[str, DagState],
+    failures: Mapping[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """`list_rows`' objects, each also with what the page shows and may do: the source type
     and schedule of its YAML (the store's source type if the YAML is gone; in words too),
     reachable users, its DAG, whether that is paused and its active run (from `states`; paused
     None: no DAG, or not parsed yet), the actions its state allows now, when it refreshes next
     and, unless it is Ready, why not (`status_reason`).
 
-    A refresh that failed where no step could record it (a task that never began) is newer
-    than the store knows: the row says Failed, naming the run."""
+    `failures` (`dag_state.refresh_failures`, by DAG id): a refresh that failed where no step
+    could record it (a run failed by hand, a callback lost) is newer than the store knows:
+    unless a run is active now, the row says Failed, naming the run."""
     freshness = Staleness(datetime.now(UTC), stale_grace())
     rows = []
     for segment in segments:
@@ -109,7 +120,10 @@ def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[di
             "source_type": segment.source_type,
             "schedule": schedule,
             "schedule_text": in_words(schedule),
-            "next_refresh_at": iso(freshness.next_refresh(schedule)),
+            # A paused DAG refreshes at no time.
+            "next_refresh_at": None
+            if state and state.paused
+            else iso(freshness.next_refresh(schedule)),
             "overdue_since": iso(freshness.overdue_since(schedule, last_update)),
             "reachable": row["reachable"] if row else None,
             "dag_id": config.dag_id if config else None,
@@ -117,7 +131,9 @@ def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[di
             "active_run": state.active_run if state else None,
             "actions": allowed_actions(row, state),
         }
-        failure = unrecorded_failure(segment.status, state)
+        failure = unrecorded_failure(
+            segment.status, state, (failures or {}).get(config.dag_id) if config else None
+        )
         if failure:
             entry["status"] = FAILED
         entry["status_reason"] = status_reason(entry, row, failure)
@@ -125,15 +141,12 @@ def page_rows(segments: list[Listed], states: Mapping[str, DagState]) -> list[di
     return rows
 
 
-# A run of these kinds failing makes the segment Failed; a failed send, dry run or restore not.
-FAILING_KINDS = ("refresh", "approve")
-
-
-def unrecorded_failure(status: str | None, state: DagState | None) -> dict[str, Any] | None:
-    """The DAG's newest ended run, if it was a refresh that failed while the store does not say
-    Failed (no step or callback could record it)."""
-    failure = state.last_failure if state else None
-    if failure is None or failure["kind"] not in FAILING_KINDS or status == FAILED:
+def unrecorded_failure(
+    status: str | None, state: DagState | None, failure: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """`failure` (the DAG's newest ended refresh, failed), if the store does not say Failed
+    (no step or callback could record it) and no run is active now (it is the news)."""
+    if failure is None or status == FAILED or (state and state.active_run):
         return None
     return failure
 

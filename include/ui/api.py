@@ -87,8 +87,9 @@ def list_segments(
     (q: name or id, any case; id: exactly that segment) and paged; `total` counts every match.
     Only the segments whose DAG runs the user may read: under FAB, a team sees the segments
     whose `access` names its role."""
-    from include.orchestration.dag_state import dag_states
+    from include.orchestration.dag_state import dag_states, refresh_failures
 
+    status, source_type = status or None, source_type or None  # `?status=`: every status
     if status is not None and status.casefold() not in STATUSES:
         raise HTTPException(400, f"unknown status {status!r}: one of {', '.join(STATUS_NAMES)}")
     if source_type is not None and source_type not in SOURCE_TYPES:
@@ -100,7 +101,9 @@ def list_segments(
     found = [s for s in found if id is None or s.id == id]
     visible = _visible_dags(user, [dag_id_of(s.id) for s in found], states)
     found = [s for s in found if dag_id_of(s.id) in visible]
-    page = page_rows(found[offset : offset + limit], states)
+    shown = found[offset : offset + limit]
+    failures = refresh_failures([dag_id_of(s.id) for s in shown])
+    page = page_rows(shown, states, failures)
     may_trigger = _authorized(user, [row["dag_id"] for row in page if row["dag_id"]], "POST")
     for row in page:
         row["may_trigger"] = row["dag_id"] in may_trigger
@@ -142,10 +145,13 @@ def segment_campaign(
     text may be null: the form asks for them; `holdout_percent` its default) and the split of
     the published version's members the send would make (members = recipients + holdout +
     not_addressable), for the `holdout_percent` asked (else the YAML's) and the message the
-    form would send (`title`/`text` over the YAML's: the draw depends on the message)."""
+    form would send (`title`/`text` over the YAML's: the draw depends on the message). If that
+    message's send to this version failed, confirming resumes it with the holdout it drew:
+    its recorded split, and `resumes` names it."""
     from include.campaign.audience import audience
     from include.campaign.message import holdout_percent_for, message_for
-    from include.campaign.send import DEFAULT_PLATFORMS
+    from include.campaign.send import DEFAULT_PLATFORMS, send_key
+    from include.store import sends as ledger
 
     config = _config(segment_id)
     version = _published_version(_segment_row(segment_id))
@@ -155,25 +161,35 @@ def segment_campaign(
         "holdout_percent": holdout_percent,
     }
     try:
-        fingerprint = message_for(config, asked).fingerprint
+        message = message_for(config, asked)
     except ValueError:  # no message yet: counts differ only where members share an extId
-        fingerprint = ""
+        message = None
     db = _db()
-    target = audience(
-        db.engine,
-        db.users,
-        segment_id,
-        version,
-        fingerprint=fingerprint,
-        holdout_percent=holdout_percent_for(config, asked),
-    )
     campaign = config.campaign
-    return {
+    answer = {
         "title": campaign.title if campaign else None,
         "text": campaign.text if campaign else None,
         "platforms": list(campaign.platforms if campaign else DEFAULT_PLATFORMS),
         "holdout_percent": campaign.holdout_percent if campaign else 0.0,
         "version": version,
+        "resumes": None,
+    }
+    earlier = db.sends.find(send_key(segment_id, version, message, None)) if message else None
+    if earlier and earlier["status"] == ledger.FAILED:
+        # Confirming resumes that send, with the holdout it drew: show its split, not a new one.
+        split = {k: earlier[k] for k in ("recipients", "holdout", "not_addressable")}
+        resumes = {"send_key": earlier["send_key"], "holdout_percent": earlier["holdout_percent"]}
+        return {**answer, **split, "members": sum(split.values()), "resumes": resumes}
+    target = audience(
+        db.engine,
+        db.users,
+        segment_id,
+        version,
+        fingerprint=message.fingerprint if message else "",
+        holdout_percent=holdout_percent_for(config, asked),
+    )
+    return {
+        **answer,
         "members": target.members,
         "recipients": target.recipients,
         "holdout": len(target.holdout),
@@ -231,7 +247,7 @@ def _zone(name: str | None):
         return ZoneInfo("UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe", a folder
         raise HTTPException(
             400, f"unknown time zone {name!r} (an IANA name: Europe/Istanbul)"
         ) from None

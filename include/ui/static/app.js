@@ -121,7 +121,8 @@
   function freshness(row) {
     const parts = [];
     parts.push(row.last_update_date ? `refreshed ${ago(row.last_update_date)}` : "never refreshed");
-    if (row.overdue_since) parts.push(`overdue since ${dayAndTime(row.overdue_since)}`);
+    if (row.paused) parts.push("paused: no scheduled refresh");
+    else if (row.overdue_since) parts.push(`overdue since ${dayAndTime(row.overdue_since)}`);
     else if (row.next_refresh_at) parts.push(`next ${dayAndTime(row.next_refresh_at)}`);
     else if (!row.schedule) parts.push("manual refresh only");
     const title = [row.schedule_text, row.schedule ? `cron: ${row.schedule} (UTC)` : null].filter(Boolean).join(" · ");
@@ -190,6 +191,7 @@
   async function api(path, options = {}) {
     const init = { headers: { Accept: "application/json" } };
     if (options.method) init.method = options.method;
+    if (options.signal) init.signal = options.signal;
     if (options.body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
@@ -359,28 +361,32 @@
           h("span", { class: "muted small", text: ` (${numbers.format(Number(holdout.value) || 0)} % of the addressable members, chosen at random but fixed for this message and version; recorded, never messaged, to measure the campaign's lift)` })),
         h("div", {}, "Not addressable: ", field("not_addressable", figures.not_addressable),
           h("span", { class: "muted small", text: " (matched users without an extId: Netmera's REST API cannot reach them)" })),
+        figures.resumes ? h("p", { class: "small", "data-role": "resumes",
+          text: `This message's earlier send to this version failed: confirming resumes it, with the holdout it drew then (${numbers.format(figures.resumes.holdout_percent)} %).` }) : null,
         h("p", { class: "muted small", "data-role": "reachable-note", text: `${REACHABLE_NOTE} This segment: Reachable ${count(row.reachable)}.` }));
       if (confirm.button) confirm.button.textContent = `Send to ${count(figures.recipients)} users`;
     }
     showSplit(campaign);
-    let asked = 0;
+    let asking = null; // the split being asked for: aborted when the form changes again
     async function resplit() {
       const percent = Number(holdout.value);
       if (!holdout.checkValidity() || Number.isNaN(percent)) return;
-      const mine = ++asked;
+      if (asking) asking.abort();
+      const mine = asking = new AbortController();
       try {
         // Which members are held out depends on the message too: ask with the form's.
         const query = new URLSearchParams({ holdout_percent: percent, title: title.value, text: text.value });
-        const figures = await api(`${path}?${query}`);
-        if (mine === asked) showSplit(figures);
+        const figures = await api(`${path}?${query}`, { signal: mine.signal });
+        if (mine === asking) showSplit(figures);
       } catch (error) {
-        if (mine === asked) replace(split, h("p", { class: "error", text: error.message }));
+        if (mine === asking && error.name !== "AbortError") replace(split, h("p", { class: "error", text: error.message }));
       }
     }
     let timer = null;
-    for (const input of [holdout, title, text]) {
-      input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(resplit, 300); });
-    }
+    const later = () => { clearTimeout(timer); timer = setTimeout(resplit, 400); };
+    holdout.addEventListener("input", later);
+    // The message changes the draw only when someone is held out (or it resumes a failed send).
+    for (const input of [title, text]) input.addEventListener("input", () => { if (Number(holdout.value)) later(); });
     const body = [
       h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
         ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
