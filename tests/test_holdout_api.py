@@ -204,3 +204,30 @@ def test_send_refuses_a_bad_holdout_percent_and_a_message_it_already_sent(api):
     assert again.status_code == 409, again.text
     assert "already sent to version 1" in again.json()["detail"]
     assert admin.get(runs, timeout=30).json()["total_entries"] == before
+
+
+def test_the_campaign_shows_a_failed_sends_recorded_split_when_confirming_would_resume_it(
+    api, viewer, netmera, monkeypatch
+):
+    """A send Netmera refused (a wrong key) drew its holdout when it was recorded; sending the
+    same message again resumes it with that holdout, so the form is shown that split and told
+    so, whatever percent it asks."""
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(netmera, "wrong-key"))
+    message = {"message_title": "Later", "message_text": "Resumed"}
+    ran = run_segment("plain", refresh=False, send_message=True, holdout_percent=30, **message)
+    assert ran == "failed"  # Netmera refused the key: a failed send, recorded
+    sends = viewer.get(f"{api}/api/segments/plain/report", timeout=30).json()
+    failed = next(s for s in sends if s["title"] == "Later")
+    assert (failed["status"], failed["holdout"]) == ("failed", 3)  # 30 % of 10
+    asked = viewer.get(
+        f"{api}/api/segments/plain/campaign",
+        params={"holdout_percent": 0, "title": "Later", "text": "Resumed"},
+        timeout=30,
+    ).json()
+    assert asked["resumes"] == {"send_key": failed["send_key"], "holdout_percent": 30}
+    assert (asked["holdout"], asked["recipients"], asked["members"]) == (3, 7, 10)
+    # Another message is a new send: its own split, nothing resumed.
+    other = viewer.get(
+        f"{api}/api/segments/plain/campaign", params={"holdout_percent": 0}, timeout=30
+    ).json()
+    assert (other["resumes"], other["holdout"]) == (None, 0)

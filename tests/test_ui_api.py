@@ -271,16 +271,19 @@ def unpaused_row(api: str, viewer: requests.Session, segment_id: str) -> dict:
 
 
 def test_each_row_says_why_it_is_not_ready_and_when_it_refreshes_next(api, viewer):
-    before = datetime.now(UTC)
     rows = {s["id"]: s for s in get(viewer, f"{api}/api/segments").json()["segments"]}
-    after = datetime.now(UTC)
-    # All four DAGs are paused (as created): the reason a paused segment gets comes first.
+    # All four DAGs are paused (as created): the reason a paused segment gets comes first,
+    # and a paused segment has no next refresh.
     assert {r["status_reason"] for r in rows.values()} == {
         "Its DAG is paused in Airflow: nothing refreshes it until someone unpauses it."
     }
-    assert rows["churners"]["next_refresh_at"] in {next_daily(2, before), next_daily(2, after)}
-    assert rows["idle"]["next_refresh_at"] in {next_daily(0, before), next_daily(0, after)}
-    assert rows["buyers"]["next_refresh_at"] is None  # manual
+    assert {r["next_refresh_at"] for r in rows.values()} == {None}
+    before = datetime.now(UTC)
+    churners, idle = unpaused_row(api, viewer, "churners"), unpaused_row(api, viewer, "idle")
+    after = datetime.now(UTC)
+    assert churners["next_refresh_at"] in {next_daily(2, before), next_daily(2, after)}
+    assert idle["next_refresh_at"] in {next_daily(0, before), next_daily(0, after)}
+    assert unpaused_row(api, viewer, "buyers")["next_refresh_at"] is None  # manual
     assert rows["churners"]["schedule_text"] == "At 02:00, UTC"
     assert rows["buyers"]["schedule_text"].startswith("Manual")
     assert all(r["overdue_since"] is None for r in rows.values())  # published just now
@@ -299,6 +302,9 @@ def test_unknown_filters_are_refused_and_every_answer_says_nosniff(api, viewer):
         assert repr(next(iter(bad.values()))) in answer.json()["detail"]
     for ok in ({"status": "not active"}, {"status": "STALE"}, {"source_type": "amplitude"}):
         assert get(viewer, f"{api}/api/segments", **ok).status_code == 200, ok
+    everything = get(viewer, f"{api}/api/segments").json()["total"]
+    empty = get(viewer, f"{api}/api/segments", status="", source_type="")  # no filter
+    assert empty.json()["total"] == everything
     for path in (
         "api/segments",
         "api/segments/buyers/members.csv",
@@ -311,7 +317,9 @@ def test_unknown_filters_are_refused_and_every_answer_says_nosniff(api, viewer):
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", path
     zone = get(viewer, f"{api}/api/segments/buyers/chart.svg", tz="Asia/Tokyo")
     assert "Times in Asia/Tokyo" in zone.text
-    assert get(viewer, f"{api}/api/segments/buyers/chart.svg", tz="../etc").status_code == 400
+    for bad in ("../etc", "Europe", "Mars/Olympus"):
+        answer = get(viewer, f"{api}/api/segments/buyers/chart.svg", tz=bad)
+        assert answer.status_code == 400, bad
 
 
 def test_details_list_the_failed_run_with_its_task_and_error(api, viewer):
@@ -342,10 +350,25 @@ def test_a_run_failed_before_any_step_recorded_it_is_on_the_list_and_in_details(
     assert run_id in unpaused["status_reason"]
     assert "failed before any step could record why" in unpaused["status_reason"]
 
+    # A Send Message ending after it does not hide it; a run in progress is the news then.
+    send = admin.post(runs, json={"logical_date": None, "conf": {"refresh": False}}, timeout=30)
+    send_id = send.json()["dag_run_id"]
+    assert admin.patch(f"{runs}/{quote(send_id)}", json={"state": "success"}, timeout=30).ok
+    assert unpaused_row(api, viewer, "churners")["status"] == "Failed"
+    queued = admin.post(runs, json={"logical_date": None}, timeout=30).json()["dag_run_id"]
+    (busy,) = get(viewer, f"{api}/api/segments", id="churners").json()["segments"]
+    assert (busy["status"], busy["active_run"]["dag_run_id"]) == ("Ready", queued)
+    assert busy["next_refresh_at"] is None  # paused: no scheduled refresh
+    assert admin.patch(f"{runs}/{quote(queued)}", json={"state": "failed"}, timeout=30).ok
+
     details = get(viewer, f"{api}/api/segments/churners").json()
     assert details["status"] == "Ready"  # the store's: nothing it published changed
-    newest = details["runs"][0]
-    assert (newest["airflow_run_id"], newest["status"]) == (run_id, "failed")
+    assert [(r["airflow_run_id"], r["status"], r["kind"]) for r in details["runs"]][:3] == [
+        (queued, "failed", "refresh"),
+        (send_id, "success", "send"),
+        (run_id, "failed", "refresh"),
+    ]
+    newest = details["runs"][2]
     assert newest["error"].startswith("Airflow marked the run failed")
     assert newest["connector_users"] is None  # nothing ran
-    assert [r["status"] for r in details["runs"][1:]] == ["published"]
+    assert [r["status"] for r in details["runs"][3:]] == ["published"]
