@@ -35,7 +35,16 @@ def _outcome(capsys) -> dict:
         "reasons",
         "matched_by",
     )
-    runs = [{k: r[k] for k in ("status", "version", "added", "removed")} for r in details["runs"]]
+    # The runs this store recorded: Airflow's metadata DB (which `details` joins) is the test
+    # session's, and holds other tests' runs of the same DAG id.
+    from include.orchestration.connections import netmera_database
+
+    recorded = {r["airflow_run_id"] for r in netmera_database().store.runs(SEGMENT, 50)}
+    runs = [
+        {k: r[k] for k in ("status", "version", "added", "removed")}
+        for r in details["runs"]
+        if r["airflow_run_id"] in recorded
+    ]
     return {**{k: details[k] for k in keep}, "runs": runs, "members": members.split()}
 
 

@@ -75,9 +75,9 @@ def netmera(module_workspace: Path, module_env: pytest.MonkeyPatch) -> Iterator[
     )
     write_audience(ws, "guarded", list(range(1, 21)))
     segment_yaml(ws, "guarded")
-    write_audience(ws, "nightly", list(range(1, 11)))  # paused until its test: then scheduled
+    write_audience(ws, "once_send", list(range(1, 11)))  # paused until its test: then scheduled
     campaign = {"title": "Tonight", "text": "Deals", "send_on_refresh": True, "holdout_percent": 10}
-    segment_yaml(ws, "nightly", schedule="@once", campaign=campaign)
+    segment_yaml(ws, "once_send", schedule="@once", campaign=campaign)
     with FakeNetmera(api_key=KEY) as fake:
         module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(fake, KEY))
         assert run_segment("shop") == "success"
@@ -267,6 +267,7 @@ def test_send_message_shows_its_audience_sends_once_and_is_reported(api, admin, 
         "recipients": 30,
         "holdout": 0,
         "not_addressable": 0,
+        "resumes": None,  # no earlier send of this message to resume
     }
     run = finished(admin, api, "shop", post(admin, api, "shop", "send", json={}))
     assert (run["state"], run["triggering_user_name"]) == ("success", "admin")
@@ -326,6 +327,8 @@ def test_restore_gives_back_the_previous_versions_members_and_counts(
     api, admin, module_workspace, capsys
 ):
     good_members = cli(capsys, "members", "shop")[1]
+    good_unmatched = read_csv(admin, f"{api}/api/segments/shop/unmatched.csv")
+    assert len(good_unmatched) == 1 + 3  # the header, the three unmatched source users
     good = {k: v for k, v in row(admin, api, "shop").items() if k.endswith("_users")}
     write_audience(module_workspace, "shop", list(range(31, 41)))  # the wrong audience
     assert finished(admin, api, "shop", post(admin, api, "shop", "refresh"))["state"] == "success"
@@ -357,24 +360,25 @@ def test_restore_gives_back_the_previous_versions_members_and_counts(
         30,
         10,
     )
-    # A restore matches nothing: the unmatched are still the last refresh's (none).
-    assert read_csv(admin, f"{api}/api/segments/shop/unmatched.csv") == [["user_key", "reason"]]
+    # The unmatched users served are the restored version's (its refresh's), not the wrong
+    # refresh's (none).
+    assert read_csv(admin, f"{api}/api/segments/shop/unmatched.csv") == good_unmatched
 
 
 def test_a_scheduled_refresh_sends_on_refresh_as_the_schedule(api, admin, netmera, capsys):
-    dag = f"{core_url(api)}/api/v2/dags/connector_segment_nightly"
+    dag = f"{core_url(api)}/api/v2/dags/connector_segment_once_send"
     assert admin.patch(dag, json={"is_paused": False}, timeout=30).status_code == 200
     deadline = time.monotonic() + 180
     while not (runs := admin.get(f"{dag}/dagRuns", timeout=30).json()["dag_runs"]):
-        assert time.monotonic() < deadline, "the scheduler made no run of nightly"
+        assert time.monotonic() < deadline, "the scheduler made no run of once_send"
         time.sleep(1)
     (run,) = runs
-    run = run_ended(admin, api, "nightly", run["dag_run_id"])
+    run = run_ended(admin, api, "once_send", run["dag_run_id"])
     assert (run["run_type"], run["state"], run["triggering_user_name"]) == (
         "scheduled",
         "success",
         None,
     )
-    (sent,) = cli_json(capsys, "report", "nightly")
+    (sent,) = cli_json(capsys, "report", "once_send")
     assert (sent["sent_by"], sent["recipients"], sent["holdout"]) == ("schedule", 9, 1)
     assert len(netmera.delivered(sent["notification_key"])) == 9
