@@ -104,3 +104,40 @@ def test_a_shard_file_reads_only_its_own_segments(workspace):
     assert set(bag.dag_ids) == {f"connector_segment_{i}" for i in mine}
     read = {Path(path).stem for path in opened if path.endswith(".yaml")}
     assert read == mine
+
+
+def test_a_task_parses_its_own_segments_yaml_alone(workspace, monkeypatch):
+    """With Airflow's parsing context set (a worker about to run one task), the shard file
+    reads the task's segment's YAML and no other; a context naming another shard's segment, a
+    DAG that is no segment's or an invalid file builds nothing (and raises nothing)."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID
+
+    from include.config.segments import shard_of
+    from include.orchestration.segment_dags import SHARDS, dag_file
+
+    folder = workspace / "segments"
+    ids = write_segments(folder, 40)
+    target = min(ids)
+    other_shard = next(i for i in ids if shard_of(i, SHARDS) != shard_of(target, SHARDS))
+
+    def parse(dag_id: str) -> tuple[set[str], set[str]]:
+        monkeypatch.setenv(_AIRFLOW_PARSING_CONTEXT_DAG_ID, dag_id)
+        opened: list[str] = []
+        watching = [True]
+        sys.addaudithook(
+            lambda event, args: watching[0] and event == "open" and opened.append(str(args[0]))
+        )
+        try:
+            bag = DagBag(dag_folder=str(dag_file(target)))
+        finally:
+            watching[0] = False
+        assert bag.import_errors == {}
+        return set(bag.dag_ids), {Path(p).stem for p in opened if p.endswith(".yaml")}
+
+    assert parse(f"connector_segment_{target}") == ({f"connector_segment_{target}"}, {target})
+    assert parse(f"connector_segment_{other_shard}") == (set(), set())
+    assert parse("connector_segments_stale_check") == (set(), set())
+    assert parse("connector_segment_../../etc/passwd") == (set(), set())
+    (folder / f"{target}.yaml").write_text("id: [not, an, id]\n")
+    assert parse(f"connector_segment_{target}") == (set(), {target})

@@ -331,9 +331,22 @@ class SegmentConfig(_Strict):
 _SNAPSHOT_PATH = "_config_path"
 
 
+DAG_PREFIX = "connector_segment_"
+_SEGMENT_ID = re.compile(r"[a-z0-9_]{1,200}")  # as the `id` field
+
+
 def dag_id_of(segment_id: str) -> str:
     """A segment's DAG id (also for a segment whose YAML is gone)."""
-    return f"connector_segment_{segment_id}"
+    return f"{DAG_PREFIX}{segment_id}"
+
+
+def segment_of_dag(dag_id: str) -> str | None:
+    """The segment id of a segment's DAG id; None for any other DAG id (or one no YAML could
+    have: never a path)."""
+    segment_id = dag_id.removeprefix(DAG_PREFIX)
+    if segment_id == dag_id or not _SEGMENT_ID.fullmatch(segment_id):
+        return None
+    return segment_id
 
 
 class SegmentConfigError(ValueError):
