@@ -148,9 +148,24 @@ class Launcher:
         for name, process in self.running.items():
             if process.poll() is None:
                 self.say("local-airflow", f"{name} did not stop in {STOP_TIMEOUT:.0f} s; killed")
-            with suppress(ProcessLookupError):  # the part and anything of it left behind
-                os.killpg(process.pid, signal.SIGKILL)
+            _kill_tree(process.pid)
             process.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """A part and everything under it: its process group, and the processes that left it (a
+    LocalExecutor's task runners start groups of their own)."""
+    import psutil
+
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # it ended: its group may still hold something
+        below = []
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for process in below:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
