@@ -138,6 +138,12 @@ class Launcher:
             self.say("local-airflow", line)
 
     def stop(self) -> None:
+        import psutil
+
+        # Taken before SIGTERM: a part that exits cleanly orphans what left its group (a
+        # LocalExecutor's task runners start groups of their own), and orphans have no parent
+        # to find them by.
+        below = self.descendants()
         for process in self.running.values():
             with suppress(ProcessLookupError):
                 process.terminate()
@@ -145,27 +151,28 @@ class Launcher:
         for process in self.running.values():
             with suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
+        below |= self.descendants()
         for name, process in self.running.items():
             if process.poll() is None:
                 self.say("local-airflow", f"{name} did not stop in {STOP_TIMEOUT:.0f} s; killed")
-            _kill_tree(process.pid)
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for orphan in below:
+            with suppress(psutil.NoSuchProcess):  # psutil never signals a reused pid
+                orphan.kill()
+        for process in self.running.values():
             process.wait()
+        # Until init has reaped them: whoever stopped `make ui` may start it again at once.
+        psutil.wait_procs(below, timeout=STOP_TIMEOUT)
 
+    def descendants(self) -> set:
+        import psutil
 
-def _kill_tree(pid: int) -> None:
-    """A part and everything under it: its process group, and the processes that left it (a
-    LocalExecutor's task runners start groups of their own)."""
-    import psutil
-
-    try:
-        below = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:  # it ended: its group may still hold something
-        below = []
-    with suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    for process in below:
-        with suppress(psutil.NoSuchProcess):
-            process.kill()
+        found = set()
+        for process in self.running.values():
+            with suppress(psutil.NoSuchProcess):
+                found.update(psutil.Process(process.pid).children(recursive=True))
+        return found
 
 
 def main(argv: list[str] | None = None) -> int:
