@@ -148,6 +148,8 @@ def _print_details(d: dict[str, Any]) -> None:
                 f"{_ratio(v['guardrails'])})"
                 + (f"  approved: {v['approved']}" if v.get("approved") else "")
             )
+        if run["step_seconds"]:
+            print("  steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["step_seconds"].items()))
         if run["hold_reason"]:
             print(f"  held: {run['hold_reason']}")
         if run["error"]:

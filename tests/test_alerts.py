@@ -99,7 +99,8 @@ def store_row(ws: Path, segment_id: str) -> dict:
         return dict(db.execute("SELECT * FROM cs_segments WHERE id = ?", (segment_id,)).fetchone())
 
 
-def extract_tries(segment_id: str) -> int:
+def refresh_tries(segment_id: str) -> int:
+    """The tries of a file segment's one task, `refresh`."""
     import sqlalchemy as sa
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -108,7 +109,7 @@ def extract_tries(segment_id: str) -> int:
         return session.scalar(
             sa.select(sa.func.max(TaskInstance.try_number)).where(
                 TaskInstance.dag_id == f"connector_segment_{segment_id}",
-                TaskInstance.task_id == "extract",
+                TaskInstance.task_id == "refresh",
             )
         )
 
@@ -131,7 +132,7 @@ def test_a_failing_segment_alerts_slack_and_email_once_naming_it_and_the_error(
     write_segment(ws, "retried", ALERTS, audience="export-jane.doe@example.com.csv")
     assert run_segment("retried") == "failed"
     assert store_row(ws, "retried")["status"] == "Failed"
-    assert extract_tries("retried") == 2  # (this segment id is this test's alone)
+    assert refresh_tries("retried") == 2  # (this segment id is this test's alone)
 
     (message,) = slack.messages
     text = message["text"]

@@ -160,11 +160,32 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
     assert dag.default_args["owner"] == "crm"
-    order = ["start", "extract", "match", "validate", "publish", "send_message"]
+    # A file segment's refresh is one task, a branch to a restore or a send when asked.
+    assert dag.task_dict.keys() == {"refresh", "restore", "send_message"}
+    assert dag.get_task("refresh").downstream_task_ids == {"restore", "send_message"}
+    assert dag.get_task("restore").downstream_task_ids == {"send_message"}
+    assert {t.pool for t in dag.tasks} == {"default_pool"}
+    # An event on the segment's Asset only when a membership is published, through an alias.
+    for task_id in ("refresh", "restore"):
+        (alias,) = dag.get_task(task_id).outlets
+        assert alias.name == "connector_segment_published:good_one"
+
+
+def test_a_vendor_segments_extract_alone_holds_the_vendors_pool(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_DIR", str(tmp_path))
+    source = {"type": "mixpanel", "cohort_id": 501}
+    write_yaml(tmp_path, "good_one", {**GOOD, "source": source, "user_key": "$distinct_id"})
+    dag = DagBag(dag_folder=str(DAGS)).dags["connector_segment_good_one"]
+
+    order = ["start", "extract", "refresh", "send_message"]
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    outlets = dag.get_task("publish").outlets
-    assert [a.uri for a in outlets] == ["connector_segment://good_one"]
+    assert dag.get_task("start").downstream_task_ids == {"extract", "restore", "send_message"}
+    pools = {t.task_id: t.pool for t in dag.tasks}
+    assert pools.pop("extract") == "mixpanel_api"
+    assert set(pools.values()) == {"default_pool"}
 
 
 def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypatch):
@@ -208,8 +229,8 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                     process_params(dag, task, bad, suppress_exception=False)
     # A run's conf is written into its DAG's Params: another DAG's defaults must not move.
     one, two = (bag.dags[f"connector_segment_{name}"] for name in ("good_one", "good_two"))
-    process_params(one, one.get_task("start"), {"send_message": True}, suppress_exception=False)
-    assert not process_params(two, two.get_task("start"), {}, suppress_exception=False)[
+    process_params(one, one.get_task("refresh"), {"send_message": True}, suppress_exception=False)
+    assert not process_params(two, two.get_task("refresh"), {}, suppress_exception=False)[
         "send_message"
     ]
 

@@ -9,6 +9,7 @@ would bind it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -56,16 +57,16 @@ EDITED = {
 CAMPAIGN = {"title": "Hello", "text": "A message", "send_on_refresh": True}
 
 
-def write_segment(ws: Path, config: dict) -> None:
-    source = {"type": "file", "path": str(ws / "audience.csv")}
+def write_segment(ws: Path, config: dict, source: dict | None = None) -> None:
+    source = source or {"type": "file", "path": str(ws / "audience.csv")}
     (ws / "segments" / f"{SEGMENT}.yaml").write_text(yaml.safe_dump({**config, "source": source}))
 
 
-def load(ws: Path, config: dict):
+def load(ws: Path, config: dict, source: dict | None = None):
     """The config as the DAG file reads it from the segments folder right now."""
     from include.config.segments import find_segment
 
-    write_segment(ws, config)
+    write_segment(ws, config, source)
     return find_segment(SEGMENT)
 
 
@@ -159,7 +160,8 @@ def test_steps_after_an_edit_run_with_the_config_the_run_started_with(
 
 def run_after_start(ws: Path, started_with) -> str:
     """The segment's DAG, parsed from the folder as it is now, run with its `start` already
-    done by `started_with` (as if the file was edited right after `start`); the run's state."""
+    done by `started_with` (as if the file was edited right after `start`): every task after
+    it runs, the restore skipping itself; the run's state."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunType
@@ -175,16 +177,44 @@ def run_after_start(ws: Path, started_with) -> str:
     return str(run.state)
 
 
-def test_the_dag_tasks_after_start_ignore_an_edit_made_after_it(audience, edits, capsys):
-    """Each task of the DAG file: the DAG is built from the edited YAML (a campaign sent on
-    every refresh, with no Netmera Connection to send it: a send would fail the run)."""
-    started_with = load(audience, STARTED_WITH)
-    write_segment(audience, {**EDITED, "campaign": CAMPAIGN})
-    assert run_after_start(audience, started_with) == "success"
+MIXPANEL = {"type": "mixpanel", "cohort_id": 501}
+MIXPANEL_FIELDS = {"uid": "$distinct_id", "ext": "$distinct_id", "email": "$email"}
+
+
+def from_mixpanel(config: dict) -> dict:
+    """The config with the cohort's fields for the file's."""
+    identifiers = [{**i, "field": MIXPANEL_FIELDS[i["field"]]} for i in config["identifiers"]]
+    return {**config, "user_key": "$distinct_id", "identifiers": identifiers}
+
+
+def test_the_tasks_after_start_ignore_an_edit_made_after_it(workspace, edits, capsys, monkeypatch):
+    """A Mixpanel segment's run is several tasks (start, extract, refresh, send_message), each
+    parsing the DAG file again: every one after `start` runs with the config `start` recorded,
+    though the DAG is built from the edited YAML (a campaign sent on every refresh, with no
+    Netmera Connection to send it: a send would fail the run). A file segment's refresh is
+    one task: the config it starts with is the one it runs with."""
+    from tests.fakes import FakeMixpanel, make_members
+
+    members = make_members(10)
+    ids = [m["$distinct_id"] for m in members]
+    emails = [m["$properties"]["$email"] for m in members]
+    users = [(f"nm-{i}", ids[i], None, None, None, True) for i in range(5)]
+    users += [(f"nm-{i}", f"other-{i}", emails[i].lower(), None, None, True) for i in range(5, 10)]
+    write_users(workspace / "netmera.db", users)
+    with FakeMixpanel(username="svc", secret="mp-secret", project_id=77) as mixpanel:
+        mixpanel.add_cohort(501, "PN_shoppers", members)
+        extra = {"project_id": 77, "queries_per_hour": 36_000}
+        conn = {"conn_type": "http", "host": mixpanel.base_url, "login": "svc"}
+        conn |= {"password": "mp-secret", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_MIXPANEL_DEFAULT", json.dumps(conn))
+        started_with = load(workspace, from_mixpanel(STARTED_WITH), MIXPANEL)
+        edited = {**from_mixpanel(EDITED), "campaign": CAMPAIGN}
+        write_segment(workspace, edited, MIXPANEL)
+        assert run_after_start(workspace, started_with) == "success"
     details = cli_json(capsys, "details", SEGMENT)
     assert (details["netmera_users"], details["matched_by"]) == (5, {"external_id": 5})
     assert details["message_sent"] == 0
-    assert edits.count == 5  # extract, match, validate, publish, send_message
+    assert edits.count == 3  # extract, refresh (match, validate, publish), send_message
 
 
 def test_a_retried_start_records_the_config_read_then(audience):

@@ -255,15 +255,30 @@ class Faults:
         self.cluster.wait_for(f"a backend blocked in {query_prefix!r}", waiting, RUN_TIMEOUT)
         return found[0]
 
+    def steps_done(self, seg: Seg, run_id: str) -> set[str] | None:
+        """The steps the run's record says finished; None while the run has no record."""
+        with self.store.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT step_seconds FROM cs_runs WHERE segment_id = :s AND airflow_run_id = :r"
+                ),
+                {"s": seg.id, "r": run_id},
+            ).first()
+        return None if row is None else set(row.step_seconds or ())
+
     @contextlib.contextmanager
     def publish_frozen(self, seg: Seg, run_id: str) -> Iterator[int]:
         """Holds `seg`'s publish just before it makes the new version current: its members are
         inserted, its transaction open. Yields the publish's backend pid. (NO KEY: blocks the
-        segment row's update and nothing that only takes a KEY SHARE lock on the row.)"""
-        self.wait_task(seg, run_id, "start", "success")
+        segment row's update and nothing that only takes a KEY SHARE lock on the row.)
+        Taken once the run's record is open: the run's first step updates that row too."""
+
+        self.cluster.wait_for(
+            "the run's record", lambda: self.steps_done(seg, run_id) is not None, RUN_TIMEOUT
+        )
         lock = "SELECT id FROM cs_segments WHERE id = :s FOR NO KEY UPDATE"
         with self.holding(lock, {"s": seg.id}):
-            self.wait_task(seg, run_id, "publish", "running")
+            self.wait_task(seg, run_id, "refresh", "running")  # a file segment's one task
             yield self.blocked_backend("UPDATE cs_segments")
 
 
@@ -379,7 +394,7 @@ def test_a_dropped_database_connection_mid_publish_is_retried_and_publishes_once
         assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
     (run,) = faults.airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
     assert run["state"] == "success"
-    assert faults.airflow.task(seg.dag_id, run_id, "publish")["try_number"] == 2
+    assert faults.airflow.task(seg.dag_id, run_id, "refresh")["try_number"] == 2
     assert faults.published_versions(seg) == [1]
     assert faults.members(seg) == seg.user_ids
     assert faults.segment(seg)["status"] == "Ready"
@@ -402,14 +417,14 @@ def test_a_worker_killed_during_publish_is_detected_and_the_retry_publishes_once
     write_segment(faults.ws, Seg(seg.id, range(31, 91)))  # the audience moves on
     run_id = faults.airflow.trigger(seg.dag_id)
     with faults.publish_frozen(seg, run_id):
-        killed = kill_worker_running(faults, seg, run_id, "publish")
+        killed = kill_worker_running(faults, seg, run_id, "refresh")
         # Until the retry commits, readers see version 1 in full.
         assert faults.segment(seg)["current_version"] == 1
         assert faults.members(seg) == seg.user_ids
     (run,) = faults.airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
     assert run["state"] == "success", killed
-    publish = faults.airflow.task(seg.dag_id, run_id, "publish")
-    assert publish["try_number"] == 2  # Airflow failed the dead attempt and retried it
+    refresh = faults.airflow.task(seg.dag_id, run_id, "refresh")
+    assert refresh["try_number"] == 2  # Airflow failed the dead attempt and retried it
     assert faults.published_versions(seg) == [1, 2]
     assert faults.members(seg) == {f"nm-{i}" for i in range(31, 91)}
     assert faults.members(seg, 1) == seg.user_ids
@@ -447,8 +462,10 @@ def test_a_yaml_edited_while_its_run_is_in_flight_keeps_the_runs_config(faults: 
     lock = "LOCK TABLE netmera_users IN ACCESS EXCLUSIVE MODE"
     with faults.holding(lock, {}):
         run_id = faults.airflow.trigger(seg.dag_id)
-        faults.wait_task(seg, run_id, "extract", "success")
-        faults.wait_task(seg, run_id, "match", "running")
+        faults.wait_task(seg, run_id, "refresh", "running")  # extract, then match: blocked
+        faults.cluster.wait_for(
+            "the extract", lambda: "extract" in (faults.steps_done(seg, run_id) or ()), RUN_TIMEOUT
+        )
         write_segment(faults.ws, EDITED_TO, columns=("customer", "external"))
     (run,) = faults.airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
     assert run["state"] == "success"
@@ -497,7 +514,7 @@ def refresh_busy_segments_through(faults: Faults, fault) -> dict:
         versions = before[seg.id]
         assert faults.published_versions(seg) == [*versions, len(versions) + 1]
         assert faults.members(seg) == seg.user_ids
-    return faults.airflow.task(first.dag_id, run_id, "publish")
+    return faults.airflow.task(first.dag_id, run_id, "refresh")
 
 
 def test_a_redis_broker_restarted_mid_run_loses_no_run(faults: Faults):

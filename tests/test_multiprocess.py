@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.postgres]
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a db of its own, flushed at start
 POOL_SLOTS = 2  # mixpanel_api; the workers have 2 x 2 slots, so only the pool can hold them
 ENGAGE_DELAY = 0.4  # seconds per Mixpanel request: extracts last ~6 s, long enough to overlap
-RUN_TIMEOUT = 480  # 20 runs x 7 task processes on 4 worker slots; ~3-4 min on 2 busy cores
+RUN_TIMEOUT = 480  # 20 runs, 1-3 task processes each, on 4 worker slots, on 2 busy cores
 STAGING_PREFIX = "staging"
 WORKERS = ("worker1", "worker2")
 
@@ -399,7 +399,8 @@ def every_log(outcome: Outcome) -> list[Path]:
 def test_no_log_holds_a_secret_or_a_users_email_or_phone(outcome: Outcome):
     logs = every_log(outcome)
     task_logs = [p for p in logs if outcome.home in p.parents]
-    assert len(task_logs) >= 20 * 4, "expected the task logs of every run"
+    # A file segment's run is one task process, a vendor's three: at least a log per run.
+    assert len(task_logs) >= len(outcome.segments), "expected the task logs of every run"
     forbidden = [MIXPANEL_SECRET, NETMERA_KEY, WEBHOOK_PASSWORD, DB_PASSWORD, S3_LOGIN, S3_SECRET]
     forbidden += [value for row in USERS for value in row[2:4]]
     found = {}

@@ -326,9 +326,10 @@ def test_details_list_the_failed_run_with_its_task_and_error(api, viewer):
     details = get(viewer, f"{api}/api/segments/warehouse").json()
     run = details["runs"][0]
     assert (run["status"], run["airflow_state"], run["kind"]) == ("failed", "failed", "refresh")
-    assert (run["failed_step"], run["log_task"]) == ("extract", "extract")
+    # The step that failed, and the task that ran it: a SQL segment's refresh is one task.
+    assert (run["failed_step"], run["log_task"]) == ("extract", "refresh")
     assert "missing_db" in run["error"]
-    assert {t["task_id"]: t["state"] for t in run["tasks"]}["extract"] == "failed"
+    assert {t["task_id"]: t["state"] for t in run["tasks"]}["refresh"] == "failed"
     # Who triggered it: dag.test() runs have no user; Airflow's run type says what they were.
     assert run["triggered_by"]
 

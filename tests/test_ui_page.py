@@ -488,8 +488,16 @@ def test_segment_details_shows_the_chart_why_counts_differ_and_links_to_airflow(
     link = by_css(browser, "[data-role=last-run] a[data-link=dag-run]")
     run_url = f"{demo.airflow.url}/dags/connector_segment_churn_risk/runs/{quote(run_id, safe='')}"
     assert (link.get_attribute("href"), link.get_attribute("target")) == (run_url, "_top")
-    log_link = by_css(browser, "[data-role=last-run] a[data-link=task-match]")
-    assert log_link.get_attribute("href") == f"{run_url}/tasks/match"
+    log_link = by_css(browser, "[data-role=last-run] a[data-link=log]")
+    assert log_link.get_attribute("href") == f"{run_url}/tasks/refresh"
+    # Each step's time, from the run record (a file segment's steps share one task).
+    steps = by_css(browser, "[data-role=last-run] [data-field=step_seconds]").text
+    assert [part.split()[0] for part in steps.split(" · ")] == [
+        "extract",
+        "match",
+        "validate",
+        "publish",
+    ]
     # The downloads answer the CSVs.
     for which in ("members-csv", "unmatched-csv"):
         href = by_css(browser, f"a[data-link={which}]").get_attribute("href")
@@ -769,7 +777,8 @@ def test_a_failed_refresh_says_why_on_the_list_and_links_its_log_in_details(demo
     finally:
         source.with_suffix(".gone").rename(source)
     run = demo.api(f"segments/{WINBACK}")["runs"][0]
-    assert (run["status"], run["failed_step"], run["log_task"]) == ("failed", "extract", "extract")
+    # The step that failed, and the task that ran it: a file segment's refresh is one task.
+    assert (run["status"], run["failed_step"], run["log_task"]) == ("failed", "extract", "refresh")
     row_reason = by_css(browser, f'tr[data-id="{WINBACK}"] [data-field=status_reason]')
     assert row_reason.get_attribute("title") == (
         f"The last refresh failed in extract: {run['error']}. The published membership is "
@@ -784,10 +793,10 @@ def test_a_failed_refresh_says_why_on_the_list_and_links_its_log_in_details(demo
     assert error.text == f"Failed in extract: {run['error']}"
     log = by_css(browser, "[data-role=last-run] a[data-link=log]")
     run_path = f"/runs/{quote(run['airflow_run_id'], safe='')}"
-    assert log.get_attribute("href").endswith(f"{run_path}/tasks/extract")
+    assert log.get_attribute("href").endswith(f"{run_path}/tasks/refresh")  # it ran extract
     newest = by_css(browser, "[data-role=runs] tbody tr")
     assert newest.get_attribute("data-status") == "failed"
-    assert newest.find_element("css selector", "[data-link=log]").text == "log of extract"
+    assert newest.find_element("css selector", "[data-link=log]").text == "log of refresh"
     note = newest.find_element("css selector", "[data-field=note] .clamp")
     assert note.get_attribute("title") == f"extract: {run['error']}"
     shot(browser, "details-failed", height=2600)

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def send_asked(config: SegmentConfig, params: dict[str, Any]) -> bool:
+    """Whether the run sends: asked by its trigger, or a refresh (not a restore) of a segment
+    whose campaign sends on every refresh."""
+    if params.get("send_message"):
+        return True
+    refresh = params.get("refresh", True) and params.get("restore_version") is None
+    return bool(refresh and config.campaign and config.campaign.send_on_refresh)
+
+
 def send_message(
     config: SegmentConfig,
     run_id: str,
@@ -36,11 +45,8 @@ def send_message(
     Netmera refusing) raises too, once it is a failed ledger entry with its reason. Neither
     touches the membership or its status. `sent_by`: who triggered it (the run's user, or
     "schedule"), recorded in the ledger."""
-    asked = params.get("send_message") or (
-        params.get("refresh", True) and config.campaign and config.campaign.send_on_refresh
-    )
     try:
-        if not asked:
+        if not send_asked(config, params):
             raise SendRefused("no send requested (send_message is false, send_on_refresh is off)")
         version = _target_version(config, run_id, params, db)
         try:

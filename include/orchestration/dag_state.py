@@ -126,7 +126,17 @@ def refresh_failures(dag_ids: list[str]) -> dict[str, dict[str, str | None]]:
 
 
 # The steps in the order a run takes them: the first failed one is the run's failure.
-TASK_ORDER = ("start", "restore", "extract", "match", "validate", "publish", "send_message")
+# Pipeline order, today's tasks and those of runs from before the layout had fewer.
+TASK_ORDER = (
+    "start",
+    "extract",
+    "refresh",
+    "restore",
+    "match",
+    "validate",
+    "publish",
+    "send_message",
+)
 
 
 def recent_runs(dag_id: str, limit: int) -> list[dict[str, Any]]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -168,22 +167,7 @@ def stale_check(stale: Iterable[tuple[str, str]]) -> None:
     stats.gauge(f"{PREFIX}.stale_segments", len(stale))
 
 
-# -- step durations ----------------------------------------------------------------------------
-
-
-def timed(step: Callable[_P, _R]) -> Callable[_P, _R]:
-    """A step of `refresh.py` (its first argument the segment's config): its wall-clock time,
-    as `step_duration` with the function's name, when it returns. A step that raises (or
-    skips) is counted by its outcome instead."""
-
-    @functools.wraps(step)
-    def timed_step(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        began = time.monotonic()
-        result = step(*args, **kwargs)
-        step_took(args[0], step.__name__, timedelta(seconds=time.monotonic() - began))
-        return result
-
-    return timed_step
+# -- sends ---------------------------------------------------------------------------------
 
 
 def counts_sends(send_message: Callable[_P, dict[str, Any]]) -> Callable[_P, dict[str, Any]]:

@@ -3,6 +3,10 @@
     start → extract → match → validate → publish
     start → restore  (a rollback to an earlier kept version, instead of a refresh)
 
+The DAG runs several steps in one Airflow task (`segment_dags.py`; docs/decisions.md, "Task
+layout"), so each step records its own duration on the run record, and an exception leaving a
+step names it (`failed_step`): the run record says which step failed, not only which task.
+
 Each step takes the segment config and the run key (the Airflow run id) and talks to the
 connector, the run's staging (`include/staging.py`: a local folder, or object storage and a
 private scratch folder per step), the matcher, GX and the store. `start` records the config its
@@ -15,10 +19,13 @@ reasons, never identifiers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from include.config.segments import SegmentConfig
 from include.orchestration import alerts, metrics
@@ -44,6 +51,51 @@ def _store():
     return netmera_database().store
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+STEP_ATTRIBUTE = "connector_segments_step"  # set on an exception by the step it left
+
+
+def _step(
+    function: Callable[Concatenate[SegmentConfig, str, _P], _R],
+) -> Callable[Concatenate[SegmentConfig, str, _P], _R]:
+    """A step (called with the config and the run id): once it returns, its duration goes on
+    the run record and to the metrics; an exception leaving it is marked with its name."""
+    return _named(function, timed=True)
+
+
+def _named(function: Callable[..., _R], *, timed: bool) -> Callable[..., _R]:
+    name = function.__name__
+
+    @functools.wraps(function)
+    def step(config: SegmentConfig, run_id: str, *args: Any, **kwargs: Any) -> _R:
+        began = time.monotonic()
+        try:
+            result = function(config, run_id, *args, **kwargs)
+        except Exception as exc:
+            if getattr(exc, STEP_ATTRIBUTE, None) is None:  # the innermost step is the one
+                setattr(exc, STEP_ATTRIBUTE, name)
+            raise
+        if timed:
+            took = time.monotonic() - began
+            _store().record_step(config.id, run_id, name, took)
+            metrics.step_took(config, name, timedelta(seconds=took))
+        return result
+
+    return step
+
+
+def failed_step(error: BaseException | None) -> str | None:
+    """The step an exception left (or the one it was raised from), if a step marked it."""
+    while error is not None:
+        step = getattr(error, STEP_ATTRIBUTE, None)
+        if step:
+            return step
+        error = error.__cause__
+    return None
+
+
+@functools.partial(_named, timed=False)  # a failure names it; its time is no step's work
 def start(
     config: SegmentConfig,
     run_id: str,
@@ -102,7 +154,7 @@ def _members(run: StepFolder) -> Iterator[pa.RecordBatch]:
     yield from _parquet_batches(run.fetch(MEMBERS_FILE), ["user_id", "matched_by"])
 
 
-@metrics.timed
+@_step
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     """Source → staged Parquet, batch by batch; kept for match once complete."""
     from include.sources import read_source
@@ -127,7 +179,7 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     return staged
 
 
-@metrics.timed
+@_step
 def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
     """Staged audience x Netmera user table → members Parquet beside it, kept for validate and
     publish; the unmatched source users (key, reason) and the counts on the run record
@@ -171,7 +223,7 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
     return result
 
 
-@metrics.timed
+@_step
 def validate(
     config: SegmentConfig,
     run_id: str,
@@ -250,7 +302,7 @@ def _validated(
     return "publish"
 
 
-@metrics.timed
+@_step
 def publish(
     config: SegmentConfig, run_id: str, matched: MatchResult, *, dry_run: bool
 ) -> Publication:
@@ -276,6 +328,33 @@ def publish(
     return outcome
 
 
+# A run record's status once its refresh has finished, as the refresh's outcome.
+_FINISHED = {"published": "published", "held": "held", "dry_run": "dry run"}
+
+
+def finished(segment_id: str, run_id: str) -> str | None:
+    """The outcome of the run's refresh if an earlier attempt of its task finished it (the
+    worker died before reporting success): a retry then does nothing again."""
+    run = _store().run(segment_id, run_id)
+    return _FINISHED.get(run["status"]) if run else None
+
+
+def match_validate_publish(
+    config: SegmentConfig, run_id: str, staged: StagedAudience, *, dry_run: bool, approve: bool
+) -> str:
+    """The rest of a refresh once its audience is staged, in this process: "published",
+    "dry run" (nothing published) or "held" (a guardrail tripped)."""
+    done = finished(config.id, run_id)
+    if done:
+        log.info("segment %s: an earlier attempt of this run finished it: %s", config.id, done)
+        return done
+    matched = match(config, run_id, staged)
+    if validate(config, run_id, matched, dry_run=dry_run, approve=approve) == "held":
+        return "held"
+    publish(config, run_id, matched, dry_run=dry_run)
+    return "dry run" if dry_run else "published"
+
+
 def _compact_webhook_state(segment_id: str) -> None:
     """Published: fold the webhook diffs into the base export, so the staged state stays one
     audience plus what arrived since. It changes no audience, so a failure only warns."""
@@ -288,7 +367,7 @@ def _compact_webhook_state(segment_id: str) -> None:
         log.info("segment %s: %d webhook diff sessions folded into the export", segment_id, folded)
 
 
-@metrics.timed
+@_step
 def restore(
     config: SegmentConfig, run_id: str, version: int, *, dry_run: bool = False
 ) -> Publication:
@@ -360,7 +439,7 @@ def _remove_staged(segment_id: str, run_id: str, step: str) -> None:
         log.warning("segment %s: the run's staged files were not removed: %s", segment_id, exc)
 
 
-@metrics.timed
+@_step
 @metrics.counts_sends
 def send_message(
     config: SegmentConfig, run_id: str, params: dict[str, Any], sent_by: str | None = None

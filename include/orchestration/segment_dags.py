@@ -2,16 +2,25 @@
 built by the shard files `dags/connector_segments_<NN>.py`: each builds the segments whose id
 falls in its shard (`include.config.segments.shard_of`, a stable hash of the id, out of
 `SHARDS`), so that no file builds thousands of DAGs within Airflow's `dagbag_import_timeout`,
-the DAG processor parses the shards in parallel, and a worker running a task reads only its
-shard's YAML files.
+the DAG processor parses the shards in parallel; a worker running a task reads only its own
+segment's YAML file (Airflow's parsing context).
 
 Thin glue: the steps live in `include/orchestration/refresh.py`; this module only reads the
-configs (pydantic + YAML, no heavy imports) and wires `start → extract → match → validate →
-publish → send_message` (the send is skipped unless asked; with `refresh: false` it is the only
-step), and `start → restore → send_message`: with `restore_version` set, the run restores that
-kept version instead of refreshing (extract and what follows it skip).
+configs (pydantic + YAML, no heavy imports) and wires them into as few task processes as keep
+what a task boundary is for (docs/decisions.md, "Task layout"):
+
+    refresh ─┬─ restore ─┐          file, sql, mixpanel_webhook: the whole refresh is one task
+             └───────────┴─ send_message
+    start ─┬─ extract ── refresh ─┐  mixpanel, amplitude: the extract alone holds the vendor's
+           ├─ restore ────────────┤  pool, and a retry of what follows never calls the vendor
+           └──────────────────────┴─ send_message
+
+The first task is a branch: from the trigger's params it opens the run's record and names the
+tasks that follow (a restore, the refresh, the send only when one is asked); the scheduler
+skips the others without starting a process for them.
+
 Airflow 3 parses the DAG file again for every task, so the bound config is what the YAML says
-when the task runs: `start` records the config its run starts with, and every later step runs
+when the task runs: the first task records the config its run starts with, and every later step runs
 with that one (`refresh.config_for_run`); an edited YAML takes effect from the next run.
 A YAML that fails validation is skipped here and reported as an import error of
 `connector_segments_config_check.py` (naming the file and field); every other segment's DAG loads.
@@ -26,8 +35,20 @@ import os
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, dag, get_current_context, get_parsing_context, task
+import attrs
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetAlias,
+    Param,
+    ParamsDict,
+    dag,
+    get_current_context,
+    get_parsing_context,
+    task,
+)
 
 from include.config.segments import (
     MAX_HOLDOUT_PERCENT,
@@ -130,7 +151,7 @@ def _on_failure(context) -> None:
     Ready."""
     from include.orchestration import metrics
     from include.orchestration.dag_state import run_kind
-    from include.orchestration.refresh import record_failure
+    from include.orchestration.refresh import failed_step, record_failure
     from include.store.run_history import NO_EXCEPTION
 
     ti = context["ti"]
@@ -139,8 +160,16 @@ def _on_failure(context) -> None:
     if ti.task_id == "send_message" or run_kind(conf) == "send":
         metrics.send_failed(segment_id)  # a Send Message alone whose start never began too
         return
-    error = context.get("exception") or NO_EXCEPTION
-    record_failure(segment_id, ti.run_id, ti.task_id, error, conf)
+    exception = context.get("exception")
+    step = failed_step(exception) or ti.task_id  # a task runs several steps: the one that failed
+    record_failure(segment_id, ti.run_id, step, exception or NO_EXCEPTION, conf)
+
+
+# Every task's, set on each task: in `default_args` Airflow would serialise the callback as
+# its source code (`inspect.getsource`) for every DAG at every parse. A task's dict result is
+# one XCom: `multiple_outputs`, which a `-> dict` annotation turns on, would push each key as
+# an XCom of its own, a call to the API server each.
+STEP = {"on_failure_callback": _on_failure, "multiple_outputs": False}
 
 
 # The segments with an `alerts` block, by DAG id: what the run-failure callback looks up (the
@@ -201,6 +230,15 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
         f"config `{config.config_path.name if config.config_path else config.id}`."
     )
 
+    vendor_pool = pool_for(config.source.type)
+    # Downstream DAGs schedule on the segment's Asset: an event only when a membership is
+    # published (a refresh or a restore), not for a held or dry run, hence the alias.
+    published = AssetAlias(f"connector_segment_published:{config.id}")
+
+    def announce() -> None:
+        events = get_current_context()["outlet_events"]
+        events[published].add(Asset(f"connector_segment://{config.id}"))
+
     @dag(
         dag_id=config.dag_id,
         dag_display_name=config.name,
@@ -219,28 +257,50 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
             "retry_delay": timedelta(seconds=float(os.environ.get(RETRY_DELAY_ENV, "60"))),
             "retry_exponential_backoff": 2.0,  # a multiplier in Airflow 3: 1 min, 2 min, 4 min
             "max_retry_delay": timedelta(minutes=30),
-            "on_failure_callback": _on_failure,
         },
     )
     def segment_dag():
-        @task
-        def start() -> None:
-            from airflow.sdk.exceptions import AirflowSkipException
+        def follows(params: dict[str, Any], refresh_task: str) -> list[str]:
+            """The tasks that follow the first one; the scheduler skips the others without
+            starting them."""
+            from include.campaign.message import send_asked
 
+            restoring = params["restore_version"] is not None
+            follow = ["restore"] if restoring else [refresh_task] if params["refresh"] else []
+            return follow + (["send_message"] if send_asked(config, params) else [])
+
+        def open_run(params: dict[str, Any]) -> None:
+            """The run's record, for a refresh or a restore (a send alone has none)."""
             from include.orchestration import refresh
 
+            if params["refresh"] or params["restore_version"] is not None:
+                refresh.start(
+                    config,
+                    _run()[0],
+                    dry_run=params["dry_run"],
+                    approve=params["approve"],
+                    restore_version=params["restore_version"],
+                )
+
+        def refresh_rest(staged: dict) -> str:
+            from include.orchestration import refresh
+            from include.staging import StagedAudience
+
             run_id, params = _run()
-            if not params["refresh"] and params["restore_version"] is None:
-                raise AirflowSkipException("refresh: false, straight to Send Message")
-            refresh.start(
-                config,
+            outcome = refresh.match_validate_publish(
+                refresh.config_for_run(config, run_id),
                 run_id,
+                StagedAudience(**staged),
                 dry_run=params["dry_run"],
                 approve=params["approve"],
-                restore_version=params["restore_version"],
             )
+            if outcome == "held":
+                log.warning("Held by a guardrail: nothing published; trigger with approve=true")
+            elif outcome == "published":
+                announce()
+            return outcome
 
-        @task
+        @task(outlets=[published], **STEP)
         def restore() -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -248,7 +308,7 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
             from include.store.repository import RestoreRefused
 
             run_id, params = _run()
-            if params["restore_version"] is None:
+            if params["restore_version"] is None:  # only if the first task was marked done
                 raise AirflowSkipException("no restore_version: a refresh")
             try:
                 outcome = refresh.restore(
@@ -258,70 +318,11 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
                     dry_run=params["dry_run"],
                 )
             except RestoreRefused as exc:
-                raise AirflowFailException(str(exc)) from None  # a retry cannot fix it
+                raise AirflowFailException(str(exc)) from exc  # a retry cannot fix it
+            announce()
             return _to_xcom(outcome)
 
-        @task(pool=pool_for(config.source.type) or "default_pool")
-        def extract() -> dict:
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from include.orchestration import refresh
-
-            run_id, params = _run()
-            if params["restore_version"] is not None:
-                raise AirflowSkipException("restore_version set: a restore, not a refresh")
-            return _to_xcom(refresh.extract(refresh.config_for_run(config, run_id), run_id))
-
-        @task
-        def match(staged: dict) -> dict:
-            from include.orchestration import refresh
-            from include.staging import StagedAudience
-
-            run_id = _run()[0]
-            started_with = refresh.config_for_run(config, run_id)
-            return _to_xcom(refresh.match(started_with, run_id, StagedAudience(**staged)))
-
-        @task
-        def validate(matched: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-            from include.matching.result import MatchResult
-            from include.orchestration import refresh
-
-            run_id, params = _run()
-            try:
-                verdict = refresh.validate(
-                    refresh.config_for_run(config, run_id),
-                    run_id,
-                    MatchResult(**matched),
-                    dry_run=params["dry_run"],
-                    approve=params["approve"],
-                )
-            except refresh.DataValidationError as exc:
-                raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the data
-            if verdict == "held":
-                raise AirflowSkipException("Held by a guardrail; trigger with approve=true")
-            return matched
-
-        @task(outlets=[Asset(f"connector_segment://{config.id}")])
-        def publish(matched: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from include.matching.result import MatchResult
-            from include.orchestration import refresh
-
-            run_id, params = _run()
-            outcome = refresh.publish(
-                refresh.config_for_run(config, run_id),
-                run_id,
-                MatchResult(**matched),
-                dry_run=params["dry_run"],
-            )
-            if params["dry_run"]:
-                raise AirflowSkipException(f"Dry run: nothing published ({outcome})")
-            return _to_xcom(outcome)
-
-        @task(trigger_rule="none_failed")
+        @task(trigger_rule="none_failed", **STEP)
         def send_message() -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -338,10 +339,58 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
             except (NetmeraError, ValueError) as exc:
                 raise AirflowFailException(str(exc)) from None  # a retry cannot fix these
 
-        started, staged, restored, sent = start(), extract(), restore(), send_message()
-        started >> [staged, restored]
+        restored, sent = restore(), send_message()
         restored >> sent  # a send asked with a restore goes to the restored version
-        publish(validate(match(staged))) >> sent
+
+        if vendor_pool is None:
+            # One task for the whole refresh: nothing in it waits on a vendor's budget.
+            @task.branch(outlets=[published], **STEP)
+            def refresh() -> list[str]:
+                from include.orchestration import refresh as steps
+
+                run_id, params = _run()
+                follow = follows(params, "refresh")
+                if "refresh" not in follow:
+                    open_run(params)
+                    return follow
+                follow.remove("refresh")
+                outcome = steps.finished(config.id, run_id)
+                if outcome is None:  # not a retry of an attempt that finished the refresh
+                    open_run(params)
+                    started_with = steps.config_for_run(config, run_id)
+                    outcome = refresh_rest(_to_xcom(steps.extract(started_with, run_id)))
+                elif outcome == "published":
+                    announce()  # the attempt that published died before reporting it
+                if outcome == "held" and "send_message" in follow:
+                    log.warning("nothing sent: this refresh did not publish (held)")
+                    follow.remove("send_message")
+                return follow
+
+            refresh() >> [restored, sent]
+            return
+
+        # A vendor's extract is a task of its own: it alone holds the vendor's pool, and a
+        # retry of what follows reads the staged audience, never the vendor again.
+        @task.branch(**STEP)
+        def start() -> list[str]:
+            params = _run()[1]
+            open_run(params)
+            return follows(params, "extract")
+
+        @task(pool=vendor_pool, **STEP)
+        def extract() -> dict:
+            from include.orchestration import refresh as steps
+
+            run_id = _run()[0]
+            return _to_xcom(steps.extract(steps.config_for_run(config, run_id), run_id))
+
+        @task(outlets=[published], **STEP)
+        def refresh(staged: dict) -> str:
+            return refresh_rest(staged)
+
+        staged = extract()
+        start() >> [staged, restored, sent]
+        refresh(staged) >> sent
 
     with warnings.catch_warnings():
         # `access_control` warns that airflow.security.permissions is deprecated: it is FAB's
@@ -352,9 +401,19 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
     # every task it creates (four copies a task: a third of parsing 500 segments), while a task
     # reads the DAG's Params at run time anyway (`process_params`: the DAG's, the task's, then
     # the run's conf). tests/test_config_and_dags.py checks what a task sees. Each DAG gets
-    # its own Param objects (sharing the schemas): a run's conf is written into them.
-    built.params = {name: copy.copy(param) for name, param in PARAMS.items()}
+    # its own Param objects (sharing the schemas): a run's conf is written into them. Their
+    # defaults are checked once, at import (below): attrs' validator would run every
+    # Param's JSON Schema check again for each DAG, 40 % of building one.
+    with attrs.validators.disabled():
+        built.params = _params()
     return built
+
+
+def _params() -> dict[str, Param]:
+    return {name: copy.copy(param) for name, param in PARAMS.items()}
+
+
+ParamsDict(_params()).validate()  # what DAG.params' validator checks: every default is valid
 
 
 SHARDS = 16  # the number of dags/connector_segments_<NN>.py files; changing it moves DAGs

@@ -65,6 +65,7 @@ RUN_RESULTS = (
     "added",
     "removed",
     "restored_from",
+    "step_seconds",
 )
 KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
 # Unmatched source users are personal data: kept for the last few refreshes only.
@@ -295,6 +296,17 @@ class SegmentStore:
         """Store counts, reasons or the validation summary on the run record."""
         with self.engine.begin() as conn:
             conn.execute(self._run_update(segment_id, run_id).values(**values))
+
+    def record_step(self, segment_id: str, run_id: str, step: str, seconds: float) -> None:
+        """A step of the run finished in `seconds` (kept with the run's other steps')."""
+        with self.engine.begin() as conn:
+            took = conn.execute(
+                sa.select(runs.c.step_seconds).where(
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
+                )
+            ).scalar()
+            took = {**(took or {}), step: round(seconds, 3)}
+            conn.execute(self._run_update(segment_id, run_id).values(step_seconds=took))
 
     def record_unmatched(
         self, segment_id: str, run_id: str, batches: Iterable[pa.RecordBatch]

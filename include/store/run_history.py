@@ -18,6 +18,9 @@ FAILED_TASK = ("failed",)
 RAN = ("success", "failed", "running", "up_for_retry", "up_for_reschedule", "restarting")
 # A run's tasks whose log matters, by what it did (a restore's work is in `restore`).
 MAIN_TASK = {"restore": "restore", "send": "send_message"}
+# The task that runs several steps of a refresh (those without a task of their own); runs
+# from before that layout had a task per step.
+REFRESH_TASK = "refresh"
 NEVER_BEGAN = (
     "task {task} never started: Airflow marked it {state} before it began (try {tries}), so it "
     "wrote no error of its own; its log in Airflow says why. Workers that cannot reach the API "
@@ -50,11 +53,13 @@ def log_task(
 ) -> str | None:
     """The task whose log explains the run: the failed one, else the one doing the run's work
     (`restore`, `send_message`; `validate` for a held refresh), else the last that ran."""
-    if status == "held":
-        return "validate"
     names = {t["task_id"] for t in tasks}
+    if status == "held":
+        return _task_of("validate", names)
     if failed_step in names or (failed_step and not tasks):
         return failed_step
+    if failed_step and REFRESH_TASK in names:  # a step of those the refresh task runs
+        return REFRESH_TASK
     for task in tasks:
         if task["state"] in FAILED_TASK:
             return task["task_id"]
@@ -63,6 +68,11 @@ def log_task(
         return main
     ran = [t["task_id"] for t in tasks if t["state"] in RAN]
     return ran[-1] if ran else None
+
+
+def _task_of(step: str, names: set[str]) -> str:
+    """The task that ran `step` in a run with these tasks (none known: the step's name)."""
+    return REFRESH_TASK if step not in names and REFRESH_TASK in names else step
 
 
 def _kind_of_record(record: dict[str, Any]) -> str:

@@ -53,6 +53,8 @@ runs = sa.Table(
     sa.Column("restored_from", sa.Integer),  # the version a restore run made current again
     # The config the run started with (`SegmentConfig.snapshot`): its later steps use this one.
     sa.Column("config", sa.JSON),
+    # {step: seconds} of the run's finished steps (several may run in one Airflow task).
+    sa.Column("step_seconds", sa.JSON),
 )
 
 members = sa.Table(

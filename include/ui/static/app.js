@@ -14,7 +14,6 @@
   const POLL_AFTER_ACTION_MS = 90000; // keep polling this long after an action was triggered
   const STATUS_FILTERS = ["Ready", "Calculating", "Failed", "Held", "Stale", "Not Active"];
   const SOURCE_TYPES = ["file", "sql", "mixpanel", "mixpanel_webhook", "amplitude"];
-  const TASKS = ["start", "extract", "match", "validate", "publish", "send_message"];
   const NOTICE_MS = 8000; // an information notice clears itself after this long
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const KINDS = { refresh: "Refresh", approve: "Approval", restore: "Restore", send: "Send Message", dry_run: "Dry run" };
@@ -638,9 +637,10 @@
   function runLinks(dagId, run) {
     if (!dagId || !run || !run.airflow_run_id) return null;
     const base = runPath(dagId, run);
-    const ran = run.tasks && run.tasks.length
-      ? run.tasks.filter((t) => t.state && !["skipped", "removed", "upstream_failed"].includes(t.state)).map((t) => t.task_id)
-      : TASKS;
+    // Airflow's tasks of the run (none listed: a run Airflow no longer knows, whose tasks
+    // depend on the layout it ran with).
+    const ran = (run.tasks || [])
+      .filter((t) => t.state && !["skipped", "removed", "upstream_failed"].includes(t.state)).map((t) => t.task_id);
     return h("div", { class: "links" },
       airflowLink(base, "Open the DAG run in Airflow", { "data-link": "dag-run" }),
       run.log_task ? airflowLink(`${base}/tasks/${encodeURIComponent(run.log_task)}`, `Log of ${run.log_task}`,
@@ -736,6 +736,15 @@
       download: `${id}-unmatched.csv`, "data-link": run ? "run-unmatched-csv" : "unmatched-csv", text });
   }
 
+  /** Each finished step's duration, in the order the run took them. */
+  function stepTimes(run) {
+    const steps = Object.entries(run.step_seconds || {});
+    if (!steps.length) return null;
+    const seconds = (s) => (s < 10 ? s.toFixed(1) : Math.round(s).toLocaleString());
+    return [h("dt", { text: "Steps" }), h("dd", { "data-field": "step_seconds",
+      text: steps.map(([step, s]) => `${step} ${seconds(s)} s`).join(" · ") })];
+  }
+
   function lastRunCard(d) {
     const run = (d.runs || [])[0];
     if (!run) return null;
@@ -754,6 +763,7 @@
         run.airflow_state ? [h("dt", { text: "Airflow state" }), h("dd", { "data-field": "airflow_state", text: run.airflow_state })] : null,
         h("dt", { text: "Started" }), h("dd", {}, when(run.started_at)),
         h("dt", { text: "Finished" }), h("dd", {}, when(run.finished_at)),
+        stepTimes(run),
         matched ? [h("dt", { text: "Counts" }), h("dd", { text: `Connector ${count(run.connector_users)} → matched ${count(run.matched_source_users)} → Netmera ${count(run.netmera_users)} (reachable ${count(run.reachable)})` })] : null,
         run.version || run.added !== null && run.added !== undefined ? [h("dt", { text: "Changes" }), h("dd", {},
           h("span", { class: "plus", "data-field": "added", text: `+${count(run.added)} added` }), ", ",
