@@ -21,7 +21,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.dags import DAG_FILES, DAGS, write_segments
@@ -31,18 +33,32 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_CHECK = DAGS / "connector_segments_config_check.py"
 
 
-def airflow_env(home: Path, segments: Path) -> dict[str, str]:
+def airflow_env(home: Path, segments: Path, root: Path = ROOT) -> dict[str, str]:
+    """A DAG processor's env over `segments`; `root`: the tree whose dags/ and include/ it runs
+    (another commit's, checked out elsewhere, for bench.fleet's baseline)."""
     return {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         "AIRFLOW_HOME": str(home),
         # Named: a copied home's airflow.cfg would still point at the template's DB.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "CONNECTOR_SEGMENTS_DIR": str(segments),
     }
+
+
+def migrated_home(home: Path) -> Path:
+    """A new AIRFLOW_HOME with a migrated SQLite metadata DB (copy it for each pass)."""
+    home.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=airflow_env(home, home / "segments"),
+        check=True,
+        capture_output=True,
+    )
+    return home
 
 
 def timeout_seconds() -> float:
@@ -59,19 +75,36 @@ def per_file(env: dict[str, str]) -> dict[str, float]:
     }
 
 
-def processor_run(env: dict[str, str], home: Path) -> tuple[float, float, int]:
-    """`airflow dag-processor --num-runs 1`: (wall seconds, its slowest file's
-    last_parse_duration, DAGs written)."""
+@dataclass(frozen=True)
+class ProcessorPass:
+    wall: float  # seconds
+    cpu: float  # CPU-seconds of the processor and the parsing processes it reaped
+    slowest: float  # the slowest file's last_parse_duration, seconds
+    dags: int  # segment DAGs in the metadata DB, not stale
+
+
+def processor_run(env: dict[str, str], home: Path) -> ProcessorPass:
+    """`airflow dag-processor --num-runs 1` in the tree `env` names (its PYTHONPATH, also the
+    working directory: the tree's `include` is the one imported)."""
     import sqlalchemy as sa
 
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "dag-processor", "--num-runs", "1"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=3600,
-    )
+    with tempfile.TemporaryFile() as output:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dag-processor", "--num-runs", "1"],
+            env=env,
+            cwd=env["PYTHONPATH"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        limit = threading.Timer(3600, child.kill)
+        limit.start()
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage, its children's in it
+        limit.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            output.seek(0)
+            raise RuntimeError(f"dag-processor failed:\n{output.read()[-4000:].decode()}")
     wall = time.perf_counter() - started
     engine = sa.create_engine(f"sqlite:///{home / 'airflow.db'}")
     with engine.connect() as conn:
@@ -82,7 +115,8 @@ def processor_run(env: dict[str, str], home: Path) -> tuple[float, float, int]:
             )
         ).one()
     engine.dispose()
-    return wall, float(slowest or 0), int(dags)
+    cpu = usage.ru_utime + usage.ru_stime
+    return ProcessorPass(wall, cpu, float(slowest or 0), int(dags))
 
 
 def main() -> int:
@@ -93,15 +127,7 @@ def main() -> int:
     limit = timeout_seconds()
     work = Path(tempfile.mkdtemp(prefix="cs-bench-dag-files-"))
     try:
-        template = work / "template-home"
-        template.mkdir()
-        env = airflow_env(template, work / "segments")
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        template = migrated_home(work / "template-home")
         print(f"dagbag_import_timeout = {limit:g} s; {len(DAG_FILES)} shard files")
         header = (
             f"{'segments':>8s} {'slowest file':>13s} {'% timeout':>9s} {'config check':>12s} "
@@ -118,15 +144,15 @@ def main() -> int:
             shards = {name: s for name, s in files.items() if name != CONFIG_CHECK.name}
             slowest = max(files.values())
             together = measure("dags.parse", env=env).seconds
-            wall, processor_slowest, dags = processor_run(env, home)
+            processor = processor_run(env, home)
             print(
                 f"{count:8d} {slowest:12.2f}s {100 * slowest / limit:8.1f}% "
                 f"{files[CONFIG_CHECK.name]:11.2f}s {together:10.2f}s "
-                f"{together / max(shards.values()):9.1f} {wall:8.1f}s {processor_slowest:10.2f}s "
-                f"{dags:6d}",
+                f"{together / max(shards.values()):9.1f} {processor.wall:8.1f}s "
+                f"{processor.slowest:10.2f}s {processor.dags:6d}",
                 flush=True,
             )
-            assert dags == count, f"{dags} DAGs written for {count} segments"
+            assert processor.dags == count, f"{processor.dags} DAGs written for {count} segments"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -22,14 +22,16 @@ DAGS = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(DAGS.glob("connector_segments_[0-9]*.py"))
 
 
-def write_segments(folder: Path, count: int) -> Path:
+def write_segments(folder: Path, count: int, schedule: str | None = "@daily") -> Path:
+    """`count` segment YAMLs in `folder` (its other YAMLs removed); `schedule: None`: manual,
+    never run by the scheduler."""
     from bench.data import SEGMENT
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.yaml"):
         old.unlink()
     template = SEGMENT.model_dump(mode="json", exclude_none=True)
-    template.update(schedule="@daily", description="A generated segment for the parse benchmark.")
+    template.update(schedule=schedule, description="A generated segment for the parse benchmark.")
     for i in range(count):
         config = {**template, "id": f"segment_{i:04d}", "name": f"Segment {i}"}
         (folder / f"segment_{i:04d}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

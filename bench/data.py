@@ -248,10 +248,11 @@ def write(folder: Path, users: int, audience: int) -> tuple[Path, Path]:
     return users_path, write_audience(audience_path, users, audience)
 
 
-def write_audience(path: Path, users: int, audience: int) -> Path:
-    """An audience of `audience` source rows against `users` Netmera users at `path` (kept)."""
+def write_audience(path: Path, users: int, audience: int, seed: int = 7) -> Path:
+    """An audience of `audience` source rows against `users` Netmera users at `path` (kept;
+    `seed` picks its members: name the path after it)."""
     if not path.exists():
-        pq.write_table(audience_table(users, audience), path.with_suffix(".tmp"))
+        pq.write_table(audience_table(users, audience, seed), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
     return path
 

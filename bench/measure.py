@@ -35,6 +35,7 @@ TASKS = {
     "publish.floor": ("bench.publish", "floor"),
     "publish.publish": ("bench.publish", "publish"),
     "refresh.run": ("bench.refresh", "run"),
+    "fleet.floor": ("bench.fleet", "floor_refreshes"),
 }
 
 

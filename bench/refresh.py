@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
 
 from bench.data import SEGMENT
@@ -54,24 +55,46 @@ def run(segment_id: str) -> dict[str, Any]:
     return reports[-1]
 
 
-def environment(work: Path, netmera_db: dict[str, Any], audience: Path) -> dict[str, str]:
-    home, segments = work / "airflow", work / "segments"
-    home.mkdir()
-    segments.mkdir()
+def file_segment(audience: Path, **fields: Any) -> dict[str, Any]:
+    """The benchmark segment's YAML reading `audience`, without size guardrails; `fields`
+    (id, name, schedule...) set on top."""
     config = SEGMENT.model_dump(mode="json", exclude_none=True)
     config["source"] = {"type": "file", "path": str(audience)}
     config["guardrails"] = {"max_shrink": None, "max_growth": None}
-    (segments / f"{SEGMENT.id}.yaml").write_text(yaml.safe_dump(config))
+    return {**config, **fields}
+
+
+def netmera_db(url: sa.URL) -> dict[str, Any]:
+    """The `netmera_db` Connection for the PostgreSQL database `url`."""
+    return {
+        "conn_type": "postgres",
+        "host": url.host,
+        "port": url.port,
+        "login": url.username,
+        "schema": url.database,
+    }
+
+
+def environment(
+    work: Path, netmera_conn: dict[str, Any], segments: list[dict[str, Any]]
+) -> dict[str, str]:
+    """An env for `dag.test()` in `work`: a migrated SQLite metadata DB, the segment YAMLs
+    `segments` in a folder of their own, staging beside it."""
+    home, folder = work / "airflow", work / "segments"
+    home.mkdir()
+    folder.mkdir()
+    for config in segments:
+        (folder / f"{config['id']}.yaml").write_text(yaml.safe_dump(config))
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "CONNECTOR_SEGMENTS_DIR": str(segments),
+        "CONNECTOR_SEGMENTS_DIR": str(folder),
         "CONNECTOR_SEGMENTS_STAGING_DIR": str(work / "staging"),
         "CONNECTOR_SEGMENTS_RETRIES": "0",
-        "AIRFLOW_CONN_NETMERA_DB": json.dumps(netmera_db),
+        "AIRFLOW_CONN_NETMERA_DB": json.dumps(netmera_conn),
         "PYTHONPATH": str(ROOT),
     }
     subprocess.run(
@@ -81,8 +104,6 @@ def environment(work: Path, netmera_db: dict[str, Any], audience: Path) -> dict[
 
 
 def main() -> int:
-    import sqlalchemy as sa
-
     from bench import data
     from bench.database import load_users
 
@@ -96,13 +117,6 @@ def main() -> int:
     folder = ROOT / ".local" / "bench" / f"{args.users}x{max(sizes)}"  # as bench.matching's
     users, _ = data.write(folder, args.users, max(sizes))
     url = sa.make_url(load_users(args.pg, f"cs_bench_{args.users}", users))
-    netmera_db = {
-        "conn_type": "postgres",
-        "host": url.host,
-        "port": url.port,
-        "login": url.username,
-        "schema": url.database,
-    }
     results = {}
     for size in sizes:
         audience = data.write_audience(folder / f"audience_{size}.parquet", args.users, size)
@@ -111,7 +125,7 @@ def main() -> int:
                 if table.startswith("cs_"):
                     conn.exec_driver_sql(f"DROP TABLE {table} CASCADE")
         with tempfile.TemporaryDirectory(prefix="cs-bench-refresh-") as tmp:
-            env = environment(Path(tmp), netmera_db, audience)
+            env = environment(Path(tmp), netmera_db(url), [file_segment(audience)])
             results[size] = measure("refresh.run", env=env, segment_id=SEGMENT.id).result
 
     print(

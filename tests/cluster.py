@@ -2,10 +2,12 @@
 each a separate process in its own session with its own log file, all sharing one environment
 (CeleryExecutor, PostgreSQL metadata, Redis broker, a fresh AIRFLOW_HOME).
 
-`Cluster.boot()` migrates and starts them; `stop()` ends every group (SIGTERM, then SIGKILL
-after a grace) and `leftovers()` names any process of those groups or sessions still alive, so
-a test can assert none is. `kill()` is a machine dying: SIGKILL to every process of one
-daemon's session at once. Used by tests/test_multiprocess.py and tests/test_faults.py.
+`boot()` migrates, starts them and waits for the DAGs (`launch()`: without the wait);
+`stop()` ends every group (SIGTERM, then SIGKILL after a grace) and `leftovers()` names any
+process of those groups or sessions still alive, so a test can assert none is. `kill()` is a
+machine dying: SIGKILL to every process of one daemon's session at once. Used by
+tests/test_multiprocess.py and tests/test_faults.py, and by `python -m bench.fleet` (a fleet's
+CPU on a cluster): nothing here imports pytest (the tests' skips are in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,19 +173,6 @@ def port_is_free(port: int) -> bool:
 # -- booting one, and talking to it ----------------------------------------------------------
 
 
-def redis_or_skip(url: str) -> None:
-    """Flush the test's own Redis db, or skip (fail under CI) when Redis is unreachable."""
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).flushdb()
-    except redis.RedisError as exc:
-        reason = f"Redis not reachable at {url}: {type(exc).__name__}"
-        if os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason} (CI must run the multi-process tests)")
-        pytest.skip(reason)
-
-
 @contextlib.contextmanager
 def pg_databases(pg_server: str, password: str) -> Iterator[dict]:
     """A login role with `password` and two fresh databases it owns: Airflow's metadata and
@@ -285,9 +273,11 @@ class Airflow:
             f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
         )
 
-    def wait_runs(self, runs: dict[str, tuple[str, str]], timeout: float) -> dict[str, dict]:
-        """Poll (one listing of every DAG's runs) until each (dag_id, run_id) has finished;
-        return the finished runs by the caller's key."""
+    def wait_runs(
+        self, runs: dict[str, tuple[str, str]], timeout: float, every: float = 2
+    ) -> dict[str, dict]:
+        """Poll (one listing of every DAG's runs, every `every` seconds) until each (dag_id,
+        run_id) of at most 100 has finished; return the finished runs by the caller's key."""
         done: dict[str, dict] = {}
 
         def all_finished() -> bool:
@@ -301,7 +291,7 @@ class Airflow:
             return len(done) == len(runs)
 
         try:
-            self.cluster.wait_for("the runs", all_finished, timeout, every=2)
+            self.cluster.wait_for("the runs", all_finished, timeout, every=every)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; unfinished: {sorted(set(runs) - set(done))}") from None
         return done
@@ -335,9 +325,26 @@ def boot(
     workers: int = 2,
     worker_env: Callable[[str], dict[str, str]] | None = None,
 ) -> Airflow:
+    """`launch`, then wait until `dag_ids` are parsed."""
+    airflow = launch(cluster, workers, worker_env=worker_env)
+
+    def parsed() -> bool:
+        dags = rest(airflow.admin, "GET", f"{airflow.api}/api/v2/dags", params={"limit": 100})
+        return dag_ids <= {d["dag_id"] for d in dags["dags"]}
+
+    cluster.wait_for(f"the {len(dag_ids)} segment DAGs parsed", parsed, 120)
+    return airflow
+
+
+def launch(
+    cluster: Cluster,
+    workers: int = 2,
+    slots: int = 2,
+    worker_env: Callable[[str], dict[str, str]] | None = None,
+) -> Airflow:
     """Migrate, create the pools, start the API server, scheduler, dag-processor and `workers`
-    Celery workers (`worker_env(name)`: a worker's own settings), and wait until the API server
-    answers and `dag_ids` are parsed."""
+    Celery workers of `slots` slots each (`worker_env(name)`: a worker's own settings), and wait
+    until the API server answers."""
     env = cluster.env
     cluster.airflow("db", "migrate")
     cluster.run([sys.executable, "-m", "include.orchestration.pools"])
@@ -346,19 +353,12 @@ def boot(
     cluster.start("dag-processor", "dag-processor")
     for n in range(1, workers + 1):
         name = f"worker{n}"
-        start_worker(cluster, name, env=worker_env(name) if worker_env else None)
+        start_worker(cluster, name, slots, env=worker_env(name) if worker_env else None)
     api = env["AIRFLOW__API__BASE_URL"]
     cluster.wait_for(
         "api-server health", lambda: requests.get(f"{api}/api/v2/monitor/health", timeout=2).ok, 120
     )
-    admin = admin_session(api, Path(env["AIRFLOW_HOME"]))
-
-    def parsed() -> bool:
-        dags = rest(admin, "GET", f"{api}/api/v2/dags", params={"limit": 100})["dags"]
-        return dag_ids <= {d["dag_id"] for d in dags}
-
-    cluster.wait_for(f"the {len(dag_ids)} segment DAGs parsed", parsed, 120)
-    return Airflow(cluster, api, admin)
+    return Airflow(cluster, api, admin_session(api, Path(env["AIRFLOW_HOME"])))
 
 
 def admin_session(api: str, home: Path) -> requests.Session:

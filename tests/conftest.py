@@ -346,6 +346,19 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
+def redis_or_skip(url: str) -> None:
+    """Flush the test's own Redis db, or skip (fail under CI) when Redis is unreachable."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).flushdb()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {url}: {type(exc).__name__}"
+        if os.environ.get("CONNECTOR_SEGMENTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (CI must run the multi-process tests)")
+        pytest.skip(reason)
+
+
 def use_pg_netmera_db(monkeypatch: pytest.MonkeyPatch, pg: dict, users: list[tuple]) -> None:
     """Load a Netmera user table into the test's PostgreSQL database and point netmera_db at
     it (the store's tables follow on first use)."""

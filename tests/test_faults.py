@@ -37,10 +37,9 @@ from tests.cluster import (
     boot,
     pg_databases,
     port_is_free,
-    redis_or_skip,
     start_worker,
 )
-from tests.conftest import free_port, load_pg_users, netmera_conn, write_csv
+from tests.conftest import free_port, load_pg_users, netmera_conn, redis_or_skip, write_csv
 from tests.fakes import FakeNetmera
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.postgres]

@@ -39,10 +39,16 @@ from tests.cluster import (
     boot,
     pg_databases,
     port_is_free,
-    redis_or_skip,
     rest,
 )
-from tests.conftest import free_port, load_pg_users, netmera_conn, sqlite_conn, write_csv
+from tests.conftest import (
+    free_port,
+    load_pg_users,
+    netmera_conn,
+    redis_or_skip,
+    sqlite_conn,
+    write_csv,
+)
 from tests.fakes import FakeMixpanel, FakeNetmera
 from tests.fakes.mixpanel_webhook_sender import MixpanelWebhookSender, members
 from tests.fakes.s3 import LOGIN as S3_LOGIN
