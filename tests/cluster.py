@@ -220,6 +220,10 @@ def airflow_env(home: Path, ws: Path, pg: dict, port: int, broker: str) -> dict[
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
             "AIRFLOW__CELERY__BROKER_URL": broker,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
+            # As compose sets it: workers import what tasks need once, before forking.
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": (
+                "include.orchestration.celery_worker.CELERY_CONFIG"
+            ),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
