@@ -14,12 +14,13 @@ short (one retry, 12 s later; a task without a heartbeat for 20 s is failed).
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ STAGING_SIZE = "2m"  # the staging tmpfs: every audience here fits, the big one 
 HEARTBEAT_TIMEOUT = 20  # seconds without a task heartbeat before Airflow fails the task
 RETRY_DELAY = 12  # seconds to the first retry (Airflow's backoff jitter adds up to as much again)
 REDIS_OUTAGE = 4  # seconds
+# Holds every match (the database path reads this table); then a segment's publish.
+MATCH_LOCK = "LOCK TABLE netmera_users IN ACCESS EXCLUSIVE MODE"
+ROW_LOCK = "SELECT id FROM cs_segments WHERE id = :s FOR NO KEY UPDATE"
 FAULT_HOLD = 20  # seconds a publish stays open after a broker or scheduler restart: longer
 # than the scheduler health check threshold plus the orphaned-tasks check interval
 
@@ -266,19 +270,29 @@ class Faults:
         return None if row is None else set(row.step_seconds or ())
 
     @contextlib.contextmanager
-    def publish_frozen(self, seg: Seg, run_id: str) -> Iterator[int]:
-        """Holds `seg`'s publish just before it makes the new version current: its members are
-        inserted, its transaction open. Yields the publish's backend pid. (NO KEY: blocks the
-        segment row's update and nothing that only takes a KEY SHARE lock on the row.)
-        Taken once the run's record is open: the run's first step updates that row too."""
+    def publish_frozen(self, seg: Seg, trigger: Callable[[], str]) -> Iterator[tuple[str, int]]:
+        """Runs `trigger` (which starts `seg`'s run and returns its id) and holds that run's
+        publish just before it makes the new version current: its members are inserted, its
+        transaction open. Yields the run id and the publish's backend pid.
 
-        self.cluster.wait_for(
-            "the run's record", lambda: self.steps_done(seg, run_id) is not None, RUN_TIMEOUT
-        )
-        lock = "SELECT id FROM cs_segments WHERE id = :s FOR NO KEY UPDATE"
-        with self.holding(lock, {"s": seg.id}):
-            self.wait_task(seg, run_id, "refresh", "running")  # a file segment's one task
-            yield self.blocked_backend("UPDATE cs_segments")
+        A small refresh takes well under a second in one task, so the run is first held at
+        match (the Netmera user table locked); once its record shows the extract done (the
+        run's first step, which updates the segment's row too, has committed), the segment's
+        row is locked and match let go. (NO KEY: blocks the row's update and nothing that only
+        takes a KEY SHARE lock on it.)"""
+        matching = contextlib.ExitStack()
+        with matching:
+            matching.enter_context(self.holding(MATCH_LOCK, {}))
+            run_id = trigger()
+            self.cluster.wait_for(
+                "the extract",
+                lambda: "extract" in (self.steps_done(seg, run_id) or ()),
+                RUN_TIMEOUT,
+            )
+            with self.holding(ROW_LOCK, {"s": seg.id}):
+                matching.close()
+                self.wait_task(seg, run_id, "refresh", "running")  # a file segment's one task
+                yield run_id, self.blocked_backend("UPDATE cs_segments")
 
 
 @pytest.fixture(scope="module")
@@ -388,8 +402,11 @@ def test_two_refreshes_at_once_run_one_after_the_other(faults: Faults):
 
 def test_a_dropped_database_connection_mid_publish_is_retried_and_publishes_once(faults: Faults):
     seg = DB_DROP
-    run_id = faults.airflow.trigger(seg.dag_id)
-    with faults.publish_frozen(seg, run_id) as backend, faults.superuser.connect() as conn:
+    trigger = functools.partial(faults.airflow.trigger, seg.dag_id)
+    with (
+        faults.publish_frozen(seg, trigger) as (run_id, backend),
+        faults.superuser.connect() as conn,
+    ):
         assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
     (run,) = faults.airflow.wait_runs({seg.id: (seg.dag_id, run_id)}, RUN_TIMEOUT).values()
     assert run["state"] == "success"
@@ -414,8 +431,8 @@ def test_a_worker_killed_during_publish_is_detected_and_the_retry_publishes_once
     seg = PUBLISH_KILL
     assert faults.run(seg)["state"] == "success"  # version 1: what must not be lost
     write_segment(faults.ws, Seg(seg.id, range(31, 91)))  # the audience moves on
-    run_id = faults.airflow.trigger(seg.dag_id)
-    with faults.publish_frozen(seg, run_id):
+    trigger = functools.partial(faults.airflow.trigger, seg.dag_id)
+    with faults.publish_frozen(seg, trigger) as (run_id, _):
         killed = kill_worker_running(faults, seg, run_id, "refresh")
         # Until the retry commits, readers see version 1 in full.
         assert faults.segment(seg)["current_version"] == 1
@@ -458,8 +475,7 @@ def test_a_yaml_edited_while_its_run_is_in_flight_keeps_the_runs_config(faults: 
     """The YAML is rewritten (another file, user key and identifier column) between extract
     and match: the run finishes with the config it started with; the next run uses the new."""
     seg = EDITED
-    lock = "LOCK TABLE netmera_users IN ACCESS EXCLUSIVE MODE"
-    with faults.holding(lock, {}):
+    with faults.holding(MATCH_LOCK, {}):
         run_id = faults.airflow.trigger(seg.dag_id)
         faults.wait_task(seg, run_id, "refresh", "running")  # extract, then match: blocked
         faults.cluster.wait_for(
@@ -502,9 +518,14 @@ def refresh_busy_segments_through(faults: Faults, fault) -> dict:
     (so a task is surely running through it) and the others' tasks are queued or running;
     every run must still publish its audience, once. Returns the held publish's task."""
     before = {seg.id: faults.published_versions(seg) for seg in BUSY}
-    runs = {seg.id: (seg.dag_id, faults.airflow.trigger(seg.dag_id)) for seg in BUSY}
-    first, run_id = BUSY[0], runs[BUSY[0].id][1]
-    with faults.publish_frozen(first, run_id):
+    runs: dict[str, tuple[str, str]] = {}
+
+    def trigger_all() -> str:
+        runs.update({seg.id: (seg.dag_id, faults.airflow.trigger(seg.dag_id)) for seg in BUSY})
+        return runs[BUSY[0].id][1]
+
+    first = BUSY[0]
+    with faults.publish_frozen(first, trigger_all) as (run_id, _):
         fault()
         time.sleep(FAULT_HOLD)  # the fault's aftermath plays out with the publish still open
     finished = faults.airflow.wait_runs(runs, RUN_TIMEOUT)
