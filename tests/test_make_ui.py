@@ -76,6 +76,25 @@ def tail(log: Path, chars: int = 6000) -> str:
     return log.read_text(errors="replace")[-chars:]
 
 
+def logged_errors(log: Path) -> list[str]:
+    """The log's error lines (the API server logs a 500's cause there, by an id)."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [line[:600] for line in lines if "error" in line.lower() and "api-server" in line][-12:]
+
+
+def trigger(admin: requests.Session, url: str, tries: int = 3) -> requests.Response:
+    """A manual run. `make ui` keeps Airflow's metadata in SQLite (as `airflow standalone`
+    does): a write racing the DAG processor's first pass can fail once with a database error
+    (seen once in CI on a loaded machine), which is SQLite's, not what this test is about; a
+    later try succeeds. Any other answer is returned at once."""
+    for _ in range(tries - 1):
+        answer = admin.post(url, json={"logical_date": None}, timeout=30)
+        if answer.status_code != 500 or "Database error" not in answer.text:
+            return answer
+        time.sleep(2)
+    return admin.post(url, json={"logical_date": None}, timeout=30)
+
+
 # -- settings that cannot work ------------------------------------------------------------------
 
 
@@ -249,8 +268,8 @@ def test_make_ui_on_moved_ports_runs_tasks_and_listens_on_127_0_0_1_only(
         wait_for(
             lambda: getattr(get(f"/api/v2/dags/{DAG_ID}", admin), "ok", 0), 180, "the DAG", log
         )
-        run = admin.post(f"{api}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None})
-        assert run.status_code == 200, run.text
+        run = trigger(admin, f"{api}/api/v2/dags/{DAG_ID}/dagRuns")
+        assert run.status_code == 200, (run.text, logged_errors(log))
         run_url = f"/api/v2/dags/{DAG_ID}/dagRuns/{run.json()['dag_run_id']}"
 
         def finished() -> str | None:
