@@ -317,6 +317,31 @@ def test_an_undefined_connection_fails_the_step_at_once_naming_it(
     unchanged(published, snapshot(capsys))
 
 
+def test_failed_data_expectations_fail_the_run_at_once(published, workspace, capsys, monkeypatch):
+    """Retrying cannot fix the data: no second try (which would extract again), and the run
+    record names validate, though its task ran every step."""
+    import sqlalchemy as sa
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRIES", "2")
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_RETRY_DELAY", "0")
+    _break_validate(workspace)
+    assert run_segment(SEGMENT) == "failed"
+    with create_session() as session:
+        tries = session.scalars(
+            sa.select(TaskInstance.try_number).where(
+                TaskInstance.dag_id == f"connector_segment_{SEGMENT}",
+                TaskInstance.task_id == "refresh",
+            )
+        ).all()
+    assert max(tries) == 1
+    last = cli_json(capsys, "details", SEGMENT)["runs"][0]
+    assert (last["status"], last["failed_step"]) == ("failed", "validate")
+    assert "not_null" in last["error"]
+    unchanged(published, snapshot(capsys))
+
+
 def test_a_scheduled_segment_not_refreshed_within_its_interval_and_grace_is_stale(
     published, workspace, capsys
 ):

@@ -283,17 +283,22 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
                 )
 
         def refresh_rest(staged: dict) -> str:
+            from airflow.sdk.exceptions import AirflowFailException
+
             from include.orchestration import refresh
             from include.staging import StagedAudience
 
             run_id, params = _run()
-            outcome = refresh.match_validate_publish(
-                refresh.config_for_run(config, run_id),
-                run_id,
-                StagedAudience(**staged),
-                dry_run=params["dry_run"],
-                approve=params["approve"],
-            )
+            try:
+                outcome = refresh.match_validate_publish(
+                    refresh.config_for_run(config, run_id),
+                    run_id,
+                    StagedAudience(**staged),
+                    dry_run=params["dry_run"],
+                    approve=params["approve"],
+                )
+            except refresh.DataValidationError as exc:
+                raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the data
             if outcome == "held":
                 log.warning("Held by a guardrail: nothing published; trigger with approve=true")
             elif outcome == "published":
