@@ -56,7 +56,7 @@ import yaml
 
 from bench import data
 from bench.dag_files import ProcessorPass, airflow_env, migrated_home, processor_run
-from bench.dags import write_segments
+from bench.dags import DAG_FILES, write_segments
 from bench.measure import ROOT, measure
 from bench.refresh import DEFAULT_PG, environment, file_segment, netmera_db
 from include.config.segments import dag_id_of
@@ -415,9 +415,53 @@ def cluster_wrong(fleet: Fleet, floor: Floor, cluster: Refreshes) -> dict[str, s
 # -- 3. the DAG processor -----------------------------------------------------------------------
 
 
+# Airflow's own floor: a shard file that builds, for each segment file of its shard, the least
+# DAG this project could have (one task, no Params, the names, tags and docs every DAG here
+# carries) without reading the file. Any layout with one DAG per segment costs at least this.
+FLOOR_SHARD = """\
+# A generated DAG file (bench.fleet's floor): one single-task DAG per segment file, unread.
+import os
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk import dag, task
+
+SHARD, SHARDS = {shard}, {shards}
+for path in sorted(Path(os.environ["CONNECTOR_SEGMENTS_DIR"]).glob("*.yaml"))[SHARD::SHARDS]:
+    @dag(
+        dag_id="connector_segment_" + path.stem,
+        dag_display_name=path.stem,
+        description="floor",
+        doc_md="### " + path.stem,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["connector-segment"],
+    )
+    def segment():
+        @task
+        def refresh() -> None:
+            pass
+
+        refresh()
+
+    globals()[path.stem] = segment()
+"""
+
+
+def floor_tree(folder: Path, shards: int) -> Path:
+    """A tree whose `dags/` holds `shards` FLOOR_SHARD files."""
+    dags = folder / "dags"
+    dags.mkdir(parents=True)
+    for shard in range(shards):
+        text = FLOOR_SHARD.format(shard=shard, shards=shards)
+        (dags / f"connector_segments_{shard:02d}.py").write_text(text)
+    return folder
+
+
 def run_processor(ref: str, work: Path, segments: Path) -> dict[tuple[str, int], ProcessorPass]:
-    """Two passes each for `ref`'s tree and this one, alternating, over `segments`: by (tree,
-    pass number)."""
+    """Two passes each for `ref`'s tree, this one and Airflow's floor, alternating, over
+    `segments`: by (tree, pass number)."""
     baseline = work / "baseline"
     baseline.mkdir(parents=True)
     archive = subprocess.run(
@@ -427,7 +471,8 @@ def run_processor(ref: str, work: Path, segments: Path) -> dict[tuple[str, int],
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
     template = migrated_home(work / "template-home")
-    trees = {"baseline": baseline, "current": ROOT}
+    floor = floor_tree(work / "floor", len(DAG_FILES))
+    trees = {"baseline": baseline, "current": ROOT, "floor": floor}
     homes = {name: shutil.copytree(template, work / f"home-{name}") for name in trees}
     return {
         (name, number): processor_run(airflow_env(homes[name], segments, root), homes[name])
@@ -527,7 +572,11 @@ def print_processor(
         text=True,
         check=True,
     ).stdout.strip()
-    labels = {"baseline": f"baseline {args.baseline_ref}", "current": f"this tree ({head})"}
+    labels = {
+        "baseline": f"baseline {args.baseline_ref}",
+        "current": f"this tree ({head})",
+        "floor": "Airflow's floor",
+    }
     print(
         f"\nDAG processor: `airflow dag-processor --num-runs 1`, {args.segments:,} segments, "
         f"SQLite metadata; dagbag_import_timeout {limit:g} s"
@@ -549,6 +598,12 @@ def print_processor(
         f"  target: first pass <= {TARGET_PROCESSOR:g} of the baseline's CPU: {ratio:.2f}: "
         f"{_verdict(ratio <= TARGET_PROCESSOR)}; slowest file <= {TARGET_TIMEOUT_SHARE:.0%} of "
         f"the timeout: {share:.1%}: {_verdict(share <= TARGET_TIMEOUT_SHARE)}"
+    )
+    floor = passes[("floor", 1)].cpu / passes[("baseline", 1)].cpu
+    print(
+        f"  Airflow's floor (one single-task DAG per segment file, nothing read): {floor:.2f} of "
+        f"the baseline's first pass, {passes[('floor', 1)].cpu / passes[('current', 1)].cpu:.2f} "
+        "of this tree's"
     )
     again = passes[("current", 2)]
     print(
