@@ -6,6 +6,8 @@
                         the project's cohorts; --write adds a YAML skeleton per cohort
     details ID [--json] the segment and its last runs: counts, reasons, matches per kind
     members ID          the current members' Netmera user ids, one a line
+    history ID --user NETMERA_USER_ID [--json]
+                        when that user entered and left the segment (kept versions)
     doctor [--json]     netmera_db, store migrations and user table indexes: what is missing
     report ID [--json]  Message Report: sends, recipients, holdout, sender, status and Netmera
                         delivery stats
@@ -210,6 +212,28 @@ def cmd_members(args: argparse.Namespace) -> int:
     out = sys.stdout
     for user_id in store.member_ids(args.id):
         out.write(f"{user_id}\n")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from include.store.views import history, never_ran
+
+    found = history(_store(), args.id, args.user)
+    if found is None:
+        print(never_ran(args.id), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    oldest, current = found["oldest_kept_version"], found["current_version"]
+    kept = f"kept versions {oldest}-{current}" if current else "nothing published"
+    state = "a member now" if found["member"] else "not a member now"
+    print(f"Segment {args.id}, Netmera user {args.user}: {state} ({kept})")
+    if not found["events"]:
+        print("  never a member in the kept versions")
+    for event in found["events"]:
+        how = f" (matched by {event['matched_by']})" if event.get("matched_by") else ""
+        print(f"  v{event['version']:<5} {event['at'] or '-':<21} {event['change']}{how}")
     return 0
 
 
@@ -476,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("members", help="current members' Netmera user ids, one a line")
     p.add_argument("id")
     p.set_defaults(func=cmd_members)
+    p = sub.add_parser("history", help="when a Netmera user entered and left the segment")
+    p.add_argument("id")
+    p.add_argument("--user", required=True, help="the Netmera user id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
     p = sub.add_parser("report", help="Message Report: the segment's sends and delivery stats")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 import yaml
 
 from include.store import migrate
+from include.store.tables import members, members_at
 from tests.cluster import (
     Airflow,
     Cluster,
@@ -197,14 +198,8 @@ class Faults:
         with self.store.connect() as conn:
             if version is None:
                 version = self.segment(seg)["current_version"]
-            return set(
-                conn.execute(
-                    sa.text(
-                        "SELECT user_id FROM cs_members WHERE segment_id = :s AND version = :v"
-                    ),
-                    {"s": seg.id, "v": version},
-                ).scalars()
-            )
+            query = sa.select(members.c.user_id).where(members_at(seg.id, version))
+            return set(conn.execute(query).scalars())
 
     def segment(self, seg: Seg) -> dict:
         with self.store.connect() as conn:

@@ -40,7 +40,8 @@ def test_every_extid_of_a_held_out_user_is_held(tmp_path: Path):
         conn.execute(
             members.insert(),
             [
-                {"segment_id": SEGMENT, "version": VERSION, "user_id": u, "matched_by": "email"}
+                {"segment_id": SEGMENT, "entered_version": VERSION, "user_id": u}
+                | {"matched_by": "email"}
                 for u in (drawn, sharing, ordinary)
             ],
         )

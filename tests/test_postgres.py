@@ -17,6 +17,7 @@ from tests.conftest import (
     use_pg_netmera_db,
     write_users,
 )
+from tests.store_rows import stored_rows, stored_versions
 from tests.test_refresh_dag import SEGMENT, USERS, write_audience, write_segment
 
 pytestmark = [pytest.mark.postgres, pytest.mark.dagrun]
@@ -79,11 +80,13 @@ def test_refreshes_on_postgres_match_the_sqlite_results(
     assert on_postgres["runs"][0] == {"status": "published", "version": 2, "added": 4, "removed": 3}
 
 
-def test_publish_keeps_three_versions_and_a_failed_publish_keeps_them_all(
+def test_publish_keeps_its_versions_and_a_failed_publish_changes_no_row(
     workspace, capsys, monkeypatch, pg_database
 ):
-    """PostgreSQL prunes beside the publish, on a second connection that commits only after
-    it: a publish that fails (a Netmera user id longer than the store takes) prunes nothing."""
+    """Versions are kept as stays: five versions, each a member more, are one row a member. A
+    publish that fails (a Netmera user id longer than the store takes) writes, closes and
+    prunes nothing."""
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_KEEP_VERSIONS", "3")
     long_id = "nm-" + "9" * 300
     users = [*USERS, (long_id, "ext-99", None, None, None, True)]
     use_pg_netmera_db(monkeypatch, pg_database, users)
@@ -95,20 +98,15 @@ def test_publish_keeps_three_versions_and_a_failed_publish_keeps_them_all(
     def kept() -> list[int]:
         return [v["version"] for v in cli_json(capsys, "details", SEGMENT)["versions"]]
 
-    def stored() -> dict[int, int]:
-        engine = sa.create_engine(pg_database["url"])
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT version, count(*) FROM cs_members GROUP BY version")
-            ).all()
-        engine.dispose()
-        return dict(rows)
+    def stored() -> tuple[dict[int, int], int]:
+        spans = stored_versions(pg_database["url"])
+        return {v: spans[v] for v in kept()}, stored_rows(pg_database["url"])
 
-    assert stored() == {3: 12, 4: 13, 5: 14}
     assert sorted(kept()) == [3, 4, 5]
+    assert stored() == ({3: 12, 4: 13, 5: 14}, 14)
     write_audience(workspace, [*range(1, 15), 99])
     assert run_segment(SEGMENT) == "failed"
-    assert stored() == {3: 12, 4: 13, 5: 14}  # nothing pruned, nothing half-written
+    assert stored() == ({3: 12, 4: 13, 5: 14}, 14)  # nothing written, nothing half-written
     details = cli_json(capsys, "details", SEGMENT)
     assert details["runs"][0]["failed_step"] == "publish"
     assert details["current_version"] == 5

@@ -171,7 +171,9 @@ def test_a_failing_step_keeps_previous_members_and_counts(
     assert error_text in run["error"]
     # Nothing of the failed attempt is left behind in the store.
     with sqlite3.connect(workspace / "netmera.db") as conn:
-        assert conn.execute("SELECT count(*) FROM cs_members WHERE version > 1").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM cs_members WHERE entered_version > 1 OR left_version IS NOT NULL"
+        ).fetchone() == (0,)  # no stay began or ended after version 1
 
 
 def test_shrink_past_max_shrink_is_held_until_approved(published, workspace, capsys):
@@ -207,7 +209,9 @@ def test_dry_run_publishes_nothing_but_shows_what_would_change(published, worksp
     assert run["status"] == "dry_run"
     assert (run["added"], run["removed"]) == (2, 2)
     with sqlite3.connect(workspace / "netmera.db") as conn:
-        assert conn.execute("SELECT count(*) FROM cs_members WHERE version > 1").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM cs_members WHERE entered_version > 1 OR left_version IS NOT NULL"
+        ).fetchone() == (0,)  # no stay began or ended after version 1
 
 
 def test_an_approval_covers_what_was_held_not_a_worse_refresh(published, workspace, capsys):

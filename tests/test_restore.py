@@ -28,6 +28,7 @@ from tests.conftest import (
     use_pg_netmera_db,
     write_users,
 )
+from tests.store_rows import stored_versions
 from tests.test_refresh_dag import (
     SEGMENT,
     USERS,
@@ -38,6 +39,13 @@ from tests.test_refresh_dag import (
 )
 
 pytestmark = pytest.mark.dagrun
+
+
+@pytest.fixture(autouse=True)
+def three_kept_versions(monkeypatch):
+    """Three kept versions (the store keeps 30): a version falls out after three refreshes."""
+    monkeypatch.setenv("CONNECTOR_SEGMENTS_KEEP_VERSIONS", "3")
+
 
 RIGHT = range(1, 11)  # the audience of version 1: nm-1..nm-10 (+1 unknown email)
 WRONG = range(11, 21)  # what a bad refresh published as version 2: nm-11..nm-20
@@ -226,8 +234,11 @@ def test_what_cannot_be_restored_is_refused_and_changes_nothing(two_versions, wo
         in (after["runs"][0]["error"])
     )
     with sqlite3.connect(workspace / "netmera.db") as db:
-        assert db.execute("SELECT count(*) FROM cs_members WHERE version = 1").fetchone() == (0,)
-        assert db.execute("SELECT max(version) FROM cs_members").fetchone() == (4,)
+        # Pruned: every stay that ended before the oldest kept version (2).
+        assert db.execute("SELECT count(*) FROM cs_members WHERE left_version < 2").fetchone() == (
+            0,
+        )
+    assert max(stored_versions(workspace / "netmera.db")) == 4
 
 
 def test_with_an_api_server_configured_the_cli_triggers_the_restore_run_there(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import sqlalchemy as sa
 
 from include.clients.netmera import MAX_EXT_IDS
-from include.store.tables import members
+from include.store.tables import members, members_at
 
 if TYPE_CHECKING:
     from include.matching.user_table import UserTable
@@ -146,7 +146,7 @@ def _per_member(users: UserTable, segment_id: str, version: int) -> sa.Subquery:
     return (
         sa.select(members.c.user_id, sa.func.min(external_id).label("ext_id"))
         .select_from(members.outerjoin(table, user_id == members.c.user_id))
-        .where(members.c.segment_id == segment_id, members.c.version == version)
+        .where(members_at(segment_id, version))
         .group_by(members.c.user_id)
         .subquery()
     )

@@ -9,11 +9,9 @@ so does a restore until it commits (then Ready), and a refused or failed one nev
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,7 +20,7 @@ import sqlalchemy as sa
 
 from include.store.migrate import upgrade
 from include.store.redaction import MAX_ERROR, redact_personal_data
-from include.store.tables import members, runs, segments, unmatched
+from include.store.tables import current_members, members, members_at, runs, segments, unmatched
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,20 +65,35 @@ RUN_RESULTS = (
     "restored_from",
     "step_seconds",
 )
-KEEP_VERSIONS = 3  # the current membership plus two before it, for added/removed and rollback
-# Unmatched source users are personal data: kept for the last few refreshes only.
+# How many versions are kept: the current membership and those before it that Restore,
+# history, changes and a send in flight can read. Kept as intervals, they cost one audience
+# plus the stays that ended within them, not one audience each.
+KEEP_VERSIONS_ENV = "CONNECTOR_SEGMENTS_KEEP_VERSIONS"
+KEEP_VERSIONS = 30
+# Unmatched source users are personal data: kept for the last few refreshes (and the newest
+# few versions' own refreshes) only.
 KEEP_UNMATCHED_RUNS = 3
 # The segment's counts, set from the run that published its current version.
 LISTED_COUNTS = ("connector_users", "netmera_users", "reachable")
 # What a restore copies from the run that published the version it restores.
 RESTORED_COUNTS = (*LISTED_COUNTS, "matched_source_users", "refused_rows", "reasons", "matched_by")
-# Fills a new version's members, given the transaction and the version's number; returns their
-# user ids when it has them at hand (None: read them back).
-Fill = Callable[[sa.Connection, int], "pa.ChunkedArray | None"]
+# A new version's members (user_id, matched_by), read in the publish's transaction.
+Arriving = Callable[[sa.Connection], "pa.Table"]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def kept_versions_count() -> int:
+    """KEEP_VERSIONS, or what CONNECTOR_SEGMENTS_KEEP_VERSIONS sets (every process of a
+    deployment must see the same value)."""
+    value = os.environ.get(KEEP_VERSIONS_ENV, "").strip()
+    if not value:
+        return KEEP_VERSIONS
+    if not value.isdigit() or int(value) < 2:
+        raise ValueError(f"{KEEP_VERSIONS_ENV}={value!r}: a whole number of versions, at least 2")
+    return int(value)
 
 
 def fails_segment(run: dict[str, Any] | None) -> bool:
@@ -124,6 +137,10 @@ class PublishAborted(RuntimeError):
 
 class RestoreRefused(ValueError):
     """Only a kept, published version other than the current one can be restored."""
+
+
+class ChangesGone(LookupError):
+    """A run's added and removed members cannot be listed; the message says why."""
 
 
 class SegmentStore:
@@ -190,23 +207,102 @@ class SegmentStore:
 
     def member_ids(self, segment_id: str) -> Iterator[str]:
         """The current membership's Netmera user ids, streamed."""
-        current = self._current(segment_id).scalar_subquery()
         query = (
             sa.select(members.c.user_id)
-            .where(members.c.segment_id == segment_id, members.c.version == current)
+            .where(current_members(segment_id))
             .order_by(members.c.user_id)
         )
         with self.engine.connect() as conn:
             for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
                 yield row.user_id
 
+    def stays(self, segment_id: str, user_id: str) -> list[dict[str, Any]]:
+        """The user's kept stays in the segment, oldest first: the version each began and
+        ended in (None: still a member), the kind it entered by, and when the runs that made
+        those versions published them."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(members.c.entered_version, members.c.left_version, members.c.matched_by)
+                .where(members.c.segment_id == segment_id, members.c.user_id == user_id)
+                .order_by(members.c.entered_version)
+            ).all()
+            versions = {v for row in rows for v in row[:2] if v is not None}
+            published = dict(
+                conn.execute(
+                    sa.select(runs.c.version, runs.c.finished_at).where(
+                        runs.c.segment_id == segment_id,
+                        runs.c.status == "published",
+                        runs.c.version.in_(versions),
+                    )
+                ).all()
+            )
+        return [
+            {
+                "entered_version": row.entered_version,
+                "entered_at": published.get(row.entered_version),
+                "matched_by": row.matched_by,
+                "left_version": row.left_version,
+                "left_at": published.get(row.left_version),
+            }
+            for row in rows
+        ]
+
+    def changed_version(self, segment_id: str, run_id: str) -> int:
+        """The version the run published, if its changes are still kept; else ChangesGone
+        saying why (no such run, it published nothing, or its version is no longer kept)."""
+        with self.engine.connect() as conn:
+            run = conn.execute(
+                sa.select(runs.c.status, runs.c.version).where(
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == run_id
+                )
+            ).first()
+            current = self._current_version(conn, segment_id)
+        if run is None:
+            raise ChangesGone(f"segment {segment_id!r} has no run {run_id!r}")
+        if run.status != "published":
+            raise ChangesGone(f"run {run_id!r} published no version (it is {run.status})")
+        if run.version <= (current or 0) - kept_versions_count():
+            raise ChangesGone(
+                f"run {run_id!r} published version {run.version}, which is no longer kept "
+                f"(the newest {kept_versions_count()} are)"
+            )
+        return run.version
+
+    def changes(self, segment_id: str, version: int) -> Iterator[tuple[str, str]]:
+        """(user id, "added" | "removed") of every member the version added or removed against
+        the one before it, by user id, streamed: the stays it began and ended."""
+        change = sa.case((members.c.entered_version == version, "added"), else_="removed")
+        query = (
+            sa.select(members.c.user_id, change.label("change"))
+            .where(
+                members.c.segment_id == segment_id,
+                sa.or_(members.c.entered_version == version, members.c.left_version == version),
+            )
+            .order_by(members.c.user_id)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=50_000).execute(query):
+                yield row.user_id, row.change
+
     def unmatched_run(self, segment_id: str) -> str | None:
         """The run whose unmatched source users explain the current version: the refresh
         that published it (for a restored version, the refresh that first published it);
-        None if nothing is published."""
+        None if nothing is published, or if that refresh's unmatched users are no longer kept
+        (a restore of a version older than the newest few)."""
         with self.engine.connect() as conn:
             version = self._current_version(conn, segment_id)
-            return self._source_run(conn, segment_id, version) if version else None
+            source = self._source_run(conn, segment_id, version) if version else None
+            if source is None:
+                return None
+            reasons = conn.execute(
+                sa.select(runs.c.reasons).where(
+                    runs.c.segment_id == segment_id, runs.c.airflow_run_id == source
+                )
+            ).scalar()
+            kept = conn.execute(
+                sa.select(sa.literal(1)).where(*self._unmatched_of(segment_id, source)).limit(1)
+            ).first()
+            return source if kept or not any((reasons or {}).values()) else None
 
     def unmatched(self, segment_id: str, run_id: str | None) -> Iterator[tuple[str, str]]:
         """(user key, reason) of every unmatched source user of the run (`unmatched_run`, or
@@ -411,8 +507,9 @@ class SegmentStore:
         done = self._published(segment_id, run_id)
         if done:
             return done
+        arriving = self._arriving(member_batches)
         if dry_run:
-            outcome = self._rolled_back(segment_id, self._inserted(segment_id, member_batches))
+            outcome = self._rolled_back(segment_id, arriving)
             self.record_run(
                 segment_id,
                 run_id,
@@ -424,57 +521,15 @@ class SegmentStore:
             )
             return outcome
         listed = {k: getattr(counts, k) for k in LISTED_COUNTS}
-        if self.engine.dialect.name != "postgresql":
-            with self.engine.begin() as conn:
-                fill = self._inserted(segment_id, member_batches)
-                outcome = self._add_version(conn, segment_id, fill)
-                self._make_current(conn, segment_id, run_id, outcome, listed)
-            return outcome
-        # The publish's transaction ends (commits) before the one beside it.
-        with self._pruning_beside(segment_id) as beside, self.engine.begin() as conn:
-            fill = self._inserted(segment_id, member_batches)
-            outcome = self._add_version(conn, segment_id, fill, beside)
-            self._make_current(conn, segment_id, run_id, outcome, listed, pruned=True)
+        with self.engine.begin() as conn:
+            outcome = self._add_version(conn, segment_id, arriving)
+            self._make_current(conn, segment_id, run_id, outcome, listed)
         return outcome
-
-    @contextlib.contextmanager
-    def _pruning_beside(self, segment_id: str) -> Iterator[tuple[int | None, Future]]:
-        """PostgreSQL: while the publish copies the new version in, a second connection reads
-        the current version's ids (for the diff) and deletes the versions the publish will
-        prune, and commits that only once the publish has committed. Both are off the COPY's
-        critical path: together they were half its time. A crash between the two commits
-        leaves one extra version, which the next publish prunes."""
-        conn = self.engine.connect()
-        try:
-            side = conn.begin()
-            current = conn.execute(self._current(segment_id)).scalar_one()
-
-            def read_and_prune() -> pa.ChunkedArray:
-                ids = _version_ids(conn, segment_id, current)
-                conn.execute(self._prune((current or 0) + 1, segment_id))
-                return ids
-
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                old_ids = pool.submit(read_and_prune)
-                try:
-                    yield current, old_ids
-                except BaseException:
-                    futures_wait([old_ids])
-                    side.rollback()
-                    raise
-                try:
-                    old_ids.result()
-                    side.commit()
-                except Exception as exc:  # the publish has committed: the next one prunes
-                    log.warning("segment %s: pruning old versions failed: %s", segment_id, exc)
-                    side.rollback()
-        finally:
-            conn.close()
 
     def preview(self, segment_id: str, member_batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
         """(added, removed): what publishing these members would change against the current
         version. The publish's own work, rolled back (what Approve shows)."""
-        outcome = self._rolled_back(segment_id, self._inserted(segment_id, member_batches))
+        outcome = self._rolled_back(segment_id, self._arriving(member_batches))
         return outcome.added, outcome.removed
 
     def restore(self, segment_id: str, run_id: str, version: int) -> Publication:
@@ -488,7 +543,7 @@ class SegmentStore:
             return done
         with self.engine.begin() as conn:
             source = self._restorable_run(conn, segment_id, version)
-            outcome = self._add_version(conn, segment_id, self._copied(segment_id, version))
+            outcome = self._add_version(conn, segment_id, self._kept(segment_id, version))
             self._make_current(
                 conn,
                 segment_id,
@@ -566,7 +621,7 @@ class SegmentStore:
             .where(
                 runs.c.segment_id == segment_id,
                 runs.c.status == "published",
-                runs.c.version > current - KEEP_VERSIONS,
+                runs.c.version > current - kept_versions_count(),
             )
             .order_by(runs.c.version.desc())
         )
@@ -574,8 +629,9 @@ class SegmentStore:
 
     def _prune_unmatched(self, conn: sa.Connection, segment_id: str, run_id: str) -> None:
         """Keep the unmatched users of `run_id`, of the segment's newest KEEP_UNMATCHED_RUNS
-        refreshes (it included) and of the refreshes the kept versions came from (a restore may
-        make one current again, and the page's are the current version's); delete the rest."""
+        refreshes (it included) and of the refreshes the newest KEEP_UNMATCHED_RUNS versions
+        came from (a restore may make one current again, and the page's are the current
+        version's); delete the rest."""
         others = conn.execute(
             sa.select(runs.c.airflow_run_id)
             .where(
@@ -588,7 +644,7 @@ class SegmentStore:
         ).scalars()
         explaining = {
             self._source_run(conn, segment_id, kept["version"])
-            for kept in self._kept_versions(conn, segment_id)
+            for kept in self._kept_versions(conn, segment_id)[:KEEP_UNMATCHED_RUNS]
         }
         conn.execute(
             unmatched.delete().where(
@@ -640,71 +696,65 @@ class SegmentStore:
             return Publication(*(done[k] for k in ("version", "base_version", "added", "removed")))
         return None
 
-    def _rolled_back(self, segment_id: str, fill: Fill) -> Publication:
+    def _rolled_back(self, segment_id: str, arriving: Arriving) -> Publication:
         """What adding that version would change; nothing of it is kept."""
         try:
             with self.engine.begin() as conn:
-                outcome = self._add_version(conn, segment_id, fill)
+                outcome = self._add_version(conn, segment_id, arriving)
                 raise PublishAborted
         except PublishAborted:
             return outcome
 
-    def _add_version(
-        self,
-        conn: sa.Connection,
-        segment_id: str,
-        fill: Fill,
-        read_beside: tuple[int | None, Future] | None = None,
-    ) -> Publication:
-        """Version current+1, filled, and how it differs from the current one.
-        `read_beside`: the current version and its ids, being read on another connection."""
+    def _add_version(self, conn: sa.Connection, segment_id: str, arriving: Arriving) -> Publication:
+        """Version current+1 with the `arriving` members: the stays of those who left close
+        at it, those who entered open a stay at it; nobody else's row is written."""
+        import pyarrow.compute as pc
+
         current = conn.execute(self._current(segment_id)).scalar_one()  # the segment must exist
         version = (current or 0) + 1
-        new_ids = fill(conn, version)
-        if new_ids is None:
-            new_ids = _version_ids(conn, segment_id, version)
-        if read_beside is not None and read_beside[0] == current:
-            old_ids = read_beside[1].result()
-        else:
-            old_ids = _version_ids(conn, segment_id, current)
-        added, removed = _diff(new_ids, old_ids)
-        return Publication(version, current, added, removed)
+        new = arriving(conn)
+        old = _member_rows(conn, sa.select(members.c.user_id).where(current_members(segment_id)))
+        old_ids, new_ids = old["user_id"].combine_chunks(), new["user_id"].combine_chunks()
+        entered = new.filter(pc.invert(pc.is_in(new_ids, value_set=old_ids)))
+        left = old_ids.filter(pc.invert(pc.is_in(old_ids, value_set=new_ids)))
+        _close_stays(conn, segment_id, version, left)
+        _insert_batches(
+            conn,
+            members,
+            entered.to_batches(),
+            segment_id=segment_id,
+            entered_version=version,
+            left_version=None,
+        )
+        return Publication(version, current, entered.num_rows, len(left))
 
     @staticmethod
-    def _inserted(segment_id: str, member_batches: Iterable[pa.RecordBatch]) -> Fill:
-        def fill(conn: sa.Connection, version: int) -> pa.ChunkedArray:
+    def _arriving(member_batches: Iterable[pa.RecordBatch]) -> Arriving:
+        def arriving(conn: sa.Connection) -> pa.Table:
             import pyarrow as pa
 
-            ids = []
+            batches = [
+                pa.record_batch(
+                    [b["user_id"].cast(pa.string()), b["matched_by"].cast(pa.string())],
+                    names=["user_id", "matched_by"],
+                )
+                for b in member_batches
+            ]
+            return pa.Table.from_batches(batches, _member_schema())
 
-            def noting_ids() -> Iterator[pa.RecordBatch]:
-                for batch in member_batches:
-                    ids.append(batch["user_id"].cast(pa.string()))
-                    yield batch
-
-            _insert_batches(conn, members, noting_ids(), segment_id=segment_id, version=version)
-            return pa.chunked_array(ids, pa.string())
-
-        return fill
+        return arriving
 
     @staticmethod
-    def _copied(segment_id: str, source_version: int) -> Fill:
-        def fill(conn: sa.Connection, version: int) -> None:  # its ids are read back
-            conn.execute(
-                members.insert().from_select(
-                    ["segment_id", "version", "user_id", "matched_by"],
-                    sa.select(
-                        members.c.segment_id,
-                        sa.literal(version, sa.Integer),
-                        members.c.user_id,
-                        members.c.matched_by,
-                    ).where(
-                        members.c.segment_id == segment_id, members.c.version == source_version
-                    ),
-                )
-            )
+    def _kept(segment_id: str, version: int) -> Arriving:
+        """A kept version's members, each with the kind it entered by."""
 
-        return fill
+        def arriving(conn: sa.Connection) -> pa.Table:
+            query = sa.select(members.c.user_id, members.c.matched_by).where(
+                members_at(segment_id, version)
+            )
+            return _member_rows(conn, query)
+
+        return arriving
 
     def _make_current(
         self,
@@ -713,11 +763,10 @@ class SegmentStore:
         run_id: str,
         outcome: Publication,
         listed: dict[str, Any],
-        pruned: bool = False,
         **run_values: Any,
     ) -> None:
         """The new version current, with the segment's counts `listed`; the run published;
-        versions older than KEEP_VERSIONS pruned (unless `pruned` beside it already)."""
+        the stays no kept version spans pruned."""
         now = _now()
         conn.execute(
             segments.update()
@@ -736,15 +785,16 @@ class SegmentStore:
                 status="published", finished_at=now, **asdict(outcome), **run_values
             )
         )
-        if not pruned:
-            conn.execute(self._prune(outcome.version, segment_id))
+        conn.execute(self._prune(outcome.version, segment_id))
         self._prune_unmatched(conn, segment_id, run_id)
 
     @staticmethod
     def _prune(version: int, segment_id: str) -> sa.Delete:
-        """Version `version` keeps KEEP_VERSIONS - 1 before it."""
+        """Version `version` keeps the kept count - 1 before it: a stay that left before the
+        oldest of them goes (one that left in it stays, for that version's changes)."""
         return members.delete().where(
-            members.c.segment_id == segment_id, members.c.version <= version - KEEP_VERSIONS
+            members.c.segment_id == segment_id,
+            members.c.left_version <= version - kept_versions_count(),
         )
 
     @staticmethod
@@ -756,32 +806,51 @@ class SegmentStore:
         )
 
 
-def _version_ids(conn: sa.Connection, segment_id: str, version: int | None) -> pa.ChunkedArray:
-    """The user ids of one version of the segment, by its primary key (no other segment's rows
-    are read): COPY out on PostgreSQL, a SELECT elsewhere."""
+def _member_schema() -> pa.Schema:
     import pyarrow as pa
 
-    if version is None:
-        return pa.chunked_array([], pa.string())
-    query = sa.select(members.c.user_id).where(
-        members.c.segment_id == segment_id, members.c.version == version
-    )
+    return pa.schema([("user_id", pa.string()), ("matched_by", pa.string())])
+
+
+def _member_rows(conn: sa.Connection, query: sa.Select) -> pa.Table:
+    """`query`'s member rows as an Arrow table of strings: COPY out on PostgreSQL, a SELECT
+    elsewhere."""
+    import pyarrow as pa
+
     if conn.dialect.name == "postgresql":
         from include.clients.database import copy_out
 
-        return copy_out(conn, query)["user_id"]
-    return pa.chunked_array([pa.array(conn.execute(query).scalars().all(), pa.string())])
+        return copy_out(conn, query)
+    names = [c.name for c in query.selected_columns]
+    columns = list(zip(*conn.execute(query).all(), strict=True)) or [()] * len(names)
+    arrays = [pa.array(column, pa.string()) for column in columns]
+    return pa.table(arrays, names=names)
 
 
-def _diff(new: pa.ChunkedArray, old: pa.ChunkedArray) -> tuple[int, int]:
-    """(added, removed) between two versions' user ids, each unique within its version.
+def _close_stays(conn: sa.Connection, segment_id: str, version: int, user_ids: pa.Array) -> None:
+    """The open stays of these users end at `version`: on PostgreSQL through a temporary table
+    COPYed in and one UPDATE joined to it, elsewhere one UPDATE a user (the primary key)."""
+    import pyarrow as pa
 
-    In Arrow on the worker rather than a join in the database: PostgreSQL plans that join on
-    a version written in this very transaction without statistics for it, and a NOT EXISTS
-    then ran as a quadratic nested loop (minutes for 100,000 members)."""
-    import pyarrow.compute as pc
+    if not len(user_ids):
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(
+            members.update()
+            .where(current_members(segment_id), members.c.user_id == sa.bindparam("leaving"))
+            .values(left_version=version),
+            [{"leaving": user_id} for user_id in user_ids.to_pylist()],
+        )
+        return
+    from include.clients.database import copy_batch
 
-    if not len(old):
-        return len(new), 0
-    kept = pc.sum(pc.is_in(new, value_set=old.combine_chunks())).as_py() or 0
-    return len(new) - kept, len(old) - kept
+    conn.exec_driver_sql("CREATE TEMP TABLE cs_leaving (user_id text) ON COMMIT DROP")
+    copy_batch(conn, "cs_leaving", pa.record_batch([user_ids], names=["user_id"]))
+    conn.execute(
+        sa.text(
+            "UPDATE cs_members m SET left_version = :version FROM cs_leaving l "
+            "WHERE m.segment_id = :segment AND m.left_version IS NULL AND m.user_id = l.user_id"
+        ),
+        {"version": version, "segment": segment_id},
+    )
+    conn.exec_driver_sql("DROP TABLE cs_leaving")

@@ -57,14 +57,36 @@ runs = sa.Table(
     sa.Column("step_seconds", sa.JSON),
 )
 
+# Membership as intervals: a row is one stay of a user in a segment, from the version it
+# entered in to the version it left in (null: still a member); `matched_by` is the identifier
+# kind that matched the user when it entered. A version's members are the rows spanning it
+# (`members_at`); publish writes only who entered and who left (docs/decisions.md, "Members
+# storage").
 members = sa.Table(
     "cs_members",
     metadata,
     sa.Column("segment_id", sa.String(200), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("entered_version", sa.Integer, primary_key=True),
+    sa.Column("left_version", sa.Integer),
     sa.Column("matched_by", sa.String(30), nullable=False),
 )
+
+
+def members_at(segment_id: str, version: int) -> sa.ColumnElement[bool]:
+    """The rows of the segment's members at `version`: one range of the primary key, no other
+    segment's rows read."""
+    return sa.and_(
+        members.c.segment_id == segment_id,
+        members.c.entered_version <= version,
+        sa.or_(members.c.left_version.is_(None), members.c.left_version > version),
+    )
+
+
+def current_members(segment_id: str) -> sa.ColumnElement[bool]:
+    """The rows of the segment's current members: those whose stay is open."""
+    return sa.and_(members.c.segment_id == segment_id, members.c.left_version.is_(None))
+
 
 # The unmatched source users of a segment's last few runs (KEEP_UNMATCHED_RUNS); no key:
 # rows are only ever written, read and deleted by (segment_id, airflow_run_id).

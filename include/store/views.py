@@ -356,3 +356,37 @@ def kept_versions(store: SegmentStore, segment_id: str, current: int | None) -> 
 def never_ran(segment_id: str) -> str:
     """Why `details` has nothing for the segment (the CLI and the API say the same)."""
     return f"segment {segment_id!r} has never run (or does not exist)"
+
+
+def history(store: SegmentStore, segment_id: str, user_id: str) -> dict[str, Any] | None:
+    """When the Netmera user entered and left the segment, over the kept versions (the CLI's
+    `history` and the API's answer); None for a segment that never ran."""
+    from include.store.repository import kept_versions_count
+
+    row = store.segment(segment_id)
+    if row is None:
+        return None
+    current = row["current_version"]
+    events: list[dict[str, Any]] = []
+    stays = store.stays(segment_id, user_id)
+    for stay in stays:
+        events.append(
+            {
+                "version": stay["entered_version"],
+                "at": iso(stay["entered_at"]),
+                "change": "entered",
+                "matched_by": stay["matched_by"],
+            }
+        )
+        if stay["left_version"] is not None:
+            events.append(
+                {"version": stay["left_version"], "at": iso(stay["left_at"]), "change": "left"}
+            )
+    return {
+        "segment_id": segment_id,
+        "user_id": user_id,
+        "member": bool(stays) and stays[-1]["left_version"] is None,
+        "current_version": current,
+        "oldest_kept_version": max(1, current - kept_versions_count() + 1) if current else None,
+        "events": events,
+    }

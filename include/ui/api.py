@@ -21,6 +21,7 @@ from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 
 from include.config.catalog import SegmentCatalog
@@ -202,6 +203,36 @@ def members_csv(segment_id: Readable) -> StreamingResponse:
     """The current members' Netmera user ids (as `members ID`)."""
     rows = ((user_id,) for user_id in _store().member_ids(segment_id))
     return _csv(f"{segment_id}-members.csv", ("user_id",), rows)
+
+
+@router.get("/segments/{segment_id}/history")
+def user_history(
+    segment_id: Readable, user: Annotated[str, Query(min_length=1, max_length=200)]
+) -> dict[str, Any]:
+    """When the Netmera user `user` entered and left the segment (as `history ID --user`)."""
+    from include.store.views import history, never_ran
+
+    found = history(_store(), segment_id, user)
+    if found is None:
+        raise HTTPException(404, never_ran(segment_id))
+    return found
+
+
+@router.get("/segments/{segment_id}/runs/{run_id}/changes.csv")
+def changes_csv(
+    segment_id: Readable, run_id: Annotated[str, PathParam(max_length=250)]
+) -> StreamingResponse:
+    """The members a published run added and removed (user id, `added`/`removed`); 404 for a
+    run that published nothing or whose version is no longer kept."""
+    from include.store.repository import ChangesGone
+
+    store = _store()
+    try:
+        version = store.changed_version(segment_id, run_id)
+    except ChangesGone as exc:
+        raise HTTPException(404, str(exc)) from None
+    name = f"{segment_id}-v{version}-changes.csv"
+    return _csv(name, ("user_id", "change"), store.changes(segment_id, version))
 
 
 @router.get("/segments/{segment_id}/sends/{send_key:path}/holdout.csv")

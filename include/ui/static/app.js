@@ -817,7 +817,10 @@
         h("td", { class: "num", text: count(r.connector_users) }),
         h("td", { class: "num", text: count(r.netmera_users) }),
         h("td", { class: "num" }, r.added === null || r.added === undefined ? "—" : [
-          h("span", { class: "plus", text: `+${count(r.added)}` }), " ", h("span", { class: "minus", text: `−${count(r.removed)}` })]),
+          h("span", { class: "plus", text: `+${count(r.added)}` }), " ", h("span", { class: "minus", text: `−${count(r.removed)}` }),
+          r.status === "published" && r.version ? h("div", { class: "small" }, h("a", {
+            href: `api/${segmentPath(d.id)}/runs/${encodeURIComponent(r.airflow_run_id)}/changes.csv`,
+            download: `${d.id}-v${r.version}-changes.csv`, "data-link": "changes-csv", title: "Who this run added and removed (CSV)", text: "who (CSV)" })) : null]),
         h("td", { class: r.status === "failed" ? "note failed" : "note", "data-field": "note" },
           h("div", { class: "clamp", title: note, text: note }), log));
     });
@@ -904,8 +907,9 @@
       h("h2", { text: "Kept versions" }), versionsCard(d, row, after),
       h("div", { class: "card" }, h("h2", { text: "Downloads" }), h("div", { class: "actions" },
         h("a", { class: "button", href: `api/${segmentPath(id)}/members.csv`, download: `${id}-members.csv`, "data-link": "members-csv", text: "Members (Netmera user ids, CSV)" }),
-        d.current_version ? unmatchedLink(id, null, `Unmatched source users of version ${d.current_version} and why (CSV)`) : null),
-        d.unmatched_run ? h("p", { class: "muted small", "data-field": "unmatched_run", text: `From run ${d.unmatched_run}, the refresh version ${d.current_version}'s audience came from.` }) : null),
+        d.current_version && d.unmatched_run ? unmatchedLink(id, null, `Unmatched source users of version ${d.current_version} and why (CSV)`) : null),
+        d.unmatched_run ? h("p", { class: "muted small", "data-field": "unmatched_run", text: `From run ${d.unmatched_run}, the refresh version ${d.current_version}'s audience came from.` })
+          : d.current_version ? h("p", { class: "muted small", "data-field": "unmatched_run", text: `The unmatched source users of version ${d.current_version} are no longer kept: only those of the newest three refreshes and versions are.` }) : null),
       h("h2", { text: "Recent runs" }), runsTable(d));
     loadChart(chart, id, gen);
     if (focusVersions) document.getElementById("versions").scrollIntoView();
