@@ -252,7 +252,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     for r in report:
         print(
             f"{r['time']}  v{r['version']}  {r['title']!r}  {r['status']}  "
-            f"{r['recipients']:,}/{r['planned']:,} sent  notification {r['notification_key']}"
+            + (f"to those who entered after v{r['since_version']}  " if r["since_version"] else "")
+            + f"{r['recipients']:,}/{r['planned']:,} sent  notification {r['notification_key']}"
             + (f"  uncertain {r['uncertain']:,}" if r["uncertain"] else "")
             + (
                 f"  held out {r['holdout']:,} ({r['holdout_percent']:g}%)"

@@ -156,6 +156,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
         "message_text",
         "send_key",
         "holdout_percent",
+        "audience",
         "restore_version",
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
@@ -214,6 +215,7 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 "message_text": None,
                 "send_key": "k1",
                 "holdout_percent": None,
+                "audience": None,
                 "restore_version": None,
             }
             for bad in (
@@ -224,6 +226,7 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 {"holdout_percent": -1},
                 {"holdout_percent": "ten"},
                 {"holdout_percent": True},
+                {"audience": "everyone"},
             ):
                 with pytest.raises(ParamValidationError, match=next(iter(bad))):
                     process_params(dag, task, bad, suppress_exception=False)

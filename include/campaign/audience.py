@@ -77,10 +77,13 @@ def audience(
     *,
     fingerprint: str = "",
     holdout_percent: float = 0,
+    entered_after: int | None = None,
 ) -> Audience:
     """The version's addressable members by extId, sorted, in batches of ≤1000 extIds, less the
-    holdout of the message whose `fingerprint` is given (see the module's docstring)."""
-    per_member = _per_member(users, segment_id, version)
+    holdout of the message whose `fingerprint` is given (see the module's docstring).
+    `entered_after`: only the members whose stay began after that version (they entered since;
+    the rest are not counted at all)."""
+    per_member = _per_member(users, segment_id, version, entered_after)
     addressable = per_member.c.ext_id.is_not(None)
     with engine.connect() as conn:
         count, missing = conn.execute(
@@ -140,13 +143,19 @@ def _all_ext_ids(conn: sa.Connection, users: UserTable, user_ids: list[str]) -> 
     return found
 
 
-def _per_member(users: UserTable, segment_id: str, version: int) -> sa.Subquery:
-    """(user_id, ext_id) of each member of the version; ext_id null for those without one."""
+def _per_member(
+    users: UserTable, segment_id: str, version: int, entered_after: int | None
+) -> sa.Subquery:
+    """(user_id, ext_id) of each member of the version (that entered after `entered_after`);
+    ext_id null for those without one."""
     table, user_id, external_id = _user_columns(users)
+    chosen = members_at(segment_id, version)
+    if entered_after is not None:
+        chosen = sa.and_(chosen, members.c.entered_version > entered_after)
     return (
         sa.select(members.c.user_id, sa.func.min(external_id).label("ext_id"))
         .select_from(members.outerjoin(table, user_id == members.c.user_id))
-        .where(members_at(segment_id, version))
+        .where(chosen)
         .group_by(members.c.user_id)
         .subquery()
     )

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from include.campaign.audience import audience
 from include.campaign.send import DEFAULT_PLATFORMS, Message, SendRefused, failure_key, send
-from include.config.segments import MAX_HOLDOUT_PERCENT
+from include.config.segments import MAX_HOLDOUT_PERCENT, SEND_AUDIENCES
 
 if TYPE_CHECKING:
     from include.clients.netmera import NetmeraClient
-    from include.config.segments import SegmentConfig
+    from include.config.segments import SegmentConfig, SendAudience
     from include.store.database import NetmeraDatabase
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,13 @@ def send_message(
         try:
             message = message_for(config, params)
             percent = holdout_percent_for(config, params)
+            to = audience_for(config, params)
         except ValueError as exc:
             if not params.get("dry_run"):  # a dry run writes nothing, failures included
                 _record_failure(config, run_id, params, db, version, exc, sent_by)
             raise
         if params.get("dry_run"):
-            return _preview(config, message, percent, version, db)
+            return _preview(config, message, percent, to, version, db)
         return send(
             engine=db.engine,
             client=client,
@@ -69,6 +70,7 @@ def send_message(
             run_id=run_id,
             holdout_percent=percent,
             sent_by=sent_by,
+            to=to,
         )
     except SendRefused as exc:  # nothing to do, or already sent: say why, send nothing
         log.warning("segment %s: nothing sent: %s", config.id, exc)
@@ -100,8 +102,14 @@ def _target_version(
 
 
 def _preview(
-    config: SegmentConfig, message: Message, percent: float, version: int, db: NetmeraDatabase
+    config: SegmentConfig,
+    message: Message,
+    percent: float,
+    to: SendAudience,
+    version: int,
+    db: NetmeraDatabase,
 ) -> dict[str, Any]:
+    since = db.sends.last_sent_version(config.id, message.fingerprint) if to == "entered" else None
     target = audience(
         db.engine,
         db.users,
@@ -109,6 +117,7 @@ def _preview(
         version,
         fingerprint=message.fingerprint,
         holdout_percent=percent,
+        entered_after=since,
     )
     log.info(
         "segment %s: dry run: would send %r to %d users of version %d in %d batches, "
@@ -129,6 +138,8 @@ def _preview(
         "recipients": target.recipients,
         "holdout": len(target.holdout),
         "holdout_percent": percent,
+        "audience": to,
+        "since_version": since,
         "batches": [len(b.ext_ids) for b in target.batches],
         "not_addressable": target.not_addressable,
         "title": message.title,
@@ -188,3 +199,16 @@ def holdout_percent_for(config: SegmentConfig, params: dict[str, Any]) -> float:
             f"segment {config.id!r}: holdout_percent {asked!r} is outside 0..{MAX_HOLDOUT_PERCENT}"
         )
     return float(asked)
+
+
+def audience_for(config: SegmentConfig, params: dict[str, Any]) -> SendAudience:
+    """Who a send messages: the trigger's `audience` over the YAML campaign's, "all" without
+    either (ValueError naming the segment for anything else)."""
+    asked = params.get("audience")
+    if asked is None:
+        return config.campaign.audience if config.campaign else "all"
+    if asked not in SEND_AUDIENCES:
+        raise ValueError(
+            f"segment {config.id!r}: audience {asked!r} is not one of {list(SEND_AUDIENCES)}"
+        )
+    return asked

@@ -28,6 +28,8 @@ def send_report(send: dict[str, Any], client) -> dict[str, Any]:
         "holdout": send["holdout"],
         "holdout_shared": send["holdout_shared"],
         "holdout_percent": send["holdout_percent"],
+        "audience": send["audience"],
+        "since_version": send["since_version"],
         "planned": send["recipients"],
         "send_key": send["send_key"],
         "error": send["error"],

@@ -37,6 +37,7 @@ from include.store import sends as ledger_states
 from include.store.sends import SendLedger
 
 if TYPE_CHECKING:
+    from include.config.segments import SendAudience
     from include.matching.user_table import UserTable
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,11 @@ def send(
     run_id: str,
     holdout_percent: float = 0,
     sent_by: str | None = None,
+    to: SendAudience = "all",
 ) -> dict[str, Any]:
     """Send (or resume sending) the message to the version; returns the ledger's summary.
+    `to`: "all" its members, or "entered": those who entered since the version this message
+    was last sent to (all of them the first time), chosen when the entry is created.
 
     `client` builds the Netmera client, once the ledger entry exists: a Connection that is
     undefined or unusable fails the entry (with its reason) like a refusal from Netmera does.
@@ -104,6 +108,9 @@ def send(
             "nothing sent. Trigger with a new send_key to send it again."
         )
     if entry is None:
+        since = None
+        if to == "entered":
+            since = ledger.last_sent_version(segment_id, message.fingerprint)
         target = audience(
             engine,
             users,
@@ -111,8 +118,9 @@ def send(
             version,
             fingerprint=message.fingerprint,
             holdout_percent=holdout_percent,
+            entered_after=since,
         )
-        _refuse_empty(target, segment_id, version)
+        _refuse_empty(target, segment_id, version, since)
         send_id = ledger.create(
             segment_id=segment_id,
             version=version,
@@ -126,12 +134,15 @@ def send(
             holdout_percent=holdout_percent,
             sent_by=sent_by,
             run_id=run_id,
+            audience=to,
+            since_version=since,
         )
         log.info(
-            "segment %s: send %s created: %d recipients in %d batches, %d held out (%s%%), "
+            "segment %s: send %s created%s: %d recipients in %d batches, %d held out (%s%%), "
             "%d not addressable",
             segment_id,
             key,
+            f" for those who entered since version {since}" if since is not None else "",
             target.recipients,
             len(target.batches),
             len(target.holdout),
@@ -181,12 +192,13 @@ def send(
     }
 
 
-def _refuse_empty(target: Audience, segment_id: str, version: int) -> None:
+def _refuse_empty(target: Audience, segment_id: str, version: int, since: int | None) -> None:
     if target.batches:
         return
     held = f", {len(target.holdout)} held out" if target.holdout else ""
+    who = f"no member who entered since version {since}" if since is not None else "no member"
     raise SendRefused(
-        f"segment {segment_id!r}: version {version} has no member to message "
+        f"segment {segment_id!r}: version {version} has {who} to message "
         f"({target.not_addressable} without an extId{held})"
     )
 

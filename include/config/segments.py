@@ -143,6 +143,10 @@ class Guardrails(_Strict):
 MAX_HOLDOUT_PERCENT = 50  # a holdout past half the audience is no campaign
 
 
+SendAudience = Literal["all", "entered"]
+SEND_AUDIENCES: tuple[SendAudience, ...] = ("all", "entered")
+
+
 class Campaign(_Strict):
     """The segment's default message for Send Message (trigger Params may override the text)."""
 
@@ -155,6 +159,9 @@ class Campaign(_Strict):
     # The share of addressable members held out of each send (recorded, never messaged); a
     # number (decimals allowed), strictly: `true` or "10" are mistakes, not 1 % or 10 %.
     holdout_percent: float = Field(default=0.0, ge=0, le=MAX_HOLDOUT_PERCENT, strict=True)
+    # Who a send messages: every member of the version, or only those who entered since the
+    # version the same message was last sent to (a welcome flow with send_on_refresh).
+    audience: SendAudience = "all"
 
 
 AlertEvent = Literal["failed", "held", "stale"]

@@ -52,6 +52,7 @@ from airflow.sdk import (
 
 from include.config.segments import (
     MAX_HOLDOUT_PERCENT,
+    SEND_AUDIENCES,
     SegmentConfig,
     SegmentConfigError,
     find_segment,
@@ -131,6 +132,16 @@ PARAMS = {
         title="Holdout percent",
         description="Share of the addressable members (0-50) that Send Message holds out: "
         "recorded, never messaged. Empty: the YAML campaign's (default 0).",
+        **SCHEMA_DRAFT,
+    ),
+    "audience": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *SEND_AUDIENCES],
+        title="Audience",
+        description="Who Send Message messages: all members, or those who entered since the "
+        "version this message was last sent to (all the first time). Empty: the YAML "
+        "campaign's (default all).",
         **SCHEMA_DRAFT,
     ),
     "restore_version": Param(

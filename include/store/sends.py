@@ -66,6 +66,18 @@ class SendLedger:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def last_sent_version(self, segment_id: str, fingerprint: str) -> int | None:
+        """The newest version the message (by its fingerprint, whatever its send_key) was sent
+        to: a send that finished, or that messaged (or may have messaged) anyone before it
+        failed. None if it never was."""
+        query = sa.select(sa.func.max(sends.c.version)).where(
+            sends.c.segment_id == segment_id,
+            sends.c.fingerprint == fingerprint,
+            sa.or_(sends.c.status.in_((DONE, PARTIAL)), sends.c.sent + sends.c.uncertain > 0),
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
     def create(
         self,
         *,
@@ -81,6 +93,8 @@ class SendLedger:
         holdout_percent: float,
         sent_by: str | None,
         run_id: str,
+        audience: str = "all",
+        since_version: int | None = None,
     ) -> int:
         """The send's entry, its batches ((extIds, the members behind them), in order) and its
         held-out members' user ids, in one transaction; counts are the members'."""
@@ -106,6 +120,8 @@ class SendLedger:
                     batches=0,
                     airflow_run_id=run_id,
                     sent_by=sent_by,
+                    audience=audience,
+                    since_version=since_version,
                     created_at=now,
                     updated_at=now,
                 )

@@ -126,7 +126,7 @@ sends = sa.Table(
     sa.Column("sent_by", sa.String(250)),  # the run's triggering user, or "schedule"
     # "all" the version's members, or "entered": those who entered after `since_version` (the
     # version the same message was last sent to; null the first time: all of them).
-    sa.Column("audience", sa.String(10), nullable=False),
+    sa.Column("audience", sa.String(10), nullable=False, default="all"),
     sa.Column("since_version", sa.Integer),
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -31,6 +31,7 @@ from include.config.segments import (
     SegmentConfig,
     SegmentConfigError,
     SegmentNotFound,
+    SendAudience,
     dag_id_of,
     find_segment,
     segments_dir,
@@ -141,16 +142,19 @@ def segment_campaign(
     holdout_percent: Annotated[float | None, Query(ge=0, le=MAX_HOLDOUT_PERCENT)] = None,
     title: Annotated[str | None, Query(max_length=500)] = None,
     text: Annotated[str | None, Query(max_length=5000)] = None,
+    to: Annotated[SendAudience | None, Query(alias="audience")] = None,
 ) -> dict[str, Any]:
     """What Send Message would send, before the user confirms: the YAML campaign (title and
-    text may be null: the form asks for them; `holdout_percent` its default) and the split of
-    the published version's members the send would make (members = recipients + holdout +
-    not_addressable), for the `holdout_percent` asked (else the YAML's) and the message the
-    form would send (`title`/`text` over the YAML's: the draw depends on the message). If that
-    message's send to this version failed, confirming resumes it with the holdout it drew:
-    its recorded split, and `resumes` names it."""
+    text may be null: the form asks for them; `holdout_percent` and `audience` its defaults)
+    and the split of the published version's members the send would make (members =
+    recipients + holdout + not_addressable), for the `holdout_percent` and `audience` asked
+    (else the YAML's) and the message the form would send (`title`/`text` over the YAML's:
+    the draw depends on the message; `entered` counts only those who entered since the
+    version it was last sent to, `since_version`). If that message's send to this version
+    failed, confirming resumes it with the holdout it drew: its recorded split, and `resumes`
+    names it."""
     from include.campaign.audience import audience
-    from include.campaign.message import holdout_percent_for, message_for
+    from include.campaign.message import audience_for, holdout_percent_for, message_for
     from include.campaign.send import DEFAULT_PLATFORMS, send_key
     from include.store import sends as ledger
 
@@ -160,6 +164,7 @@ def segment_campaign(
         "message_title": title or None,
         "message_text": text or None,
         "holdout_percent": holdout_percent,
+        "audience": to,
     }
     try:
         message = message_for(config, asked)
@@ -172,7 +177,9 @@ def segment_campaign(
         "text": campaign.text if campaign else None,
         "platforms": list(campaign.platforms if campaign else DEFAULT_PLATFORMS),
         "holdout_percent": campaign.holdout_percent if campaign else 0.0,
+        "audience": campaign.audience if campaign else "all",
         "version": version,
+        "since_version": None,
         "resumes": None,
     }
     earlier = db.sends.find(send_key(segment_id, version, message, None)) if message else None
@@ -180,7 +187,10 @@ def segment_campaign(
         # Confirming resumes that send, with the holdout it drew: show its split, not a new one.
         split = {k: earlier[k] for k in ("recipients", "holdout", "not_addressable")}
         resumes = {"send_key": earlier["send_key"], "holdout_percent": earlier["holdout_percent"]}
-        return {**answer, **split, "members": sum(split.values()), "resumes": resumes}
+        since = {"since_version": earlier["since_version"]}
+        return {**answer, **split, **since, "members": sum(split.values()), "resumes": resumes}
+    if message and audience_for(config, asked) == "entered":
+        answer["since_version"] = db.sends.last_sent_version(segment_id, message.fingerprint)
     target = audience(
         db.engine,
         db.users,
@@ -188,6 +198,7 @@ def segment_campaign(
         version,
         fingerprint=message.fingerprint if message else "",
         holdout_percent=holdout_percent_for(config, asked),
+        entered_after=answer["since_version"],
     )
     return {
         **answer,
@@ -334,10 +345,13 @@ def send(
     holdout_percent: Annotated[
         float | None, Body(ge=0, le=MAX_HOLDOUT_PERCENT, strict=True)
     ] = None,
+    to: Annotated[SendAudience | None, Body(alias="audience")] = None,
 ) -> dict[str, str]:
     """Send Message to the published version: the YAML campaign, or `title`/`text`, holding
-    out `holdout_percent` of the addressable members (else the YAML's). The holdout is no part
-    of the send's key: a message already sent to the version is refused whatever it asks."""
+    out `holdout_percent` of the addressable members (else the YAML's), to `audience` `all`
+    its members or those who `entered` since the version this message was last sent to (else
+    the YAML's). Neither is part of the send's key: a message already sent to the version is
+    refused whatever it asks."""
     from include.campaign.message import message_for
     from include.campaign.send import send_key
     from include.store import sends as ledger
@@ -364,6 +378,8 @@ def send(
     conf = {"refresh": False, "send_message": True, **params}
     if holdout_percent is not None:
         conf["holdout_percent"] = holdout_percent
+    if to is not None:
+        conf["audience"] = to
     return _trigger(actor, "send", conf)
 
 

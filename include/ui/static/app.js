@@ -348,12 +348,19 @@
     text.value = campaign.text || "";
     const holdout = h("input", { type: "number", name: "holdout_percent", min: 0, max: 50, step: "any", required: true, class: "short" });
     holdout.value = campaign.holdout_percent || 0;
+    const to = h("select", { name: "audience" },
+      h("option", { value: "all", text: "Every member of this version" }),
+      h("option", { value: "entered", text: "Only those who entered since this message was last sent" }));
+    to.value = campaign.audience || "all";
     const field = (name, value) => h("strong", { "data-field": name, text: count(value) });
     const split = h("div", { class: "summary", "data-role": "split" });
     const confirm = { label: null };
     function showSplit(figures) {
+      const since = figures.since_version;
       replace(split,
-        h("div", {}, "Members: ", field("members", figures.members ?? (figures.recipients + figures.not_addressable))),
+        h("div", {}, "Members: ", field("members", figures.members ?? (figures.recipients + figures.not_addressable)),
+          to.value === "entered" ? h("span", { class: "muted small", "data-role": "since",
+            text: since ? ` (those who entered after version ${since}, the last this message was sent to)` : " (all: this message was never sent)" }) : null),
         h("div", {}, "Recipients: ", field("recipients", figures.recipients),
           h("span", { class: "muted small", text: " (messaged)" })),
         h("div", {}, "Holdout: ", field("holdout", figures.holdout || 0),
@@ -374,7 +381,7 @@
       const mine = asking = new AbortController();
       try {
         // Which members are held out depends on the message too: ask with the form's.
-        const query = new URLSearchParams({ holdout_percent: percent, title: title.value, text: text.value });
+        const query = new URLSearchParams({ holdout_percent: percent, title: title.value, text: text.value, audience: to.value });
         const figures = await api(`${path}?${query}`, { signal: mine.signal });
         if (mine === asking) showSplit(figures);
       } catch (error) {
@@ -384,23 +391,26 @@
     let timer = null;
     const later = () => { clearTimeout(timer); timer = setTimeout(resplit, 400); };
     holdout.addEventListener("input", later);
-    // The message changes the draw only when someone is held out (or it resumes a failed send).
-    for (const input of [title, text]) input.addEventListener("input", () => { if (Number(holdout.value)) later(); });
+    to.addEventListener("change", resplit);
+    // The message changes the draw only when someone is held out, and who entered since it
+    // was last sent.
+    for (const input of [title, text]) input.addEventListener("input", () => { if (Number(holdout.value) || to.value === "entered") later(); });
     const body = [
       h("p", { class: "muted" }, "To the members of ", h("strong", { text: row.name }),
         ` (version ${campaign.version}), on ${(campaign.platforms || []).join(" and ") || "every platform"}.`),
       h("label", { text: "Title" }), title,
       h("label", { text: "Message" }), text,
+      h("label", { text: "To" }), to,
       h("label", { text: "Holdout group (% of the addressable members not messaged, 0–50)" }), holdout,
       split,
     ];
     confirm.button = confirmBox(`Send Message: ${row.name}`, body, `Send to ${count(campaign.recipients)} users`, async () => {
       const answer = await post(`${segmentPath(row.id)}/send`,
-        { title: title.value, text: text.value, holdout_percent: Number(holdout.value) || 0 });
+        { title: title.value, text: text.value, holdout_percent: Number(holdout.value) || 0, audience: to.value });
       started("Send Message", answer);
       after(row.id, "send");
     }, "confirm-send");
-    if (Number(holdout.value)) resplit();
+    if (Number(holdout.value) || to.value === "entered") resplit();
     title.focus();
   }
 
@@ -941,7 +951,8 @@
     setCrumbs(row || { id, name: id }, "Message Report");
     const rows = sends.map((s) => h("tr", { "data-send": s.send_key || "" },
       h("td", {}, when(s.time), s.sent_by ? h("div", { class: "muted small", "data-field": "sent_by", text: `by ${s.sent_by}` }) : null),
-      h("td", { class: "num", text: `v${s.version}` }),
+      h("td", { class: "num" }, `v${s.version}`, s.audience === "entered" ? h("div", { class: "muted small", "data-field": "audience",
+        text: s.since_version ? `entered after v${s.since_version}` : "entered (first send: all)" }) : null),
       h("td", { class: "message" }, h("div", { "data-field": "title", class: "strong", text: s.title }),
         s.text ? h("div", { class: "muted small clamp", "data-field": "text", title: s.text, text: s.text }) : null,
         s.notification_key !== null && s.notification_key !== undefined

@@ -5,8 +5,11 @@ version and member.
 The kept versions' rows become intervals: each run of consecutive versions a user is a member
 of is one row (gaps and islands: a version minus the row's rank among the user's versions is
 constant along a run), open if it reaches the segment's current version. History begins at the
-oldest version the store kept (three before this revision). `matched_by` is the kind that
-matched the user in the first version of the stay.
+oldest version the store kept (three before this revision): a stay that was already running
+then began at an unknown earlier version, recorded as version 0 ("before the store kept
+history"), so that a send to those who entered since some earlier version never takes its user
+for a newcomer. `matched_by` is the kind that matched the user in the first kept version of
+the stay.
 
 Revision ID: 0011
 Revises: 0010
@@ -37,7 +40,9 @@ def upgrade() -> None:
         """
         INSERT INTO cs_member_intervals
             (segment_id, user_id, entered_version, left_version, matched_by)
-        SELECT i.segment_id, i.user_id, i.entered, CASE
+        SELECT i.segment_id, i.user_id,
+               CASE WHEN i.entered = o.oldest AND o.oldest > 1 THEN 0 ELSE i.entered END,
+               CASE
                    WHEN i.last_version >= COALESCE(s.current_version, 0) THEN NULL
                    ELSE i.last_version + 1
                END,
@@ -61,6 +66,9 @@ def upgrade() -> None:
             GROUP BY segment_id, user_id, island
         ) i
         JOIN cs_segments s ON s.id = i.segment_id
+        JOIN (
+            SELECT segment_id, min(version) AS oldest FROM cs_members GROUP BY segment_id
+        ) o ON o.segment_id = i.segment_id
         """
     )
     op.drop_table("cs_members")
