@@ -804,13 +804,21 @@
           text: "Restore", onclick: () => restore(row, v, after),
         })));
     });
+    // 30 versions are kept: the newest few show, the rest one click away.
+    const SHOWN = 5;
+    const more = rows.length > SHOWN ? h("tr", { "data-role": "more-versions" }, h("td", { colspan: 8 },
+      h("button", { type: "button", class: "link", text: `Show all ${rows.length} kept versions`, onclick: (event) => {
+        rows.slice(SHOWN).forEach((r) => { r.hidden = false; });
+        event.target.closest("tr").remove();
+      } }))) : null;
+    rows.slice(SHOWN).forEach((r) => { r.hidden = true; });
     return h("div", { class: "card flush", id: "versions", "data-role": "versions" },
       h("table", {},
         h("thead", {}, h("tr", {}, h("th", { text: "Kept version" }), h("th", { text: "Published" }),
           h("th", { class: "num", text: "Connector" }), h("th", { class: "num", text: "Netmera" }),
           h("th", { class: "num", text: "Reachable" }), h("th", { class: "num", text: "Added / removed" }),
           h("th", { text: "" }), h("th", { text: "" }))),
-        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No version published yet." })))));
+        h("tbody", {}, rows.length ? [rows, more] : h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No version published yet." })))));
   }
 
   function runsTable(d) {
