@@ -36,6 +36,7 @@ TASKS = {
     "publish.publish": ("bench.publish", "publish"),
     "refresh.run": ("bench.refresh", "run"),
     "fleet.floor": ("bench.fleet", "floor_refreshes"),
+    "incremental.refresh": ("bench.incremental", "refresh"),
 }
 
 
