@@ -156,6 +156,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
         "message_text",
         "send_key",
         "holdout_percent",
+        "full_refresh",
         "restore_version",
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
@@ -214,6 +215,7 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 "message_text": None,
                 "send_key": "k1",
                 "holdout_percent": None,
+                "full_refresh": False,
                 "restore_version": None,
             }
             for bad in (
