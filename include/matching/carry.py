@@ -4,9 +4,9 @@ stored resolution over (docs/decisions.md, "Incremental matching").
 A source user's resolution (its Netmera user, or its one reason; reachable or not) depends
 only on its identifier values and on which Netmera users hold each value it looked up, up to
 the first that found exactly one. The store keeps, per source user, that resolution, the
-digest of its identifier fields and its *terms*: each (kind, value) it looked up and each
-Netmera user it found (alone, or among the candidates of an ambiguous value). A refresh
-re-matches the source users
+digest of its identifier fields and its *terms*: each (kind, value) it looked up (the value
+hashed) and each Netmera user it found (alone, or among the candidates of an ambiguous value).
+A refresh re-matches the source users
 - added, or whose identifier fields changed (a new digest); removed ones are dropped;
 - with a term naming a Netmera user that changed (`changes.changed_rows`) or was deleted
   (`changes.missing_users`): it may have lost a value or its push permission;
@@ -19,19 +19,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from include.matching.changes import ChangeColumn, changed_rows, missing_users, read_mark
+from include.matching.decide import duckdb_config
 from include.matching.rules import RULES_VERSION, USER_TERM
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import sqlalchemy as sa
 
     from include.config.segments import SegmentConfig
-    from include.matching.changes import ChangeColumn
     from include.matching.user_table import UserTable
+
+log = logging.getLogger(__name__)
 
 DIGESTS_FILE = "digests.parquet"
 KEPT_FILE = "kept.parquet"
@@ -139,6 +144,67 @@ def full_reason(
     return None
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What a match with kept resolutions does: match the source users in `staged` (all of
+    them, or the re-matched ones' rows), decide with `carried` (None: a full match), and have
+    the store keep `update` (to which the match adds the resolutions and terms it wrote)."""
+
+    staged: Path
+    digests: Path  # (user_key, digest) of every source user
+    carried: Path | None
+    update: Update
+
+
+def prepare(
+    segment: SegmentConfig,
+    staged: Path,
+    engine: sa.Engine,
+    users: UserTable,
+    extra: dict[str, Any],
+    workdir: Path,
+    kept: Kept,
+    full_refresh: bool,
+    now: datetime,
+) -> Planned | None:
+    """Plan a match that keeps resolutions: in full (`full_reason`) or incremental; None when
+    the Connection names no change column (nothing can be kept)."""
+    import duckdb
+
+    change = ChangeColumn.from_extras(extra)
+    if change is None:
+        return None
+    state, now_basis = kept.state(), basis(segment, users, change)
+    why = full_reason(segment, change, state, now_basis, full_refresh, now)
+    mark = read_mark(engine)  # before any lookup: what changes after it is read again
+    digests = workdir / DIGESTS_FILE
+    con = duckdb.connect(config=duckdb_config(workdir, PLAN_MEMORY))
+    try:
+        write_digests(con, segment, staged, digests)
+        if why is not None or state is None:
+            log.info("segment %s: matching in full: %s", segment.id, why)
+            return Planned(staged, digests, None, Update(True, now_basis, mark, now))
+        kinds = {i.kind for i in segment.identifiers}
+        changed = changed_rows(engine, users, change, state.mark, kinds)
+        gone = missing_users(engine, users, kept.user_ids())
+        affected = kept.keys_with_terms(changed_terms(changed, gone))
+        found = plan(con, digests, kept.export(workdir / KEPT_FILE), affected, workdir)
+    finally:
+        con.close()
+    rematch = workdir / REMATCH_FILE
+    write_rematch(segment, staged, found.rematch, rematch)
+    log.info(
+        "segment %s: incremental match: %d source users to match again (%d Netmera users"
+        " changed, %d deleted)",
+        segment.id,
+        len(found.rematch),
+        len(set(changed["user_id"].to_pylist())),
+        len(gone),
+    )
+    update = Update(False, now_basis, mark, state.full_at, dropped=str(found.dropped))
+    return Planned(rematch, digests, found.carried, update)
+
+
 def _keyed_batches(segment: SegmentConfig, staged: Path) -> Any:
     """The staged batches with `cs_key`, the user key as matching reads it (trimmed)."""
     import pyarrow.compute as pc
@@ -182,11 +248,14 @@ def write_digests(con: Any, segment: SegmentConfig, staged: Path, destination: P
 
 def changed_terms(changed: pa.Table, gone: list[str]) -> pa.Table:
     """The terms a kept resolution must not carry over with: each changed user's (USER_TERM,
-    id) and (kind, value) of what it holds now, each deleted user's (USER_TERM, id)."""
+    id) and (kind, SHA-256 of the value) of what it holds now, each deleted user's
+    (USER_TERM, id)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     held = changed.filter(pc.is_valid(changed["kind"]))
+    # As the store keeps them (rules.copy_terms): hashed.
+    hashed = [hashlib.sha256(v.encode()).hexdigest() for v in held["value"].to_pylist()]
     users = pc.unique(
         pa.concat_arrays([changed["user_id"].combine_chunks(), pa.array(gone, pa.string())])
     )
@@ -196,7 +265,7 @@ def changed_terms(changed: pa.Table, gone: list[str]) -> pa.Table:
             "kind": pa.concat_arrays(
                 [held["kind"].combine_chunks(), pa.repeat(pa.scalar(USER_TERM), len(users))]
             ),
-            "value": pa.concat_arrays([held["value"].combine_chunks(), users]),
+            "value": pa.concat_arrays([pa.array(hashed, pa.string()), users]),
         }
     )
 

@@ -6,8 +6,9 @@ timestamp on the database's clock, set when a row is inserted and whenever its u
 identifiers or push permission change. The database's time read before a match is its *mark*;
 the next match reads the rows changed at or after `mark - overlap` (extra
 `changed_at_overlap_seconds`, default 600): a transaction that set its timestamp before the
-mark but committed after it was read is still seen, as long as it commits within the overlap. Deletions need no column: the
-Netmera users a stored resolution depends on are looked up by id, and those gone are changes.
+mark but committed after it was read is still seen, as long as it commits within the overlap.
+Deletions need no column: the Netmera users a stored resolution depends on are looked up by id,
+and those gone are changes.
 """
 
 from __future__ import annotations

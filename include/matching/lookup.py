@@ -85,8 +85,9 @@ def lookup(
         session.run(rules.create_reach(users, dialect, alone))
     # Few rows (ambiguous values only), read for incremental matching (`carry.py`).
     session.run(rules.CREATE_CANDIDATES)
-    for (kind,) in session.run(rules.AMBIGUOUS_KINDS):
-        session.run(rules.insert_candidates(IdentifierKind(kind), users, dialect))
+    for kind, values in session.run(rules.AMBIGUOUS_KINDS):
+        probe = users.probes(kind, int(values))
+        session.run(rules.insert_candidates(IdentifierKind(kind), users, dialect, probe))
 
 
 def _resolve(session: Session, priority: int, kind: IdentifierKind, resolve: Resolve) -> None:

@@ -3,7 +3,9 @@
 decide (in DuckDB, whichever backend looked up) → result.
 
 `paths.py` chooses the backend; both feed the same decision (`decide.py`) the same tables
-(`rules.py`), so members, reasons and counts do not depend on the path.
+(`rules.py`), so members, reasons and counts do not depend on the path. With the resolutions
+the last match kept, `carry.py` first plans who must be matched again: the pipeline then runs
+over those alone, and the decision adds everyone else as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from include.matching import decide, rules
+from include.matching import carry, decide, rules
 from include.matching.audience import identifier_reader
 from include.matching.database import Database
 from include.matching.paths import choose_path
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from include.config.segments import SegmentConfig
-    from include.matching.carry import Kept, Update
+    from include.matching.carry import Kept, Planned
     from include.matching.user_table import UserTable
 
 log = logging.getLogger(__name__)
@@ -65,55 +67,16 @@ def match_audience(
     With `kept` (the resolutions the last match kept) the match is incremental when it can be
     (`carry.full_reason`; `full_refresh` asks for a full one): only the source users it must
     are matched again (`carry.py`); the result says what to keep (`MatchResult.resolutions`)."""
-    import duckdb
-
-    from include.matching import carry
-    from include.matching.changes import ChangeColumn, changed_rows, missing_users, read_mark
 
     if kept is None:
         return _matched(segment, staged, engine, users, extra, workdir)
-    change = ChangeColumn.from_extras(extra)
-    if change is None:  # nothing would keep stored resolutions true: none are kept
+    planned = carry.prepare(
+        segment, staged, engine, users, extra, workdir, kept, full_refresh, now or datetime.now(UTC)
+    )
+    if planned is None:  # no change column: nothing would keep resolutions true, none are kept
         result = _matched(segment, staged, engine, users, extra, workdir)
         return dataclasses.replace(result, resolutions=carry.Update(full=True))
-    now = now or datetime.now(UTC)
-    kinds = {i.kind for i in segment.identifiers}
-    state, now_basis = kept.state(), carry.basis(segment, users, change)
-    why = carry.full_reason(segment, change, state, now_basis, full_refresh, now)
-    mark = read_mark(engine)  # before any lookup: later changes are read again
-    digests = workdir / carry.DIGESTS_FILE
-    con = duckdb.connect(config=decide.duckdb_config(workdir, carry.PLAN_MEMORY))
-    try:
-        carry.write_digests(con, segment, staged, digests)
-        if why is None:
-            assert state is not None
-            changed = changed_rows(engine, users, change, state.mark, kinds)
-            gone = missing_users(engine, users, kept.user_ids())
-            affected = kept.keys_with_terms(carry.changed_terms(changed, gone))
-            planned = carry.plan(
-                con, digests, kept.export(workdir / carry.KEPT_FILE), affected, workdir
-            )
-        else:
-            log.info("segment %s: matching in full: %s", segment.id, why)
-    finally:
-        con.close()
-    if why is not None:
-        update = carry.Update(True, now_basis, mark, now)
-        return _matched(segment, staged, engine, users, extra, workdir, digests, update)
-    rematch = workdir / carry.REMATCH_FILE
-    carry.write_rematch(segment, staged, planned.rematch, rematch)
-    log.info(
-        "segment %s: incremental match: %d source users matched again (%d Netmera rows changed,"
-        " %d users deleted)",
-        segment.id,
-        len(planned.rematch),
-        len(set(changed["user_id"].to_pylist())),
-        len(gone),
-    )
-    update = carry.Update(False, now_basis, mark, state.full_at, dropped=str(planned.dropped))
-    return _matched(
-        segment, rematch, engine, users, extra, workdir, digests, update, planned.carried
-    )
+    return _matched(segment, planned.staged, engine, users, extra, workdir, planned)
 
 
 def _matched(
@@ -123,23 +86,20 @@ def _matched(
     users: UserTable,
     extra: dict[str, Any],
     workdir: Path,
-    digests: Path | None = None,
-    update: Update | None = None,
-    carried: Path | None = None,
+    planned: Planned | None = None,
 ) -> MatchResult:
-    """Match the source users `staged` holds; with `update`, write their resolutions and
-    terms out and decide with those `carried` over."""
+    """Match the source users `staged` holds; with `planned`, write their resolutions and
+    terms out for the store, and decide with those it carries over."""
     import pyarrow.parquet as pq
-
-    from include.matching import carry
 
     rows = pq.ParquetFile(staged).metadata.num_rows
     carrying = None
-    if update is not None and digests is not None:
+    if planned is not None:
         carrying = decide.Carry(
-            carried, workdir / carry.RESOLUTIONS_FILE, workdir / carry.TERMS_FILE
+            planned.carried, workdir / carry.RESOLUTIONS_FILE, workdir / carry.TERMS_FILE
         )
-    if carried is not None and not rows:  # nobody to look up: no backend, empty lookups
+    if planned is not None and planned.carried is not None and not rows:
+        # Nobody to look up: no backend, empty lookups.
         backend: AbstractContextManager[Backend] = nullcontext(_Unchanged(users))
     else:
         path = choose_path(engine, extra, users, rows, {i.kind for i in segment.identifiers})
@@ -149,19 +109,22 @@ def _matched(
             if path == "database"
             else exported(engine, users, segment, workdir)
         )
+    digests = planned.digests if planned else None
     with backend as found_by:
         result = match_identifiers(
             segment, identifier_reader(segment, staged), found_by, workdir, carrying, digests
         )
-    if update is None:
+    if planned is None or carrying is None:
         return result
-    assert carrying is not None
     update = dataclasses.replace(
-        update, resolutions=str(carrying.resolutions), terms=str(carrying.terms)
+        planned.update, resolutions=str(carrying.resolutions), terms=str(carrying.terms)
     )
-    mode = "full" if carried is None else "incremental"
-    rematched = rows and pq.read_metadata(carrying.resolutions).num_rows
-    return dataclasses.replace(result, mode=mode, rematched=rematched, resolutions=update)
+    return dataclasses.replace(
+        result,
+        mode="full" if planned.carried is None else "incremental",
+        rematched=pq.read_metadata(carrying.resolutions).num_rows,  # one a source user
+        resolutions=update,
+    )
 
 
 class _Unchanged:

@@ -244,20 +244,24 @@ def add_resolved(priority: int) -> list[str]:
 
 
 CREATE_CANDIDATES = "CREATE TEMP TABLE cs_candidates (kind TEXT, value TEXT, user_id TEXT)"
-AMBIGUOUS_KINDS = "SELECT DISTINCT kind FROM cs_hits WHERE n > 1"
+AMBIGUOUS_KINDS = "SELECT kind, count(DISTINCT value) FROM cs_hits WHERE n > 1 GROUP BY kind"
 
 
-def insert_candidates(kind: IdentifierKind, users: UserSide, dialect: Dialect) -> str:
-    """The users holding each value of `kind` that several hold (few: the ambiguous ones).
-    A row without a user id has no key to follow, so it is not listed."""
+def insert_candidates(
+    kind: IdentifierKind, users: UserSide, dialect: Dialect, probe: bool = False
+) -> str:
+    """The users holding each value of `kind` that several hold (few: the ambiguous ones),
+    through the kind's index when `probe`. A row without a user id has no key to follow, so
+    it is not listed."""
     user_id = users.columns["user_id"]
     column = users.columns[KIND_COLUMN[kind]]
     stored = dialect.sha256_hex.format(column) if kind in HASHED else column
+    values = f"SELECT value FROM cs_hits WHERE kind = '{kind.value}' AND n > 1"
+    wanted = f"= ANY(ARRAY({values}))" if probe else f"IN ({values})"
     return (
         f"INSERT INTO cs_candidates SELECT DISTINCT '{kind.value}', {stored},"
         f" CAST({user_id} AS TEXT) FROM {users.relation} u"
-        f" WHERE {stored} IN (SELECT value FROM cs_hits WHERE kind = '{kind.value}' AND n > 1)"
-        f" AND {user_id} IS NOT NULL"
+        f" WHERE {stored} {wanted} AND {user_id} IS NOT NULL"
     )
 
 
@@ -415,14 +419,16 @@ def copy_resolutions(path: Path, has_push: bool) -> str:
     )
 
 
-# ... what they depend on: each identifier value looked up, (kind, value), and each Netmera user
-# found, (USER_TERM, user id), alone or among the candidates of an ambiguous value ...
+# ... what they depend on: each identifier value looked up, (kind, its SHA-256: the store keeps
+# no email or phone), and each Netmera user found, (USER_TERM, user id), alone or among the
+# candidates of an ambiguous value ...
 USER_TERM = "@user"  # no identifier kind starts with "@"
 
 
 def copy_terms(path: Path) -> str:
     return _copy_out(
-        "SELECT DISTINCT user_key, kind, value FROM cs_hits WHERE value IS NOT NULL"
+        "SELECT DISTINCT user_key, kind, sha256(value) AS value FROM cs_hits"
+        " WHERE value IS NOT NULL"
         f" UNION SELECT DISTINCT user_key, '{USER_TERM}', user_id FROM cs_hits"
         " WHERE n = 1 AND user_id IS NOT NULL"
         f" UNION SELECT DISTINCT h.user_key, '{USER_TERM}', c.user_id FROM cs_hits h"

@@ -105,8 +105,9 @@ unmatched = sa.Table(
 
 # Incremental matching (include/matching/carry.py; docs/decisions.md, "Incremental matching"):
 # per segment, each source user's resolution as the last match made it, the digest of its
-# identifier fields, and the terms it depends on ((kind, value) looked up, ("@user", id) of a
-# Netmera user found); the state says under which rules, and up to which change time.
+# identifier fields, and the terms it depends on ((kind, SHA-256 of a value) looked up;
+# ("@user", id) of a Netmera user found); the state says under which rules, and up to which
+# change time.
 resolutions = sa.Table(
     "cs_resolutions",
     metadata,
