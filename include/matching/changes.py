@@ -172,9 +172,8 @@ def missing_users(engine: sa.Engine, table: UserTable, user_ids: pa.Array) -> li
         query = sa.select(known.c.user_id).where(~sa.exists().where(stored == known.c.user_id))
         try:
             known.create(conn)
-            ids = user_ids.to_pylist()
-            for start in range(0, len(ids), CHECK_ROWS):
-                _load_ids(conn, known, ids[start : start + CHECK_ROWS])
+            for start in range(0, len(user_ids), CHECK_ROWS):
+                _load_ids(conn, known, user_ids.slice(start, CHECK_ROWS))
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("ANALYZE cs_known_users")  # autovacuum never sees it
             return list(conn.execute(query).scalars())
@@ -184,13 +183,12 @@ def missing_users(engine: sa.Engine, table: UserTable, user_ids: pa.Array) -> li
             conn.commit()
 
 
-def _load_ids(conn: sa.Connection, known: sa.Table, ids: list[str]) -> None:
+def _load_ids(conn: sa.Connection, known: sa.Table, ids: pa.Array) -> None:
     if conn.dialect.name == "postgresql":
         import pyarrow as pa
 
         from include.clients.database import copy_batch
 
-        batch = pa.record_batch([pa.array(ids, pa.string())], names=["user_id"])
-        copy_batch(conn, known.name, batch)
+        copy_batch(conn, known.name, pa.record_batch([ids.cast(pa.string())], names=["user_id"]))
     else:
-        conn.execute(known.insert(), [{"user_id": i} for i in ids])
+        conn.execute(known.insert(), [{"user_id": i} for i in ids.to_pylist()])
