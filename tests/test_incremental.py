@@ -450,3 +450,30 @@ def test_a_dag_run_records_mode_and_rematched(
         ("full", 4),
     ]
     assert [r["netmera_users"] for r in runs] == [4, 4, 4]
+
+
+def test_full_refresh_days_is_a_whole_number_of_days_at_least_one() -> None:
+    from pydantic import ValidationError
+
+    from include.config.segments import SegmentConfig
+
+    base = SEGMENT.model_dump(mode="json")
+    assert SegmentConfig.model_validate(base).full_refresh_days == 7
+    assert SegmentConfig.model_validate({**base, "full_refresh_days": 1}).full_refresh_days == 1
+    for bad in (0, -1, "7", 1.5, True):
+        with pytest.raises(ValidationError, match="full_refresh_days"):
+            SegmentConfig.model_validate({**base, "full_refresh_days": bad})
+
+
+def test_the_change_column_extras_are_checked() -> None:
+    from include.matching.changes import ChangeColumn
+
+    assert ChangeColumn.from_extras({}) is None
+    assert ChangeColumn.from_extras({"changed_at_column": "c"}) == ChangeColumn("c", 600)
+    for bad in (
+        {"changed_at_column": 5},
+        {"changed_at_column": "c", "changed_at_overlap_seconds": -1},
+        {"changed_at_column": "c", "changed_at_overlap_seconds": "600"},
+    ):
+        with pytest.raises(ValueError, match="netmera_db"):
+            ChangeColumn.from_extras(bad)
