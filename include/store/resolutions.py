@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from include.matching.rules import USER_TERM
 from include.store.repository import _insert_batches
 from include.store.tables import resolution_state, resolution_terms, resolutions
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from include.matching.carry import KeptState, Update
 
 IN_CHUNK = 500  # values per IN list
-USER_TERM = "@user"  # include.matching.rules.USER_TERM
 
 
 class SegmentResolutions:
