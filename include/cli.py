@@ -135,6 +135,8 @@ def _print_details(d: dict[str, Any]) -> None:
                 f"{run['netmera_users']:,} (reachable {_cell('reachable', run['reachable'])})"
             )
             print("  matched by: " + ", ".join(f"{k} {v:,}" for k, v in run["matched_by"].items()))
+            if run.get("mode"):
+                print(f"  {run['mode']} match: {run['rematched']:,} source users matched again")
             print("  unmatched:  " + ", ".join(f"{k} {v:,}" for k, v in run["reasons"].items()))
         if run["refused_rows"]:
             print(f"  refused rows without a user key: {run['refused_rows']:,}")

@@ -50,6 +50,9 @@ for leaked in (
 
 USERS_DDL = """CREATE TABLE netmera_users (user_id TEXT, external_id TEXT, email TEXT,
     msisdn TEXT, installation_id TEXT, push_permitted BOOLEAN)"""
+# The same with a change time (incremental matching: the netmera_db extra `changed_at_column`),
+# a seventh value of each row.
+USERS_CHANGED_DDL = USERS_DDL.removesuffix(")") + ", changed_at TIMESTAMP)"
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +67,13 @@ def airflow_db() -> Path:
     return _HOME
 
 
-def write_users(path: Path, rows: list[tuple]) -> Path:
-    """A real SQLite Netmera user table (one row per device) at `path`."""
+def write_users(path: Path, rows: list[tuple], *, changed_at: bool = False) -> Path:
+    """A real SQLite Netmera user table (one row per device) at `path`; with `changed_at`,
+    each row's seventh value is its change time."""
     with sqlite3.connect(path) as conn:
-        conn.execute(USERS_DDL)
-        conn.executemany("INSERT INTO netmera_users VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute(USERS_CHANGED_DDL if changed_at else USERS_DDL)
+        marks = ", ".join("?" * (7 if changed_at else 6))
+        conn.executemany(f"INSERT INTO netmera_users VALUES ({marks})", rows)
     return path
 
 
@@ -359,26 +364,35 @@ def redis_or_skip(url: str) -> None:
         pytest.skip(reason)
 
 
-def use_pg_netmera_db(monkeypatch: pytest.MonkeyPatch, pg: dict, users: list[tuple]) -> None:
+def use_pg_netmera_db(
+    monkeypatch: pytest.MonkeyPatch,
+    pg: dict,
+    users: list[tuple],
+    *,
+    changed_at: bool = False,
+    **extra,
+) -> None:
     """Load a Netmera user table into the test's PostgreSQL database and point netmera_db at
-    it (the store's tables follow on first use)."""
+    it (the store's tables follow on first use), with the Connection extras `extra`."""
+    conn = {k: v for k, v in pg.items() if k != "url"}
+    if extra:
+        conn["extra"] = extra
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DB", json.dumps(conn))
+    load_pg_users(pg["url"], users, changed_at=changed_at)
 
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_NETMERA_DB", json.dumps({k: v for k, v in pg.items() if k != "url"})
-    )
-    load_pg_users(pg["url"], users)
 
-
-def load_pg_users(url, users: list[tuple]) -> None:
-    """A Netmera user table (USERS_DDL) holding `users`, in the PostgreSQL database `url`."""
+def load_pg_users(url, users: list[tuple], *, changed_at: bool = False) -> None:
+    """A Netmera user table (USERS_DDL) holding `users`, in the PostgreSQL database `url`;
+    with `changed_at`, each row's seventh value is its change time."""
     import sqlalchemy as sa
 
+    names = "uxemipc" if changed_at else "uxemip"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql(USERS_DDL)
+        conn.exec_driver_sql(USERS_CHANGED_DDL if changed_at else USERS_DDL)
         conn.execute(
-            sa.text("INSERT INTO netmera_users VALUES (:u, :x, :e, :m, :i, :p)"),
-            [dict(zip("uxemip", row, strict=True)) for row in users],
+            sa.text(f"INSERT INTO netmera_users VALUES ({', '.join(':' + n for n in names)})"),
+            [dict(zip(names, row, strict=True)) for row in users],
         )
     engine.dispose()
 

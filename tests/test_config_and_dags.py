@@ -157,6 +157,7 @@ def test_generated_dag_shape(tmp_path, monkeypatch):
         "send_key",
         "holdout_percent",
         "audience",
+        "full_refresh",
         "restore_version",
     }
     assert dag.default_args["retries"] == 0  # conftest sets CONNECTOR_SEGMENTS_RETRIES=0
@@ -216,6 +217,7 @@ def test_tasks_see_the_trigger_form_params_with_the_runs_conf(tmp_path, monkeypa
                 "send_key": "k1",
                 "holdout_percent": None,
                 "audience": None,
+                "full_refresh": False,
                 "restore_version": None,
             }
             for bad in (

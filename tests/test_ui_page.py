@@ -498,6 +498,11 @@ def test_segment_details_shows_the_chart_why_counts_differ_and_links_to_airflow(
         "validate",
         "publish",
     ]
+    # How the run matched (no change column in the demo: in full, every source user).
+    last = details["runs"][0]
+    mode = by_css(browser, "[data-role=last-run] [data-field=mode]").text
+    assert mode == f"Full: {last['rematched']:,} source users matched again"
+    assert (last["mode"], last["rematched"]) == ("full", last["connector_users"])
     # The downloads answer the CSVs.
     for which in ("members-csv", "unmatched-csv"):
         href = by_css(browser, f"a[data-link={which}]").get_attribute("href")

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -242,6 +243,8 @@ class SegmentConfig(_Strict):
     identifiers: tuple[Identifier, ...] = Field(min_length=1)
     default_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     guardrails: Guardrails = Guardrails()
+    # Incremental matching: at least this often the match is a full one (docs/connections.md).
+    full_refresh_days: StrictInt = Field(default=7, ge=1)
     campaign: Campaign | None = None
     alerts: Alerts | None = None  # none: nobody is alerted (the status still shows it)
     access: dict[str, AccessLevel] | None = None  # FAB role: read | act (DAG access_control)

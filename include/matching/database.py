@@ -80,7 +80,7 @@ class Database:
 
     def _export(self, conn: sa.Connection, has_push: bool) -> dict[str, Path]:
         """The lookup's results the decision reads → Parquet files in the run folder."""
-        names = [rules.RESOLVED, rules.HITS, *([rules.REACH] if has_push else [])]
+        names = [rules.RESOLVED, rules.HITS, rules.CANDIDATES, *([rules.REACH] if has_push else [])]
         return {
             name: export_query(
                 conn,

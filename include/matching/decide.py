@@ -84,11 +84,37 @@ def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
         con.close()
 
 
-def decide(session: DuckSession, has_push: bool, members: Path, unmatched: Path) -> Counts:
+@dataclass(frozen=True)
+class Carry:
+    """An incremental match's part in the decision (`carry.py`): the source users carried over
+    (`carried`, Parquet of stored resolutions; None: nobody), and where the resolutions and
+    terms of those decided now go (`cs_digests` must hold their digests)."""
+
+    carried: Path | None
+    resolutions: Path
+    terms: Path
+
+
+def decide(
+    session: DuckSession,
+    has_push: bool,
+    members: Path,
+    unmatched: Path,
+    carry: Carry | None = None,
+) -> Counts:
     """Stage 2 over `cs_ids`, `cs_resolved`, `cs_hits` and (with push) `cs_reach`; writes
-    the members to `members` and the unmatched source users to `unmatched`."""
+    the members to `members` and the unmatched source users to `unmatched`. With `carry`, the
+    source users decided here are written out as resolutions, then those carried over join
+    them: members and counts are always over every source user."""
     run = session.run
     run(rules.DECIDE)
+    if carry is not None:
+        run(rules.copy_resolutions(carry.resolutions, has_push))
+        run(rules.copy_terms(carry.terms))
+        if carry.carried is not None:
+            for statement in rules.add_carried(carry.carried, has_push):
+                run(statement)
+    run(rules.MEMBERS)
     run(rules.copy_members(members))
     run(rules.copy_unmatched(unmatched))
     ((total, matched),) = run(rules.SOURCE_USER_COUNTS)

@@ -42,7 +42,8 @@ def lookup(
     dialect: rules.Dialect,
     resolve: Resolve,
 ) -> None:
-    """Stage 1 over `cs_ids`: `cs_hits`, `cs_resolved` and (with push) `cs_reach`.
+    """Stage 1 over `cs_ids`: `cs_hits`, `cs_resolved`, `cs_candidates` and (with push)
+    `cs_reach`.
 
     One kind at a time, not one UNION ALL: DuckDB then stays within its memory limit. Deferred
     values (`raw`) are normalised by `resolve`, priority by priority, only for source users
@@ -82,6 +83,11 @@ def lookup(
     if users.has_push:
         ((alone,),) = session.run(rules.ALONE_COUNT)
         session.run(rules.create_reach(users, dialect, alone))
+    # Few rows (ambiguous values only), read for incremental matching (`carry.py`).
+    session.run(rules.CREATE_CANDIDATES)
+    for kind, values in session.run(rules.AMBIGUOUS_KINDS):
+        probe = users.probes(kind, int(values))
+        session.run(rules.insert_candidates(IdentifierKind(kind), users, dialect, probe))
 
 
 def _resolve(session: Session, priority: int, kind: IdentifierKind, resolve: Resolve) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from include.config.segments import SegmentConfig
+    from include.matching.carry import Update
     from include.matching.decide import Counts
 
 
@@ -20,6 +21,9 @@ class MatchResult:
     matched_by: dict[str, int] = field(default_factory=dict)
     members_path: str = ""
     unmatched_path: str = ""  # user_key, reason of every unmatched source user
+    mode: str = "full"  # or "incremental": only some source users were matched again
+    rematched: int = 0  # the source users matched again (in full: all of them)
+    resolutions: Update | None = None  # what the store keeps for the next match (carry.py)
 
     @classmethod
     def of(
@@ -37,6 +41,7 @@ class MatchResult:
             },
             members_path=members,
             unmatched_path=unmatched,
+            rematched=counts.connector_users,
         )
 
     @property

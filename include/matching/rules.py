@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 REASONS = ("ambiguous", "not_found", "invalid_identifier", "no_identifier")
+# The version of what a source user resolves to: bump it with any change to normalisation
+# (normalize.py, phones.py) or to these rules. Incremental matching carries a resolution over
+# only when it was made under the same version (`carry.basis`); a new one matches in full.
+RULES_VERSION = 1
 HASHED = {IdentifierKind.EMAIL_SHA256, IdentifierKind.MSISDN_SHA256}
 PROBE_RATIO = 25  # measured on PostgreSQL 15: ~7 µs an index probe, ~0.3 µs a hashed row
 # The temporary tables stage 1 makes where it runs, by the names other modules use (the SQL here
@@ -50,7 +54,10 @@ RESOLVED = "cs_resolved"  # deferred values, as normalised during the lookup
 RESOLVED_IN = "cs_resolved_in"  # one priority's of them, on their way in
 HITS = "cs_hits"
 REACH = "cs_reach"
-LOOKUP_TABLES = (RESOLVED_IN, RESOLVED, REACH, HITS, IDS)
+# Every Netmera user holding a value found by several (`n > 1` in cs_hits): who an ambiguous
+# identifier depends on, kept with the resolution so that a change of any of them re-matches it.
+CANDIDATES = "cs_candidates"
+LOOKUP_TABLES = (RESOLVED_IN, RESOLVED, REACH, CANDIDATES, HITS, IDS)
 CREATE_RESOLVED = "CREATE TEMP TABLE cs_resolved (priority SMALLINT, raw TEXT, value TEXT)"
 # The identifier rows, deferred values as normalised so far (`cs_resolved`, small): a join, not
 # an UPDATE of cs_ids (DuckDB: ~0.25 s at 1M source rows, most of a small kind's lookup).
@@ -236,6 +243,28 @@ def add_resolved(priority: int) -> list[str]:
     ]
 
 
+CREATE_CANDIDATES = "CREATE TEMP TABLE cs_candidates (kind TEXT, value TEXT, user_id TEXT)"
+AMBIGUOUS_KINDS = "SELECT kind, count(DISTINCT value) FROM cs_hits WHERE n > 1 GROUP BY kind"
+
+
+def insert_candidates(
+    kind: IdentifierKind, users: UserSide, dialect: Dialect, probe: bool = False
+) -> str:
+    """The users holding each value of `kind` that several hold (few: the ambiguous ones),
+    through the kind's index when `probe`. A row without a user id has no key to follow, so
+    it is not listed."""
+    user_id = users.columns["user_id"]
+    column = users.columns[KIND_COLUMN[kind]]
+    stored = dialect.sha256_hex.format(column) if kind in HASHED else column
+    values = f"SELECT value FROM cs_hits WHERE kind = '{kind.value}' AND n > 1"
+    wanted = f"= ANY(ARRAY({values}))" if probe else f"IN ({values})"
+    return (
+        f"INSERT INTO cs_candidates SELECT DISTINCT '{kind.value}', {stored},"
+        f" CAST({user_id} AS TEXT) FROM {users.relation} u"
+        f" WHERE {stored} {wanted} AND {user_id} IS NOT NULL"
+    )
+
+
 def create_reach(users: UserSide, dialect: Dialect, alone: int) -> str:
     """`cs_reach` from the `alone` users found alone: through the user id's index when it pays."""
     user_id = users.columns["user_id"]
@@ -273,6 +302,7 @@ EXPORTS = {
     RESOLVED: "SELECT priority, raw, value FROM cs_resolved",
     HITS: "SELECT user_key, priority, kind, value, n, CAST(user_id AS TEXT) FROM cs_hits",
     REACH: "SELECT CAST(user_id AS TEXT) FROM cs_reach",
+    CANDIDATES: "SELECT kind, value, user_id FROM cs_candidates",
 }
 
 
@@ -294,6 +324,7 @@ def export_schema(table: str) -> pa.Schema:
             ]
         ),
         REACH: pa.schema([("user_id", text)]),
+        CANDIDATES: pa.schema([("kind", text), ("value", text), ("user_id", text)]),
     }[table]
 
 
@@ -352,13 +383,72 @@ SELECT p.user_key, p.user_id, k.kind AS matched_by, p.priority, p.priority IS NO
 FROM per_user p  -- one priority is one kind
 LEFT JOIN (SELECT DISTINCT priority, kind FROM cs_ids WHERE priority IS NOT NULL) k
     ON k.priority = p.priority;
+""".replace("CS_ROWS", ROWS)
 
--- Several source users may land on one Netmera user: one member, credited to the
--- best-priority identifier that reached it.
+# Several source users may land on one Netmera user: one member, credited to the
+# best-priority identifier that reached it. Over every source user: those just decided and,
+# in an incremental match, those carried over (`add_carried`).
+MEMBERS = """
 CREATE TEMP TABLE cs_members AS
 SELECT user_id, arg_min(matched_by, priority) AS matched_by
 FROM cs_source_users WHERE matched GROUP BY user_id;
-""".replace("CS_ROWS", ROWS)
+"""
+
+# Stage 1's tables, empty, for an incremental match that re-matches nobody (DuckDB).
+EMPTY_LOOKUP = (
+    "CREATE TEMP TABLE cs_ids (user_key TEXT, priority SMALLINT, kind TEXT, value TEXT, raw TEXT)",
+    CREATE_RESOLVED,
+    "CREATE TEMP TABLE cs_hits (user_key TEXT, priority SMALLINT, kind TEXT, value TEXT,"
+    " n INTEGER, user_id TEXT)",
+    "CREATE TEMP TABLE cs_reach (user_id TEXT)",
+    CREATE_CANDIDATES,
+)
+
+
+# Incremental matching (`carry.py`): what the source users just decided resolve to, with the
+# digest of their identifier fields (`cs_digests`) and whether their user can get a push...
+def copy_resolutions(path: Path, has_push: bool) -> str:
+    reachable = (
+        "s.user_id IN (SELECT user_id FROM cs_reach)" if has_push else "CAST(NULL AS BOOLEAN)"
+    )
+    return _copy_out(
+        "SELECT s.user_key, d.digest, s.user_id, s.matched_by, CAST(s.priority AS SMALLINT)"
+        f" AS priority, s.reason, {reachable} AS reachable FROM cs_source_users s"
+        " JOIN cs_digests d ON d.user_key = s.user_key",
+        path,
+    )
+
+
+# ... what they depend on: each identifier value looked up, (kind, its SHA-256: the store keeps
+# no email or phone), and each Netmera user found, (USER_TERM, user id), alone or among the
+# candidates of an ambiguous value ...
+USER_TERM = "@user"  # no identifier kind starts with "@"
+
+
+def copy_terms(path: Path) -> str:
+    return _copy_out(
+        "SELECT DISTINCT user_key, kind, sha256(value) AS value FROM cs_hits"
+        " WHERE value IS NOT NULL"
+        f" UNION SELECT DISTINCT user_key, '{USER_TERM}', user_id FROM cs_hits"
+        " WHERE n = 1 AND user_id IS NOT NULL"
+        f" UNION SELECT DISTINCT h.user_key, '{USER_TERM}', c.user_id FROM cs_hits h"
+        " JOIN cs_candidates c ON c.kind = h.kind AND c.value = h.value WHERE h.n > 1",
+        path,
+    )
+
+
+# ... and the source users carried over, with the users they reach, joining the decision.
+def add_carried(path: Path, has_push: bool) -> list[str]:
+    carried = parquet(path)
+    statements = [
+        "INSERT INTO cs_source_users SELECT user_key, user_id, matched_by,"
+        f" priority, reason IS NULL, reason FROM {carried}"  # a matched user has no reason
+    ]
+    if has_push:
+        statements.append(
+            f"INSERT INTO cs_reach SELECT DISTINCT user_id FROM {carried} WHERE reachable"
+        )
+    return statements
 
 
 # Stage 2's counts, after DECIDE.

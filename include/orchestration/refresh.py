@@ -180,26 +180,45 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
 
 
 @_step
-def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchResult:
+def match(
+    config: SegmentConfig, run_id: str, staged: StagedAudience, *, full_refresh: bool = False
+) -> MatchResult:
     """Staged audience x Netmera user table → members Parquet beside it, kept for validate and
     publish; the unmatched source users (key, reason) and the counts on the run record
     (unmatched first: until the counts land, readers see the refresh before). The path
-    (database or worker) follows the `netmera_db` extra `match_path`."""
+    (database or worker) follows the `netmera_db` extra `match_path`. Incremental when it can
+    be (`include/matching/carry.py`): the resolutions it made are kept for the next match
+    before anything else is recorded; `full_refresh` asks for a full match."""
 
     from include.matching.pipeline import match_audience
+    from include.store.resolutions import SegmentResolutions
 
     db = netmera_database()
     store = db.store
+    kept = SegmentResolutions(store.engine, config.id)
     with staging().step(config.id, run_id, "match") as run:
         audience = run.fetch(AUDIENCE_FILE)  # the lookups and members are written beside it
-        result = match_audience(config, audience, db.engine, db.users, db.info.extra, run.folder)
+        result = match_audience(
+            config,
+            audience,
+            db.engine,
+            db.users,
+            db.info.extra,
+            run.folder,
+            kept,
+            full_refresh=full_refresh,
+        )
+        if result.resolutions is not None:
+            kept.save(result.resolutions, run_id)
         members = run.keep(Path(result.members_path))
         store.record_unmatched(
             config.id, run_id, _parquet_batches(result.unmatched_path, ["user_key", "reason"])
         )
         # Recorded above; a scratch folder's copy goes with the step.
         unmatched = result.unmatched_path if run.is_run_folder else ""
-    result = dataclasses.replace(result, members_path=members, unmatched_path=unmatched)
+    result = dataclasses.replace(
+        result, members_path=members, unmatched_path=unmatched, resolutions=None
+    )
     store.record_run(
         config.id,
         run_id,
@@ -209,11 +228,15 @@ def match(config: SegmentConfig, run_id: str, staged: StagedAudience) -> MatchRe
         reachable=result.reachable,
         reasons=result.reasons,
         matched_by=result.matched_by,
+        mode=result.mode,
+        rematched=result.rematched,
     )
     log.info(
-        "segment %s: Connector Users %d, Netmera Users %d, reachable %s, matched by %s, "
-        "unmatched %s",
+        "segment %s: %s match (%d source users matched again): Connector Users %d, "
+        "Netmera Users %d, reachable %s, matched by %s, unmatched %s",
         config.id,
+        result.mode,
+        result.rematched,
         result.connector_users,
         result.netmera_users,
         result.reachable,
@@ -340,15 +363,22 @@ def finished(segment_id: str, run_id: str) -> str | None:
 
 
 def match_validate_publish(
-    config: SegmentConfig, run_id: str, staged: StagedAudience, *, dry_run: bool, approve: bool
+    config: SegmentConfig,
+    run_id: str,
+    staged: StagedAudience,
+    *,
+    dry_run: bool,
+    approve: bool,
+    full_refresh: bool = False,
 ) -> str:
     """The rest of a refresh once its audience is staged, in this process: "published",
-    "dry run" (nothing published) or "held" (a guardrail tripped)."""
+    "dry run" (nothing published) or "held" (a guardrail tripped). `full_refresh`: match in
+    full even if an incremental match could."""
     done = finished(config.id, run_id)
     if done:
         log.info("segment %s: an earlier attempt of this run finished it: %s", config.id, done)
         return done
-    matched = match(config, run_id, staged)
+    matched = match(config, run_id, staged, full_refresh=full_refresh)
     if validate(config, run_id, matched, dry_run=dry_run, approve=approve) == "held":
         return "held"
     publish(config, run_id, matched, dry_run=dry_run)

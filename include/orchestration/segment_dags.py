@@ -144,6 +144,14 @@ PARAMS = {
         "campaign's (default all).",
         **SCHEMA_DRAFT,
     ),
+    "full_refresh": Param(
+        False,
+        type="boolean",
+        title="Full refresh",
+        description="Match every source user again instead of only those whose data or "
+        "Netmera users changed (the result is the same; it takes longer).",
+        **SCHEMA_DRAFT,
+    ),
     "restore_version": Param(
         None,
         type=["null", "integer"],
@@ -307,6 +315,7 @@ def build_dag(config: SegmentConfig, synced: frozenset[str] | None = None) -> DA
                     StagedAudience(**staged),
                     dry_run=params["dry_run"],
                     approve=params["approve"],
+                    full_refresh=bool(params.get("full_refresh")),
                 )
             except refresh.DataValidationError as exc:
                 raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the data

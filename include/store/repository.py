@@ -64,6 +64,8 @@ RUN_RESULTS = (
     "removed",
     "restored_from",
     "step_seconds",
+    "mode",
+    "rematched",
 )
 # How many versions are kept: the current membership and those before it that Restore,
 # history, changes and a send in flight can read. Kept as intervals, they cost one audience

@@ -55,6 +55,10 @@ runs = sa.Table(
     sa.Column("config", sa.JSON),
     # {step: seconds} of the run's finished steps (several may run in one Airflow task).
     sa.Column("step_seconds", sa.JSON),
+    # How the run matched: "full" or "incremental", and how many source users it matched
+    # again (in full: all of them); the rest carried their stored resolution over.
+    sa.Column("mode", sa.String(20)),
+    sa.Column("rematched", sa.Integer),
 )
 
 # Membership as intervals: a row is one stay of a user in a segment, from the version it
@@ -97,6 +101,45 @@ unmatched = sa.Table(
     sa.Column("airflow_run_id", sa.String(250), nullable=False),
     sa.Column("user_key", sa.Text, nullable=False),
     sa.Column("reason", sa.String(30), nullable=False),
+)
+
+# Incremental matching (include/matching/carry.py; docs/decisions.md, "Incremental matching"):
+# per segment, each source user's resolution as the last match made it, the digest of its
+# identifier fields, and the terms it depends on ((kind, SHA-256 of a value) looked up;
+# ("@user", id) of a Netmera user found); the state says under which rules, and up to which
+# change time.
+resolutions = sa.Table(
+    "cs_resolutions",
+    metadata,
+    sa.Column("segment_id", sa.String(200), primary_key=True),
+    sa.Column("user_key", sa.Text, primary_key=True),
+    sa.Column("digest", sa.String(32), nullable=False),
+    sa.Column("user_id", sa.Text),
+    sa.Column("matched_by", sa.String(30)),
+    sa.Column("priority", sa.SmallInteger),
+    sa.Column("reason", sa.String(30)),  # null: matched
+    sa.Column("reachable", sa.Boolean),
+)
+
+resolution_terms = sa.Table(
+    "cs_resolution_terms",
+    metadata,
+    sa.Column("segment_id", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(30), primary_key=True),
+    sa.Column("value", sa.Text, primary_key=True),
+    sa.Column("user_key", sa.Text, primary_key=True),
+    sa.Index("ix_cs_resolution_terms_user_key", "segment_id", "user_key"),
+)
+
+resolution_state = sa.Table(
+    "cs_resolution_state",
+    metadata,
+    sa.Column("segment_id", sa.String(200), primary_key=True),
+    sa.Column("basis", sa.String(64), nullable=False),  # carry.basis
+    sa.Column("mark", sa.JSON),  # the newest change time read before the match (changes.py)
+    sa.Column("full_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("matched_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("airflow_run_id", sa.String(250), nullable=False),
 )
 
 sends = sa.Table(

@@ -775,6 +775,8 @@
         h("dt", { text: "Finished" }), h("dd", {}, when(run.finished_at)),
         stepTimes(run),
         matched ? [h("dt", { text: "Counts" }), h("dd", { text: `Connector ${count(run.connector_users)} → matched ${count(run.matched_source_users)} → Netmera ${count(run.netmera_users)} (reachable ${count(run.reachable)})` })] : null,
+        run.mode ? [h("dt", { text: "Matching" }), h("dd", { "data-field": "mode",
+          text: `${run.mode === "incremental" ? "Incremental" : "Full"}: ${count(run.rematched)} source users matched again` })] : null,
         run.version || run.added !== null && run.added !== undefined ? [h("dt", { text: "Changes" }), h("dd", {},
           h("span", { class: "plus", "data-field": "added", text: `+${count(run.added)} added` }), ", ",
           h("span", { class: "minus", "data-field": "removed", text: `−${count(run.removed)} removed` }),

@@ -1,0 +1,324 @@
+"""Incremental matching: which source users a match must resolve again, and which carry their
+stored resolution over (docs/decisions.md, "Incremental matching").
+
+A source user's resolution (its Netmera user, or its one reason; reachable or not) depends
+only on its identifier values and on which Netmera users hold each value it looked up, up to
+the first that found exactly one. The store keeps, per source user, that resolution, the
+digest of its identifier fields and its *terms*: each (kind, value) it looked up (the value
+hashed) and each Netmera user it found (alone, or among the candidates of an ambiguous value).
+A refresh re-matches the source users
+- added, or whose identifier fields changed (a new digest); removed ones are dropped;
+- with a term naming a Netmera user that changed (`changes.changed_rows`) or was deleted
+  (`changes.missing_users`): it may have lost a value or its push permission;
+- with a term (kind, value) that a changed Netmera user now holds: it may have gained it;
+and carries everyone else over. Members and counts are then decided over all of them, so
+they are exactly what a full match of the same data gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from include.matching.changes import ChangeColumn, changed_rows, missing_users, read_mark
+from include.matching.decide import duckdb_config
+from include.matching.rules import RULES_VERSION, USER_TERM
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    from include.config.segments import SegmentConfig
+    from include.matching.user_table import UserTable
+
+log = logging.getLogger(__name__)
+
+DIGESTS_FILE = "digests.parquet"
+KEPT_FILE = "kept.parquet"
+CARRIED_FILE = "carried.parquet"
+REMATCH_FILE = "rematch.parquet"  # the staged rows of the source users matched again
+RESOLUTIONS_FILE = "resolutions.parquet"
+TERMS_FILE = "terms.parquet"
+DROPPED_FILE = "dropped.parquet"
+PLAN_MEMORY = "512MB"
+
+
+def resolution_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    text = pa.string()
+    return pa.schema(
+        [
+            ("user_key", text),
+            ("digest", text),
+            ("user_id", text),
+            ("matched_by", text),
+            ("priority", pa.int16()),
+            ("reason", text),
+            ("reachable", pa.bool_()),
+        ]
+    )
+
+
+def terms_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("user_key", pa.string()), ("kind", pa.string()), ("value", pa.string())])
+
+
+@dataclass(frozen=True)
+class KeptState:
+    """What the last match kept besides the resolutions: under which rules and settings
+    (`basis`), the newest change time read before it (`mark`), when the last full one ran."""
+
+    basis: str
+    mark: dict[str, Any] | None
+    full_at: datetime
+
+
+class Kept(Protocol):
+    """The resolutions the last match of a segment kept (the segment store keeps them)."""
+
+    def state(self) -> KeptState | None: ...
+
+    def export(self, destination: Path) -> Path: ...  # Parquet, `resolution_schema`
+
+    def user_ids(self) -> pa.Array: ...  # every Netmera user a kept term names
+
+    def keys_with_terms(self, terms: pa.Table) -> set[str]: ...  # (kind, value) → user keys
+
+
+@dataclass(frozen=True)
+class Update:
+    """What the store keeps after a match. `full`: the segment's resolutions are replaced by
+    `resolutions` and `terms` (none kept when `resolutions` is empty: no change column);
+    otherwise those of the user keys in `dropped` are, by these."""
+
+    full: bool
+    basis: str = ""
+    mark: dict[str, Any] | None = None
+    full_at: datetime | None = None
+    resolutions: str = ""
+    terms: str = ""
+    dropped: str = ""
+
+
+def basis(segment: SegmentConfig, users: UserTable, change: ChangeColumn | None) -> str:
+    """Everything besides the data that a resolution depends on: the rules' version, the
+    segment's identifiers and region, the user table and its change column."""
+    described = {
+        "rules": RULES_VERSION,
+        "user_key": segment.user_key,
+        "identifiers": [[i.field, i.kind.value] for i in segment.identifiers],
+        "default_region": segment.default_region,
+        "table": [users.schema, users.table, users.columns],
+        "changed_at": change.name if change else None,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def full_reason(
+    segment: SegmentConfig,
+    change: ChangeColumn | None,
+    state: KeptState | None,
+    now_basis: str,
+    asked: bool,
+    now: datetime,
+) -> str | None:
+    """Why this match must be a full one, or None: it can be incremental."""
+    if change is None:
+        return "the netmera_db Connection names no changed_at_column"
+    if asked:
+        return "full_refresh: true"
+    if state is None:
+        return "no resolutions kept from an earlier match"
+    if state.basis != now_basis:
+        return "the matching rules, the segment's identifiers or the user table changed"
+    if now - state.full_at >= timedelta(days=segment.full_refresh_days):
+        return f"the last full match is {segment.full_refresh_days} or more days old"
+    return None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a match with kept resolutions does: match the source users in `staged` (all of
+    them, or the re-matched ones' rows), decide with `carried` (None: a full match), and have
+    the store keep `update` (to which the match adds the resolutions and terms it wrote)."""
+
+    staged: Path
+    digests: Path  # (user_key, digest) of every source user
+    carried: Path | None
+    update: Update
+
+
+def prepare(
+    segment: SegmentConfig,
+    staged: Path,
+    engine: sa.Engine,
+    users: UserTable,
+    extra: dict[str, Any],
+    workdir: Path,
+    kept: Kept,
+    full_refresh: bool,
+    now: datetime,
+) -> Planned | None:
+    """Plan a match that keeps resolutions: in full (`full_reason`) or incremental; None when
+    the Connection names no change column (nothing can be kept)."""
+    import duckdb
+
+    change = ChangeColumn.from_extras(extra)
+    if change is None:
+        return None
+    state, now_basis = kept.state(), basis(segment, users, change)
+    why = full_reason(segment, change, state, now_basis, full_refresh, now)
+    mark = read_mark(engine)  # before any lookup: what changes after it is read again
+    digests = workdir / DIGESTS_FILE
+    con = duckdb.connect(config=duckdb_config(workdir, PLAN_MEMORY))
+    try:
+        write_digests(con, segment, staged, digests)
+        if why is not None or state is None:
+            log.info("segment %s: matching in full: %s", segment.id, why)
+            return Planned(staged, digests, None, Update(True, now_basis, mark, now))
+        kinds = {i.kind for i in segment.identifiers}
+        changed = changed_rows(engine, users, change, state.mark, kinds)
+        gone = missing_users(engine, users, kept.user_ids())
+        affected = kept.keys_with_terms(changed_terms(changed, gone))
+        found = plan(con, digests, kept.export(workdir / KEPT_FILE), affected, workdir)
+    finally:
+        con.close()
+    rematch = workdir / REMATCH_FILE
+    write_rematch(segment, staged, found.rematch, rematch)
+    log.info(
+        "segment %s: incremental match: %d source users to match again (%d Netmera users"
+        " changed, %d deleted)",
+        segment.id,
+        len(found.rematch),
+        len(set(changed["user_id"].to_pylist())),
+        len(gone),
+    )
+    update = Update(False, now_basis, mark, state.full_at, dropped=str(found.dropped))
+    return Planned(rematch, digests, found.carried, update)
+
+
+def _keyed_batches(segment: SegmentConfig, staged: Path) -> Any:
+    """The staged batches with `cs_key`, the user key as matching reads it (trimmed)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(staged).iter_batches(batch_size=100_000):
+        key = pc.utf8_trim_whitespace(batch.column(segment.user_key))
+        yield batch, key
+
+
+def write_digests(con: Any, segment: SegmentConfig, staged: Path, destination: Path) -> Path:
+    """(user_key, digest) of every source user: an MD5 over its rows' identifier fields, in
+    any row order (a user may come in several rows)."""
+    import pyarrow as pa
+
+    fields = list(dict.fromkeys(i.field for i in segment.identifiers))
+    schema = pa.schema(
+        [("cs_key", pa.string()), *((f"f{n}", pa.string()) for n in range(len(fields)))]
+    )
+
+    def rows():
+        for batch, key in _keyed_batches(segment, staged):
+            columns = [key, *(batch.column(f) for f in fields)]
+            yield pa.record_batch(columns, schema=schema)
+
+    con.register("cs_staged", pa.RecordBatchReader.from_batches(schema, rows()))
+    # A field's null and its text are told apart by a separator no text holds as is. The rows'
+    # hashes are summed, not sorted and concatenated: the same for any row order, and cheap.
+    row = (
+        "concat_ws(chr(31), "
+        + ", ".join(f"coalesce(f{n}, chr(30))" for n in range(len(fields)))
+        + ")"
+    )
+    con.execute(
+        "COPY (SELECT cs_key AS user_key, md5(sum(md5_number_upper(r))::VARCHAR || ':' ||"
+        " sum(md5_number_lower(r))::VARCHAR || ':' ||"
+        " count(*)::VARCHAR) AS digest"
+        f" FROM (SELECT cs_key, {row} AS r FROM cs_staged) GROUP BY cs_key)"
+        f" TO {_quoted(destination)} (FORMAT parquet)"
+    )
+    con.unregister("cs_staged")
+    return destination
+
+
+def changed_terms(changed: pa.Table, gone: list[str]) -> pa.Table:
+    """The terms a kept resolution must not carry over with: each changed user's (USER_TERM,
+    id) and (kind, SHA-256 of the value) of what it holds now, each deleted user's
+    (USER_TERM, id)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    held = changed.filter(pc.is_valid(changed["kind"]))
+    # As the store keeps them (rules.copy_terms): hashed.
+    hashed = [hashlib.sha256(v.encode()).hexdigest() for v in held["value"].to_pylist()]
+    users = pc.unique(
+        pa.concat_arrays([changed["user_id"].combine_chunks(), pa.array(gone, pa.string())])
+    )
+    users = users.filter(pc.is_valid(users))
+    return pa.table(
+        {
+            "kind": pa.concat_arrays(
+                [held["kind"].combine_chunks(), pa.repeat(pa.scalar(USER_TERM), len(users))]
+            ),
+            "value": pa.concat_arrays([pa.array(hashed, pa.string()), users]),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    rematch: pa.Array  # the user keys matched again
+    carried: Path  # their stored resolutions, of everyone else still in the audience
+    dropped: Path  # the kept user keys whose stored rows go (re-matched or gone)
+
+
+def plan(con: Any, digests: Path, kept: Path, affected: set[str], workdir: Path) -> Plan:
+    """Who is matched again (new, changed or `affected`), who carries over, what goes."""
+    import pyarrow as pa
+
+    con.execute(f"CREATE TEMP TABLE cs_new AS SELECT * FROM read_parquet({_quoted(digests)})")
+    con.execute(f"CREATE TEMP TABLE cs_kept AS SELECT * FROM read_parquet({_quoted(kept)})")
+    con.register("cs_affected_in", pa.table({"user_key": pa.array(sorted(affected), pa.string())}))
+    con.execute("CREATE TEMP TABLE cs_affected AS SELECT * FROM cs_affected_in")
+    con.unregister("cs_affected_in")
+    con.execute(
+        "CREATE TEMP TABLE cs_carried AS SELECT k.* FROM cs_kept k"
+        " JOIN cs_new n ON n.user_key = k.user_key AND n.digest = k.digest"
+        " WHERE k.user_key NOT IN (SELECT user_key FROM cs_affected)"
+    )
+    carried, dropped = workdir / CARRIED_FILE, workdir / DROPPED_FILE
+    con.execute(f"COPY cs_carried TO {_quoted(carried)} (FORMAT parquet)")
+    con.execute(
+        "COPY (SELECT user_key FROM cs_kept EXCEPT SELECT user_key FROM cs_carried)"
+        f" TO {_quoted(dropped)} (FORMAT parquet)"
+    )
+    rematch = con.sql(
+        "SELECT user_key FROM cs_new EXCEPT SELECT user_key FROM cs_carried"
+    ).to_arrow_table()
+    return Plan(rematch["user_key"].combine_chunks().cast(pa.string()), carried, dropped)
+
+
+def write_rematch(segment: SegmentConfig, staged: Path, keys: pa.Array, destination: Path) -> int:
+    """The staged rows of the source users `keys` → Parquet at `destination`; its rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with pq.ParquetWriter(destination, pq.read_schema(staged)) as writer:
+        for batch, key in _keyed_batches(segment, staged):
+            kept = batch.filter(pc.is_in(key, value_set=keys))
+            rows += kept.num_rows
+            writer.write_batch(kept)
+    return rows
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"

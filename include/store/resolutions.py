@@ -1,0 +1,190 @@
+"""The resolutions a segment's last match kept, for the next one to carry over
+(include/matching/carry.py; docs/decisions.md, "Incremental matching").
+
+They are a cache of what each source user resolves to against the user table as the match
+read it, not a publication: a held or dry run keeps them as a published one does, and a
+match writes them, with the state they were made in, in one transaction (a run that fails
+before leaves the previous ones, still true of what they say).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from include.matching.rules import USER_TERM
+from include.store.repository import _insert_batches
+from include.store.tables import resolution_state, resolution_terms, resolutions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from include.matching.carry import KeptState, Update
+
+IN_CHUNK = 500  # values per IN list
+
+
+class SegmentResolutions:
+    """One segment's kept resolutions (`include.matching.carry.Kept`)."""
+
+    def __init__(self, engine: sa.Engine, segment_id: str) -> None:
+        self.engine = engine
+        self.segment_id = segment_id
+
+    def state(self) -> KeptState | None:
+        from include.matching.carry import KeptState
+
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(resolution_state).where(resolution_state.c.segment_id == self.segment_id)
+            ).first()
+        if row is None:
+            return None
+        full_at = row.full_at if row.full_at.tzinfo else row.full_at.replace(tzinfo=UTC)
+        return KeptState(row.basis, row.mark, full_at)
+
+    def export(self, destination: Path) -> Path:
+        """Every kept resolution → Parquet (`carry.resolution_schema`)."""
+        import pyarrow.parquet as pq
+
+        from include.matching.carry import resolution_schema
+
+        schema = resolution_schema()
+        query = sa.select(*(resolutions.c[name] for name in schema.names)).where(
+            resolutions.c.segment_id == self.segment_id
+        )
+        with self.engine.connect() as conn:
+            pq.write_table(_read(conn, query, schema), destination)
+        return destination
+
+    def user_ids(self) -> pa.Array:
+        """Every Netmera user a kept resolution depends on (one range of the primary key)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        query = sa.select(resolution_terms.c.value).where(
+            resolution_terms.c.segment_id == self.segment_id,
+            resolution_terms.c.kind == USER_TERM,
+        )
+        with self.engine.connect() as conn:
+            found = _read(conn, query, pa.schema([("value", pa.string())]))
+        return pc.unique(found["value"].combine_chunks())
+
+    def keys_with_terms(self, terms: pa.Table) -> set[str]:
+        """The user keys whose resolution depends on one of `terms` (kind, value): a probe of
+        the primary key per term."""
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in zip(terms["kind"].to_pylist(), terms["value"].to_pylist(), strict=True):
+            by_kind.setdefault(kind, set()).add(value)
+        keys: set[str] = set()
+        with self.engine.connect() as conn:
+            for kind, values in by_kind.items():
+                for chunk in _chunks(sorted(values)):
+                    keys.update(
+                        conn.execute(
+                            sa.select(resolution_terms.c.user_key).where(
+                                resolution_terms.c.segment_id == self.segment_id,
+                                resolution_terms.c.kind == kind,
+                                resolution_terms.c.value.in_(chunk),
+                            )
+                        ).scalars()
+                    )
+        return keys
+
+    def save(self, update: Update, run_id: str) -> None:
+        """Keep what a match made (`carry.Update`), in one transaction."""
+        import pyarrow.parquet as pq
+
+        now = datetime.now(UTC)
+        segment = self.segment_id
+        with self.engine.begin() as conn:
+            if update.full:
+                for table in (resolutions, resolution_terms, resolution_state):
+                    conn.execute(table.delete().where(table.c.segment_id == segment))
+            else:
+                for chunk in _dropped(update.dropped):
+                    for table in (resolutions, resolution_terms):
+                        conn.execute(
+                            table.delete().where(
+                                table.c.segment_id == segment, table.c.user_key.in_(chunk)
+                            )
+                        )
+                conn.execute(
+                    resolution_state.delete().where(resolution_state.c.segment_id == segment)
+                )
+            if not update.resolutions:  # no change column: nothing is kept
+                return
+            for table, path in (
+                (resolutions, update.resolutions),
+                (resolution_terms, update.terms),
+            ):
+                batches = pq.ParquetFile(path).iter_batches(batch_size=50_000)
+                _insert_batches(conn, table, batches, segment_id=segment)
+            if update.full and conn.dialect.name == "postgresql":
+                # Fresh statistics, so that the next match's probes take the primary key (a
+                # planner that still thinks the tables empty scans them per probe).
+                conn.exec_driver_sql("ANALYZE cs_resolutions, cs_resolution_terms")
+            conn.execute(
+                resolution_state.insert().values(
+                    segment_id=segment,
+                    basis=update.basis,
+                    mark=update.mark,
+                    full_at=update.full_at,
+                    matched_at=now,
+                    airflow_run_id=run_id,
+                )
+            )
+
+
+def _read(conn: sa.Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    """`query`'s rows as an Arrow table of `schema`: on PostgreSQL through COPY (a million
+    resolutions in about a second, where fetching rows takes several), elsewhere fetched."""
+    import pyarrow as pa
+
+    if conn.dialect.name != "postgresql":
+        rows = conn.execute(query).all()
+        columns = list(zip(*rows, strict=True)) or [()] * len(schema)
+        return pa.table([pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema)
+    import io
+
+    import pyarrow.csv as pcsv
+
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    buffer = io.BytesIO()
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer)
+    finally:
+        cursor.close()
+    if not buffer.tell():
+        return schema.empty_table()
+    buffer.seek(0)
+    # COPY writes a null unquoted and an empty text quoted, a boolean as t or f.
+    return pcsv.read_csv(
+        buffer,
+        read_options=pcsv.ReadOptions(column_names=schema.names),
+        convert_options=pcsv.ConvertOptions(
+            column_types=schema,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def _dropped(path: str) -> Iterator[list[str]]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=IN_CHUNK, columns=["user_key"]):
+        yield batch.column(0).to_pylist()
