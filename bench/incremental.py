@@ -48,12 +48,18 @@ CHANGED_INDEX = "ix_netmera_users_changed_at"
 
 
 def refresh(segment_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One refresh by `dag.test()`: its wall time, its record's steps, mode, counts and diff,
-    and a digest of the published members."""
+    """One refresh by `dag.test()`, the libraries imported first as a Celery worker has them
+    (include/orchestration/celery_worker.py): its wall time, its record's steps, mode, counts
+    and diff, and a digest of the published members."""
+    import importlib
+
     from airflow.dag_processing.dagbag import DagBag
 
+    from include.orchestration.celery_worker import WARM_UP
     from include.orchestration.connections import netmera_database
 
+    for module in WARM_UP:  # what a production worker has imported before it runs a task
+        importlib.import_module(module)
     dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(
         f"connector_segment_{segment_id}"
     )
