@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from include.clients.database import read_arrow
 from include.store.migrate import upgrade
 from include.store.redaction import MAX_ERROR, redact_personal_data
 from include.store.tables import current_members, members, members_at, runs, segments, unmatched
@@ -715,7 +716,7 @@ class SegmentStore:
         current = conn.execute(self._current(segment_id)).scalar_one()  # the segment must exist
         version = (current or 0) + 1
         new = arriving(conn)
-        old = _member_rows(conn, sa.select(members.c.user_id).where(current_members(segment_id)))
+        old = read_arrow(conn, sa.select(members.c.user_id).where(current_members(segment_id)))
         old_ids, new_ids = old["user_id"].combine_chunks(), new["user_id"].combine_chunks()
         entered = new.filter(pc.invert(pc.is_in(new_ids, value_set=old_ids)))
         left = old_ids.filter(pc.invert(pc.is_in(old_ids, value_set=new_ids)))
@@ -754,7 +755,7 @@ class SegmentStore:
             query = sa.select(members.c.user_id, members.c.matched_by).where(
                 members_at(segment_id, version)
             )
-            return _member_rows(conn, query)
+            return read_arrow(conn, query)
 
         return arriving
 
@@ -812,21 +813,6 @@ def _member_schema() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([("user_id", pa.string()), ("matched_by", pa.string())])
-
-
-def _member_rows(conn: sa.Connection, query: sa.Select) -> pa.Table:
-    """`query`'s member rows as an Arrow table of strings: COPY out on PostgreSQL, a SELECT
-    elsewhere."""
-    import pyarrow as pa
-
-    if conn.dialect.name == "postgresql":
-        from include.clients.database import copy_out
-
-        return copy_out(conn, query)
-    names = [c.name for c in query.selected_columns]
-    columns = list(zip(*conn.execute(query).all(), strict=True)) or [()] * len(names)
-    arrays = [pa.array(column, pa.string()) for column in columns]
-    return pa.table(arrays, names=names)
 
 
 def _close_stays(conn: sa.Connection, segment_id: str, version: int, user_ids: pa.Array) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from include.clients.database import read_arrow
 from include.matching.rules import USER_TERM
 from include.store.repository import _insert_batches
 from include.store.tables import resolution_state, resolution_terms, resolutions
@@ -58,12 +59,11 @@ class SegmentResolutions:
             resolutions.c.segment_id == self.segment_id
         )
         with self.engine.connect() as conn:
-            pq.write_table(_read(conn, query, schema), destination)
+            pq.write_table(read_arrow(conn, query, schema), destination)
         return destination
 
     def user_ids(self) -> pa.Array:
         """Every Netmera user a kept resolution depends on (one range of the primary key)."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         query = sa.select(resolution_terms.c.value).where(
@@ -71,7 +71,7 @@ class SegmentResolutions:
             resolution_terms.c.kind == USER_TERM,
         )
         with self.engine.connect() as conn:
-            found = _read(conn, query, pa.schema([("value", pa.string())]))
+            found = read_arrow(conn, query)
         return pc.unique(found["value"].combine_chunks())
 
     def keys_with_terms(self, terms: pa.Table) -> set[str]:
@@ -138,44 +138,6 @@ class SegmentResolutions:
                     airflow_run_id=run_id,
                 )
             )
-
-
-def _read(conn: sa.Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
-    """`query`'s rows as an Arrow table of `schema`: on PostgreSQL through COPY (a million
-    resolutions in about a second, where fetching rows takes several), elsewhere fetched."""
-    import pyarrow as pa
-
-    if conn.dialect.name != "postgresql":
-        rows = conn.execute(query).all()
-        columns = list(zip(*rows, strict=True)) or [()] * len(schema)
-        return pa.table([pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema)
-    import io
-
-    import pyarrow.csv as pcsv
-
-    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    buffer = io.BytesIO()
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer)
-    finally:
-        cursor.close()
-    if not buffer.tell():
-        return schema.empty_table()
-    buffer.seek(0)
-    # COPY writes a null unquoted and an empty text quoted, a boolean as t or f.
-    return pcsv.read_csv(
-        buffer,
-        read_options=pcsv.ReadOptions(column_names=schema.names),
-        convert_options=pcsv.ConvertOptions(
-            column_types=schema,
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
 
 
 def _chunks(values: list[str]) -> Iterator[list[str]]:
