@@ -142,6 +142,11 @@ class RestoreRefused(ValueError):
     """Only a kept, published version other than the current one can be restored."""
 
 
+def oldest_kept_version(current: int | None) -> int | None:
+    """The oldest version still kept when `current` is the segment's (None: nothing is)."""
+    return max(1, current - kept_versions_count() + 1) if current else None
+
+
 class ChangesGone(LookupError):
     """A run's added and removed members cannot be listed; the message says why."""
 
@@ -264,7 +269,7 @@ class SegmentStore:
             raise ChangesGone(f"segment {segment_id!r} has no run {run_id!r}")
         if run.status != "published":
             raise ChangesGone(f"run {run_id!r} published no version (it is {run.status})")
-        if run.version <= (current or 0) - kept_versions_count():
+        if run.version < (oldest_kept_version(current) or 1):
             raise ChangesGone(
                 f"run {run_id!r} published version {run.version}, which is no longer kept "
                 f"(the newest {kept_versions_count()} are)"

@@ -361,7 +361,7 @@ def never_ran(segment_id: str) -> str:
 def history(store: SegmentStore, segment_id: str, user_id: str) -> dict[str, Any] | None:
     """When the Netmera user entered and left the segment, over the kept versions (the CLI's
     `history` and the API's answer); None for a segment that never ran."""
-    from include.store.repository import kept_versions_count
+    from include.store.repository import oldest_kept_version
 
     row = store.segment(segment_id)
     if row is None:
@@ -387,6 +387,6 @@ def history(store: SegmentStore, segment_id: str, user_id: str) -> dict[str, Any
         "user_id": user_id,
         "member": bool(stays) and stays[-1]["left_version"] is None,
         "current_version": current,
-        "oldest_kept_version": max(1, current - kept_versions_count() + 1) if current else None,
+        "oldest_kept_version": oldest_kept_version(current),
         "events": events,
     }
