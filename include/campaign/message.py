@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from include.campaign.audience import audience
-from include.campaign.send import DEFAULT_PLATFORMS, Message, SendRefused, failure_key, send
+from include.campaign.send import (
+    DEFAULT_PLATFORMS,
+    Message,
+    SendRefused,
+    entered_after,
+    failure_key,
+    send,
+)
 from include.config.segments import MAX_HOLDOUT_PERCENT, SEND_AUDIENCES
 
 if TYPE_CHECKING:
@@ -109,7 +116,7 @@ def _preview(
     version: int,
     db: NetmeraDatabase,
 ) -> dict[str, Any]:
-    since = db.sends.last_sent_version(config.id, message.fingerprint) if to == "entered" else None
+    since = entered_after(db.sends, config.id, message, to)
     target = audience(
         db.engine,
         db.users,

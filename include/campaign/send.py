@@ -69,6 +69,16 @@ def send_key(segment_id: str, version: int, message: Message, nonce: str | None)
     return f"{key}/{nonce}" if nonce else key
 
 
+def entered_after(
+    ledger: SendLedger, segment_id: str, message: Message, to: SendAudience
+) -> int | None:
+    """The version a send to "entered" counts its newcomers after: the one this message was
+    last sent to (None the first time, and always for "all": every member)."""
+    if to != "entered":
+        return None
+    return ledger.last_sent_version(segment_id, message.fingerprint)
+
+
 def failure_key(segment_id: str, version: int, run_id: str) -> str:
     """The ledger key of a run's trigger that had no message to send: one per run (a retry
     updates it), and never a message's key (`failed` is no hex fingerprint)."""
@@ -108,9 +118,7 @@ def send(
             "nothing sent. Trigger with a new send_key to send it again."
         )
     if entry is None:
-        since = None
-        if to == "entered":
-            since = ledger.last_sent_version(segment_id, message.fingerprint)
+        since = entered_after(ledger, segment_id, message, to)
         target = audience(
             engine,
             users,

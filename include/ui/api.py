@@ -155,7 +155,7 @@ def segment_campaign(
     names it."""
     from include.campaign.audience import audience
     from include.campaign.message import audience_for, holdout_percent_for, message_for
-    from include.campaign.send import DEFAULT_PLATFORMS, send_key
+    from include.campaign.send import DEFAULT_PLATFORMS, entered_after, send_key
     from include.store import sends as ledger
 
     config = _config(segment_id)
@@ -189,8 +189,9 @@ def segment_campaign(
         resumes = {"send_key": earlier["send_key"], "holdout_percent": earlier["holdout_percent"]}
         since = {"since_version": earlier["since_version"]}
         return {**answer, **split, **since, "members": sum(split.values()), "resumes": resumes}
-    if message and audience_for(config, asked) == "entered":
-        answer["since_version"] = db.sends.last_sent_version(segment_id, message.fingerprint)
+    if message:
+        chosen = audience_for(config, asked)
+        answer["since_version"] = entered_after(db.sends, segment_id, message, chosen)
     target = audience(
         db.engine,
         db.users,
