@@ -28,12 +28,20 @@ from include.matching.rules import HASHED
 from include.matching.user_table import KIND_COLUMN
 from include.matching.worker import Worker
 
+# What every approach must agree on (a result's paths, mode and kept resolutions are ours).
+COUNTED = (
+    "connector_users",
+    "matched_source_users",
+    "netmera_users",
+    "reachable",
+    "reasons",
+    "matched_by",
+)
+
 
 def counts(result: MatchResult) -> dict[str, Any]:
     found = result.to_dict()
-    found.pop("members_path")
-    found.pop("unmatched_path")
-    return found
+    return {k: found[k] for k in COUNTED}
 
 
 def ours(users: str, audience: str, workdir: str) -> dict[str, Any]:
