@@ -125,8 +125,9 @@ class Refreshes:
     def __init__(self, folder: Path, path: str, netmera: Netmera, **extra) -> None:
         self.folder, self.path, self.netmera = folder, path, netmera
         self.extra = {"match_path": path, **CHANGES, **extra}
-        store = SegmentStore(sa.create_engine(f"sqlite:///{folder / 'store.db'}"))
-        self.kept = SegmentResolutions(store.engine, SEGMENT.id)
+        # The store lives in the Netmera database, as in production (the deletion check joins
+        # the kept users to the user table there).
+        self.kept = SegmentResolutions(SegmentStore(netmera.engine).engine, SEGMENT.id)
         self.runs = itertools.count()
 
     def refresh(self, rows: list[dict], *, full_refresh: bool = False):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -88,7 +89,7 @@ class Kept(Protocol):
 
     def export(self, destination: Path) -> Path: ...  # Parquet, `resolution_schema`
 
-    def user_ids(self) -> pa.Array: ...  # every Netmera user a kept term names
+    def user_ids(self) -> sa.Select: ...  # every Netmera user a kept term names, in SQL
 
     def keys_with_terms(self, terms: pa.Table) -> set[str]: ...  # (kind, value) → user keys
 
@@ -180,15 +181,19 @@ def prepare(
     digests = workdir / DIGESTS_FILE
     con = duckdb.connect(config=duckdb_config(workdir, PLAN_MEMORY))
     try:
-        write_digests(con, segment, staged, digests)
-        if why is not None or state is None:
-            log.info("segment %s: matching in full: %s", segment.id, why)
-            return Planned(staged, digests, None, Update(True, now_basis, mark, now))
-        kinds = {i.kind for i in segment.identifiers}
-        changed = changed_rows(engine, users, change, state.mark, kinds)
-        gone = missing_users(engine, users, kept.user_ids())
-        affected = kept.keys_with_terms(changed_terms(changed, gone))
-        found = plan(con, digests, kept.export(workdir / KEPT_FILE), affected, workdir)
+        # What changed in Netmera is asked of the database while the worker digests the
+        # audience and reads the kept resolutions: the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            asked = None
+            if why is None and state is not None:
+                asked = pool.submit(_affected, segment, engine, users, change, state, kept)
+            write_digests(con, segment, staged, digests)
+            if asked is None or state is None:
+                log.info("segment %s: matching in full: %s", segment.id, why)
+                return Planned(staged, digests, None, Update(True, now_basis, mark, now))
+            kept_file = kept.export(workdir / KEPT_FILE)
+            affected, changed, gone = asked.result()
+        found = plan(con, digests, kept_file, affected, workdir)
     finally:
         con.close()
     rematch = workdir / REMATCH_FILE
@@ -198,11 +203,27 @@ def prepare(
         " changed, %d deleted)",
         segment.id,
         len(found.rematch),
-        len(set(changed["user_id"].to_pylist())),
-        len(gone),
+        changed,
+        gone,
     )
     update = Update(False, now_basis, mark, state.full_at, dropped=str(found.dropped))
     return Planned(rematch, digests, found.carried, update)
+
+
+def _affected(
+    segment: SegmentConfig,
+    engine: sa.Engine,
+    users: UserTable,
+    change: ChangeColumn,
+    state: KeptState,
+    kept: Kept,
+) -> tuple[set[str], int, int]:
+    """The kept user keys whose resolution a Netmera change since the last match may alter;
+    how many Netmera users changed and were deleted."""
+    changed = changed_rows(engine, users, change, state.mark, {i.kind for i in segment.identifiers})
+    gone = missing_users(engine, users, kept.user_ids())
+    affected = kept.keys_with_terms(changed_terms(changed, gone))
+    return affected, len(set(changed["user_id"].to_pylist())), len(gone)
 
 
 def _keyed_batches(segment: SegmentConfig, staged: Path) -> Any:

@@ -7,8 +7,8 @@ identifiers or push permission change. The database's time read before a match i
 the next match reads the rows changed at or after `mark - overlap` (extra
 `changed_at_overlap_seconds`, default 600): a transaction that set its timestamp before the
 mark but committed after it was read is still seen, as long as it commits within the overlap.
-Deletions need no column: the Netmera users a stored resolution depends on are looked up by id,
-and those gone are changes.
+Deletions need no column: the Netmera users a stored resolution depends on are looked up by id
+(the store shares the database with the user table), and those gone are changes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 CHANGED_AT_EXTRA = "changed_at_column"
 OVERLAP_EXTRA = "changed_at_overlap_seconds"
 DEFAULT_OVERLAP = 600
-CHECK_ROWS = 50_000  # user ids per batch when asking which still exist
 
 
 @dataclass(frozen=True)
@@ -145,21 +144,16 @@ def changed_rows(
     )
 
 
-def missing_users(engine: sa.Engine, table: UserTable, user_ids: pa.Array) -> list[str]:
-    """Which of `user_ids` (text) no row of the table has any more: deleted users. Through a
-    temporary table joined to the user id column (its index, where there is one)."""
+def missing_users(engine: sa.Engine, table: UserTable, user_ids: sa.Select) -> list[str]:
+    """Which of the user ids `user_ids` selects (text, in the same database as the table: the
+    segment store's) no row of the table has any more: deleted users. One anti-join in the
+    database, through the user id column's index where there is one: no id leaves it."""
     import sqlalchemy as sa
 
-    if not len(user_ids):
-        return []
-    known = sa.Table(
-        "cs_known_users",
-        sa.MetaData(),
-        sa.Column("user_id", sa.Text),
-        prefixes=["TEMPORARY"],
-    )
     uid = table.columns["user_id"] or "user_id"
     source = _source(table, uid)
+    kept = user_ids.subquery("cs_kept_users")
+    (kept_id,) = kept.c
     with engine.connect() as conn:
         types = {
             c["name"]: c["type"]
@@ -169,26 +163,5 @@ def missing_users(engine: sa.Engine, table: UserTable, user_ids: pa.Array) -> li
         stored = source.c[uid]
         if not isinstance(types.get(uid), sa.String):
             stored = sa.cast(stored, sa.Text)
-        query = sa.select(known.c.user_id).where(~sa.exists().where(stored == known.c.user_id))
-        try:
-            known.create(conn)
-            for start in range(0, len(user_ids), CHECK_ROWS):
-                _load_ids(conn, known, user_ids.slice(start, CHECK_ROWS))
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("ANALYZE cs_known_users")  # autovacuum never sees it
-            return list(conn.execute(query).scalars())
-        finally:
-            conn.rollback()
-            known.drop(conn, checkfirst=True)
-            conn.commit()
-
-
-def _load_ids(conn: sa.Connection, known: sa.Table, ids: pa.Array) -> None:
-    if conn.dialect.name == "postgresql":
-        import pyarrow as pa
-
-        from include.clients.database import copy_batch
-
-        copy_batch(conn, known.name, pa.record_batch([ids.cast(pa.string())], names=["user_id"]))
-    else:
-        conn.execute(known.insert(), [{"user_id": i} for i in ids.to_pylist()])
+        query = sa.select(kept_id).where(~sa.exists().where(stored == kept_id)).distinct()
+        return list(conn.execute(query).scalars())

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from include.matching.carry import KeptState, Update
 
-IN_CHUNK = 500  # values per IN list
+IN_CHUNK = 5_000  # values per IN list (SQLite allows 32,766 variables)
 
 
 class SegmentResolutions:
@@ -62,17 +62,13 @@ class SegmentResolutions:
             pq.write_table(read_arrow(conn, query, schema), destination)
         return destination
 
-    def user_ids(self) -> pa.Array:
-        """Every Netmera user a kept resolution depends on (one range of the primary key)."""
-        import pyarrow.compute as pc
-
-        query = sa.select(resolution_terms.c.value).where(
+    def user_ids(self) -> sa.Select:
+        """Every Netmera user a kept resolution depends on (one range of the primary key), as
+        a query: the deletion check runs beside them, in the database."""
+        return sa.select(resolution_terms.c.value).where(
             resolution_terms.c.segment_id == self.segment_id,
             resolution_terms.c.kind == USER_TERM,
         )
-        with self.engine.connect() as conn:
-            found = read_arrow(conn, query)
-        return pc.unique(found["value"].combine_chunks())
 
     def keys_with_terms(self, terms: pa.Table) -> set[str]:
         """The user keys whose resolution depends on one of `terms` (kind, value): a probe of
