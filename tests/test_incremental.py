@@ -28,6 +28,7 @@ from include.matching.user_table import UserTable
 from include.staging import stage_audience
 from include.store.repository import SegmentStore
 from include.store.resolutions import SegmentResolutions
+from include.store.tables import resolution_terms, resolutions
 from tests.conftest import USERS_CHANGED_DDL, cli_json, run_segment, sqlite_conn, write_csv
 from tests.test_matching import segment
 
@@ -152,7 +153,27 @@ class Refreshes:
             SEGMENT, staged, engine, UserTable(), {"match_path": self.path}, work / "full"
         )
         assert published(result) == published(full)
+        # What is kept, after any mix of incremental and (narrowed) full saves, is what a full
+        # match into an empty store keeps.
+        (work / "fresh").mkdir()
+        fresh = SegmentResolutions(
+            SegmentStore(sa.create_engine(f"sqlite:///{work / 'fresh.db'}")).engine, SEGMENT.id
+        )
+        first = match_audience(
+            SEGMENT, staged, engine, UserTable(), self.extra, work / "fresh", fresh
+        )
+        fresh.save(first.resolutions, "fresh")
+        assert kept_rows(self.kept) == kept_rows(fresh)
         return result
+
+
+def kept_rows(kept: SegmentResolutions) -> tuple[list, list]:
+    """Every kept resolution and term of the segment, in order."""
+    with kept.engine.connect() as conn:
+        return tuple(
+            sorted(conn.execute(sa.select(*table.c).where(table.c.segment_id == SEGMENT.id)).all())
+            for table in (resolutions, resolution_terms)
+        )
 
 
 # -- the property ------------------------------------------------------------------------------
@@ -189,7 +210,7 @@ def rows_of(audience: dict[str, list[dict]]) -> list[dict]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(PATHS),
-    st.lists(st.tuples(a_table, an_audience), min_size=2, max_size=4),
+    st.lists(st.tuples(a_table, an_audience, st.booleans()), min_size=2, max_size=4),
 )
 def test_incremental_publishes_what_a_full_match_publishes(path: str, steps: list) -> None:
     import tempfile
@@ -197,10 +218,10 @@ def test_incremental_publishes_what_a_full_match_publishes(path: str, steps: lis
     with tempfile.TemporaryDirectory() as tmp:
         netmera = Netmera(Path(tmp) / "netmera.db")
         refreshes = Refreshes(Path(tmp), path, netmera)
-        for n, (devices, audience) in enumerate(steps):
+        for n, (devices, audience, full_refresh) in enumerate(steps):
             netmera.set(devices)
-            result = refreshes.refresh(rows_of(audience))
-            assert result.mode == ("full" if n == 0 else "incremental")
+            result = refreshes.refresh(rows_of(audience), full_refresh=full_refresh)
+            assert result.mode == ("full" if n == 0 or full_refresh else "incremental")
 
 
 # -- scenarios ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +45,9 @@ CARRIED_FILE = "carried.parquet"
 REMATCH_FILE = "rematch.parquet"  # the staged rows of the source users matched again
 RESOLUTIONS_FILE = "resolutions.parquet"
 TERMS_FILE = "terms.parquet"
+KEPT_TERMS_FILE = "kept_terms.parquet"
+CHANGED_RESOLUTIONS_FILE = "changed_resolutions.parquet"
+CHANGED_TERMS_FILE = "changed_terms.parquet"
 DROPPED_FILE = "dropped.parquet"
 PLAN_MEMORY = "512MB"
 
@@ -89,6 +92,8 @@ class Kept(Protocol):
 
     def export(self, destination: Path) -> Path: ...  # Parquet, `resolution_schema`
 
+    def export_terms(self, destination: Path) -> Path: ...  # Parquet, `terms_schema`
+
     def user_ids(self) -> sa.Select: ...  # every Netmera user a kept term names, in SQL
 
     def keys_with_terms(self, terms: pa.Table) -> set[str]: ...  # (kind, value) → user keys
@@ -96,9 +101,10 @@ class Kept(Protocol):
 
 @dataclass(frozen=True)
 class Update:
-    """What the store keeps after a match. `full`: the segment's resolutions are replaced by
-    `resolutions` and `terms` (none kept when `resolutions` is empty: no change column);
-    otherwise those of the user keys in `dropped` are, by these."""
+    """What the store keeps after a match: the resolutions and terms of the user keys in
+    `dropped` (Parquet) go, `resolutions` and `terms` (Parquet) come; without `dropped` every
+    kept one goes (no change column: none are kept, `resolutions` is empty). `full`: a full
+    match made it, at `full_at`."""
 
     full: bool
     basis: str = ""
@@ -110,10 +116,14 @@ class Update:
 
 
 def basis(segment: SegmentConfig, users: UserTable, change: ChangeColumn | None) -> str:
-    """Everything besides the data that a resolution depends on: the rules' version, the
-    segment's identifiers and region, the user table and its change column."""
+    """Everything besides the data that a resolution depends on: the rules' version, how
+    digests are made, the segment's identifiers and region, the user table and its change
+    column."""
+    import duckdb
+
     described = {
         "rules": RULES_VERSION,
+        "digest": f"duckdb {duckdb.__version__} hash",  # write_digests
         "user_key": segment.user_key,
         "identifiers": [[i.field, i.kind.value] for i in segment.identifiers],
         "default_region": segment.default_region,
@@ -139,7 +149,10 @@ def full_reason(
     if state is None:
         return "no resolutions kept from an earlier match"
     if state.basis != now_basis:
-        return "the matching rules, the segment's identifiers or the user table changed"
+        return (
+            "the matching rules, the digests' hash (DuckDB's version), the segment's"
+            " identifiers or the user table changed"
+        )
     if now - state.full_at >= timedelta(days=segment.full_refresh_days):
         return f"the last full match is {segment.full_refresh_days} or more days old"
     return None
@@ -253,15 +266,16 @@ def write_digests(con: Any, segment: SegmentConfig, staged: Path, destination: P
 
     con.register("cs_staged", pa.RecordBatchReader.from_batches(schema, rows()))
     # A field's null and its text are told apart by a separator no text holds as is. The rows'
-    # hashes are summed, not sorted and concatenated: the same for any row order, and cheap.
+    # 64-bit hashes are summed, not sorted and concatenated: the same for any row order, and
+    # cheap. DuckDB's hash may change with its version: `basis` names it, so an upgrade makes
+    # the next match a full one rather than a wrong one.
     row = (
         "concat_ws(chr(31), "
         + ", ".join(f"coalesce(f{n}, chr(30))" for n in range(len(fields)))
         + ")"
     )
     con.execute(
-        "COPY (SELECT cs_key AS user_key, md5(sum(md5_number_upper(r))::VARCHAR || ':' ||"
-        " sum(md5_number_lower(r))::VARCHAR || ':' ||"
+        "COPY (SELECT cs_key AS user_key, md5(sum(hash(r))::VARCHAR || ':' ||"
         " count(*)::VARCHAR) AS digest"
         f" FROM (SELECT cs_key, {row} AS r FROM cs_staged) GROUP BY cs_key)"
         f" TO {_quoted(destination)} (FORMAT parquet)"
@@ -325,6 +339,55 @@ def plan(con: Any, digests: Path, kept: Path, affected: set[str], workdir: Path)
         "SELECT user_key FROM cs_new EXCEPT SELECT user_key FROM cs_carried"
     ).to_arrow_table()
     return Plan(rematch["user_key"].combine_chunks().cast(pa.string()), carried, dropped)
+
+
+def narrowed(update: Update, kept: Kept, workdir: Path) -> Update:
+    """A full match's resolutions and terms as their difference to those kept: the user keys
+    whose resolution or terms changed, and those gone, are dropped; the changed ones' rows
+    come again; everyone else's rows stay as they are. Rewriting a million rows the match
+    found as they were would cost the store more than the match (docs/decisions.md)."""
+    import duckdb
+
+    new_res, new_terms = _quoted(Path(update.resolutions)), _quoted(Path(update.terms))
+    old_res = _quoted(kept.export(workdir / KEPT_FILE))
+    old_terms = _quoted(kept.export_terms(workdir / KEPT_TERMS_FILE))
+    differs = " OR ".join(
+        f"n.{name} IS DISTINCT FROM k.{name}" for name in resolution_schema().names[1:]
+    )
+    terms = "user_key, kind, value"
+    dropped = workdir / DROPPED_FILE
+    resolutions = workdir / CHANGED_RESOLUTIONS_FILE
+    changed_terms = workdir / CHANGED_TERMS_FILE
+    con = duckdb.connect(config=duckdb_config(workdir, PLAN_MEMORY))
+    try:
+        con.execute(
+            "CREATE TEMP TABLE cs_changed AS"
+            " SELECT coalesce(n.user_key, k.user_key) AS user_key"
+            f" FROM read_parquet({new_res}) n FULL JOIN read_parquet({old_res}) k"
+            " ON n.user_key = k.user_key"
+            f" WHERE n.user_key IS NULL OR k.user_key IS NULL OR {differs}"
+            f" UNION SELECT user_key FROM (SELECT {terms} FROM read_parquet({new_terms})"
+            f" EXCEPT SELECT {terms} FROM read_parquet({old_terms}))"
+            f" UNION SELECT user_key FROM (SELECT {terms} FROM read_parquet({old_terms})"
+            f" EXCEPT SELECT {terms} FROM read_parquet({new_terms}))"
+        )
+        con.execute(f"COPY cs_changed TO {_quoted(dropped)} (FORMAT parquet)")
+        # As the match wrote them: in the order of the store's primary key (rules.py).
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet({new_res}) WHERE user_key IN"
+            " (SELECT user_key FROM cs_changed) ORDER BY user_key)"
+            f" TO {_quoted(resolutions)} (FORMAT parquet)"
+        )
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet({new_terms}) WHERE user_key IN"
+            " (SELECT user_key FROM cs_changed) ORDER BY kind, value, user_key)"
+            f" TO {_quoted(changed_terms)} (FORMAT parquet)"
+        )
+    finally:
+        con.close()
+    return replace(
+        update, resolutions=str(resolutions), terms=str(changed_terms), dropped=str(dropped)
+    )
 
 
 def write_rematch(segment: SegmentConfig, staged: Path, keys: pa.Array, destination: Path) -> int:

@@ -76,7 +76,11 @@ def match_audience(
     if planned is None:  # no change column: nothing would keep resolutions true, none are kept
         result = _matched(segment, staged, engine, users, extra, workdir)
         return dataclasses.replace(result, resolutions=carry.Update(full=True))
-    return _matched(segment, planned.staged, engine, users, extra, workdir, planned)
+    result = _matched(segment, planned.staged, engine, users, extra, workdir, planned)
+    if result.mode == "full":  # keep only what changed
+        update = carry.narrowed(result.resolutions, kept, workdir)
+        result = dataclasses.replace(result, resolutions=update)
+    return result
 
 
 def _matched(

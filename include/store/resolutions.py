@@ -50,17 +50,25 @@ class SegmentResolutions:
 
     def export(self, destination: Path) -> Path:
         """Every kept resolution → Parquet (`carry.resolution_schema`)."""
-        import pyarrow.parquet as pq
-
         from include.matching.carry import resolution_schema
 
-        schema = resolution_schema()
-        query = sa.select(*(resolutions.c[name] for name in schema.names)).where(
-            resolutions.c.segment_id == self.segment_id
+        return self._export(resolutions, resolution_schema(), destination)
+
+    def _export(self, table: sa.Table, schema: pa.Schema, destination: Path) -> Path:
+        import pyarrow.parquet as pq
+
+        query = sa.select(*(table.c[name] for name in schema.names)).where(
+            table.c.segment_id == self.segment_id
         )
         with self.engine.connect() as conn:
             pq.write_table(read_arrow(conn, query, schema), destination)
         return destination
+
+    def export_terms(self, destination: Path) -> Path:
+        """Every kept term → Parquet (`carry.terms_schema`)."""
+        from include.matching.carry import terms_schema
+
+        return self._export(resolution_terms, terms_schema(), destination)
 
     def user_ids(self) -> sa.Select:
         """Every Netmera user a kept resolution depends on (one range of the primary key), as
@@ -98,20 +106,12 @@ class SegmentResolutions:
         now = datetime.now(UTC)
         segment = self.segment_id
         with self.engine.begin() as conn:
-            if update.full:
-                for table in (resolutions, resolution_terms, resolution_state):
-                    conn.execute(table.delete().where(table.c.segment_id == segment))
+            if update.dropped:
+                _delete_dropped(conn, segment, update.dropped)
             else:
-                for chunk in _dropped(update.dropped):
-                    for table in (resolutions, resolution_terms):
-                        conn.execute(
-                            table.delete().where(
-                                table.c.segment_id == segment, table.c.user_key.in_(chunk)
-                            )
-                        )
-                conn.execute(
-                    resolution_state.delete().where(resolution_state.c.segment_id == segment)
-                )
+                for table in (resolutions, resolution_terms):
+                    conn.execute(table.delete().where(table.c.segment_id == segment))
+            conn.execute(resolution_state.delete().where(resolution_state.c.segment_id == segment))
             if not update.resolutions:  # no change column: nothing is kept
                 return
             for table, path in (
@@ -141,8 +141,23 @@ def _chunks(values: list[str]) -> Iterator[list[str]]:
         yield values[start : start + IN_CHUNK]
 
 
-def _dropped(path: str) -> Iterator[list[str]]:
+def _delete_dropped(conn: sa.Connection, segment: str, path: str) -> None:
+    """Delete the resolutions and terms of the user keys in the Parquet file `path`: the keys
+    go into a temporary table, and each table's rows go by one join to it (for the terms, no
+    index leads with the user key: one pass over the segment's range)."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=IN_CHUNK, columns=["user_key"]):
-        yield batch.column(0).to_pylist()
+    dropped = sa.Table(
+        "cs_dropped_keys", sa.MetaData(), sa.Column("user_key", sa.Text), prefixes=["TEMPORARY"]
+    )
+    dropped.create(conn)
+    batches = pq.ParquetFile(path).iter_batches(batch_size=50_000, columns=["user_key"])
+    _insert_batches(conn, dropped, batches)
+    for table in (resolutions, resolution_terms):
+        conn.execute(
+            table.delete().where(
+                table.c.segment_id == segment,
+                table.c.user_key.in_(sa.select(dropped.c.user_key)),
+            )
+        )
+    dropped.drop(conn)

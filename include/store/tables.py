@@ -128,7 +128,6 @@ resolution_terms = sa.Table(
     sa.Column("kind", sa.String(30), primary_key=True),
     sa.Column("value", sa.Text, primary_key=True),
     sa.Column("user_key", sa.Text, primary_key=True),
-    sa.Index("ix_cs_resolution_terms_user_key", "segment_id", "user_key"),
 )
 
 resolution_state = sa.Table(
