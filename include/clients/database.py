@@ -93,11 +93,18 @@ def read_arrow(conn: sa.Connection, query: sa.Select, schema: pa.Schema | None =
 
     if schema is None:
         schema = pa.schema([(c.name, pa.string()) for c in query.selected_columns])
-    if conn.dialect.name != "postgresql":
-        columns = list(zip(*conn.execute(query).all(), strict=True)) or [()] * len(schema)
-        arrays = [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)]
-        return pa.table(arrays, schema=schema)
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    if conn.dialect.name != "postgresql":
+        # The driver's tuples, not SQLAlchemy's rows (a third of the time for a million);
+        # Arrow casts what the driver gives (SQLite's 0/1 for a boolean) to the schema.
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+            columns = list(zip(*cursor.fetchall(), strict=True)) or [()] * len(schema)
+        finally:
+            cursor.close()
+        arrays = [pa.array(c).cast(f.type) for c, f in zip(columns, schema, strict=True)]
+        return pa.table(arrays, schema=schema)
     buffer = io.BytesIO()
     cursor = conn.connection.dbapi_connection.cursor()
     try:

@@ -115,12 +115,14 @@ def _insert_batches(
     conn: sa.Connection, table: sa.Table, batches: Iterable[pa.RecordBatch], **keys: Any
 ) -> None:
     """Each Arrow batch into `table`, every row given `keys`: COPY on PostgreSQL (so publishing
-    a million members costs little more than copying them in), one executemany elsewhere."""
+    a million members costs little more than copying them in), elsewhere one executemany of
+    the driver's own tuples (SQLAlchemy's per-row handling costs more than SQLite's insert)."""
     import pyarrow as pa
 
     from include.clients.database import copy_batch
 
     postgres = conn.dialect.name == "postgresql"
+    insert = table.insert().compile(dialect=conn.dialect)
     for batch in batches:
         if not batch.num_rows:
             continue
@@ -131,7 +133,11 @@ def _insert_batches(
             }
             copy_batch(conn, table.name, pa.RecordBatch.from_pydict(columns))
         else:
-            conn.execute(table.insert(), [{**keys, **row} for row in batch.to_pylist()])
+            values = [
+                [keys[name]] * batch.num_rows if name in keys else batch[name].to_pylist()
+                for name in insert.positiontup
+            ]
+            conn.exec_driver_sql(str(insert), list(zip(*values, strict=True)))
 
 
 class PublishAborted(RuntimeError):
