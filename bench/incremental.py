@@ -273,7 +273,7 @@ COMPARED = ("connector_users", "netmera_users", "reachable", "reasons", "matched
 def _refresh_seconds(run: dict[str, Any]) -> float:
     """The refresh's own time: its steps, extract to publish, as the run record has them.
     `dag.test()` around it also builds Airflow's execution API in the process and starts the
-    task (6-7 s here, the same for both), which a running deployment does not pay per run."""
+    task (5-6 s here, the same for each), which a running deployment does not pay per run."""
     return sum(run["steps"].values())
 
 
