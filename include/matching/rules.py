@@ -408,8 +408,7 @@ EMPTY_LOOKUP = (
 # Incremental matching (`carry.py`): what the source users just decided resolve to, with the
 # digest of their identifier fields (`cs_digests`) and whether their user can get a push...
 # Both are written in the order of the store's primary key: its index then grows at one end
-# as they are copied in, where a random order costs a page visit a row (a third more time
-# for a full match's million resolutions on PostgreSQL).
+# as they are copied in, where a random order costs a page visit a row.
 def copy_resolutions(path: Path, has_push: bool) -> str:
     reachable = (  # of a matched user (an IN over no rows is false, even for a null)
         "CASE WHEN s.user_id IS NOT NULL THEN s.user_id IN (SELECT user_id FROM cs_reach) END"
