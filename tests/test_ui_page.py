@@ -834,3 +834,25 @@ def test_the_page_loads_its_data_under_a_sub_path(demo, chromium_installed, tmp_
             f"{sub.url}/dags/connector_segment_churn_risk/"
         )
         shot(driver, "sub-path")
+
+
+def test_the_versions_card_shows_the_newest_five_and_the_rest_on_a_click(demo, browser, capsys):
+    segment = "vip_customers"
+    before = len(cli_json(capsys, "details", segment)["versions"])
+    for _ in range(5):  # one after another; each publishes a version, changed or not
+        run = trigger(demo.admin, demo.airflow.url, segment)
+        wait_for_runs(demo.airflow, demo.admin, {segment: run})
+    kept = [v["version"] for v in cli_json(capsys, "details", segment)["versions"]]
+    assert len(kept) == before + 5 and kept == sorted(kept, reverse=True)
+    listed(browser, demo)
+    by_css(browser, f'tr[data-id="{segment}"] [data-field=name]').click()
+    more = wait_for(lambda: by_css(browser, "[data-role=more-versions] button"), 30, "Show all")
+
+    def shown() -> list[int]:
+        rows = all_css(browser, "[data-role=versions] tr[data-version]")
+        return [int(r.get_attribute("data-version")) for r in rows if r.is_displayed()]
+
+    assert (shown(), more.text) == (kept[:5], f"Show all {len(kept)} kept versions")
+    more.click()
+    assert (shown(), all_css(browser, "[data-role=more-versions]")) == (kept, [])
+    shot(browser, "versions-all", height=2600)
