@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from include.matching.changes import ChangeColumn, changed_rows, missing_users, read_mark
 from include.matching.decide import duckdb_config
-from include.matching.rules import RULES_VERSION, USER_TERM
+from include.matching.rules import RESOLUTIONS_ORDER, RULES_VERSION, TERMS_ORDER, USER_TERM
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -372,17 +372,16 @@ def narrowed(update: Update, kept: Kept, workdir: Path) -> Update:
             f" EXCEPT SELECT {terms} FROM read_parquet({new_terms}))"
         )
         con.execute(f"COPY cs_changed TO {_quoted(dropped)} (FORMAT parquet)")
-        # As the match wrote them: in the order of the store's primary key (rules.py).
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet({new_res}) WHERE user_key IN"
-            " (SELECT user_key FROM cs_changed) ORDER BY user_key)"
-            f" TO {_quoted(resolutions)} (FORMAT parquet)"
-        )
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet({new_terms}) WHERE user_key IN"
-            " (SELECT user_key FROM cs_changed) ORDER BY kind, value, user_key)"
-            f" TO {_quoted(changed_terms)} (FORMAT parquet)"
-        )
+        # In the order of the store's primary key (rules.py).
+        for source, order, destination in (
+            (new_res, RESOLUTIONS_ORDER, resolutions),
+            (new_terms, TERMS_ORDER, changed_terms),
+        ):
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet({source}) WHERE user_key IN"
+                f" (SELECT user_key FROM cs_changed) ORDER BY {order})"
+                f" TO {_quoted(destination)} (FORMAT parquet)"
+            )
     finally:
         con.close()
     return replace(

@@ -87,8 +87,8 @@ def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
 @dataclass(frozen=True)
 class Carry:
     """An incremental match's part in the decision (`carry.py`): the source users carried over
-    (`carried`, Parquet of stored resolutions; None: nobody), and where the resolutions and
-    terms of those decided now go (`cs_digests` must hold their digests)."""
+    (`carried`, Parquet of stored resolutions; None: a full match, nobody), and where the
+    resolutions and terms of those decided now go (`cs_digests` must hold their digests)."""
 
     carried: Path | None
     resolutions: Path
@@ -109,8 +109,9 @@ def decide(
     run = session.run
     run(rules.DECIDE)
     if carry is not None:
-        run(rules.copy_resolutions(carry.resolutions, has_push))
-        run(rules.copy_terms(carry.terms))
+        kept_as_is = carry.carried is not None  # a full match's are narrowed first
+        run(rules.copy_resolutions(carry.resolutions, has_push, ordered=kept_as_is))
+        run(rules.copy_terms(carry.terms, ordered=kept_as_is))
         if carry.carried is not None:
             for statement in rules.add_carried(carry.carried, has_push):
                 run(statement)

@@ -407,20 +407,29 @@ EMPTY_LOOKUP = (
 
 # Incremental matching (`carry.py`): what the source users just decided resolve to, with the
 # digest of their identifier fields (`cs_digests`) and whether their user can get a push...
-# Both are written in the order of the store's primary key: its index then grows at one end
-# as they are copied in, where a random order costs a page visit a row.
-def copy_resolutions(path: Path, has_push: bool) -> str:
+# What the store keeps is written in the order of its primary key (`*_ORDER`): its index then
+# grows at one end as they are copied in, where a random order costs a page visit a row. A
+# full match's are narrowed to what changed first (`carry.narrowed`), which orders them then.
+RESOLUTIONS_ORDER = "user_key"
+TERMS_ORDER = "kind, value, user_key"
+
+
+def _ordered(query: str, order: str, ordered: bool) -> str:
+    return f"{query} ORDER BY {order}" if ordered else query
+
+
+def copy_resolutions(path: Path, has_push: bool, ordered: bool) -> str:
     reachable = (  # of a matched user (an IN over no rows is false, even for a null)
         "CASE WHEN s.user_id IS NOT NULL THEN s.user_id IN (SELECT user_id FROM cs_reach) END"
         if has_push
         else "CAST(NULL AS BOOLEAN)"
     )
-    return _copy_out(
+    query = (
         "SELECT s.user_key, d.digest, s.user_id, s.matched_by, CAST(s.priority AS SMALLINT)"
         f" AS priority, s.reason, {reachable} AS reachable FROM cs_source_users s"
-        " JOIN cs_digests d ON d.user_key = s.user_key ORDER BY s.user_key",
-        path,
+        " JOIN cs_digests d ON d.user_key = s.user_key"
     )
+    return _copy_out(_ordered(query, RESOLUTIONS_ORDER, ordered), path)
 
 
 # ... what they depend on: each identifier value looked up, (kind, its SHA-256: the store keeps
@@ -429,17 +438,16 @@ def copy_resolutions(path: Path, has_push: bool) -> str:
 USER_TERM = "@user"  # no identifier kind starts with "@"
 
 
-def copy_terms(path: Path) -> str:
-    return _copy_out(
+def copy_terms(path: Path, ordered: bool) -> str:
+    query = (
         "SELECT DISTINCT user_key, kind, sha256(value) AS value FROM cs_hits"
         " WHERE value IS NOT NULL"
         f" UNION SELECT DISTINCT user_key, '{USER_TERM}', user_id FROM cs_hits"
         " WHERE n = 1 AND user_id IS NOT NULL"
         f" UNION SELECT DISTINCT h.user_key, '{USER_TERM}', c.user_id FROM cs_hits h"
         " JOIN cs_candidates c ON c.kind = h.kind AND c.value = h.value WHERE h.n > 1"
-        " ORDER BY kind, value, user_key",
-        path,
     )
+    return _copy_out(_ordered(query, TERMS_ORDER, ordered), path)
 
 
 # ... and the source users carried over, with the users they reach, joining the decision.
