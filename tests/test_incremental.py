@@ -29,7 +29,14 @@ from include.staging import stage_audience
 from include.store.repository import SegmentStore
 from include.store.resolutions import SegmentResolutions
 from include.store.tables import resolution_terms, resolutions
-from tests.conftest import USERS_CHANGED_DDL, cli_json, run_segment, sqlite_conn, write_csv
+from tests.conftest import (
+    USERS_CHANGED_DDL,
+    cli,
+    cli_json,
+    run_segment,
+    sqlite_conn,
+    write_csv,
+)
 from tests.test_matching import segment
 
 SEGMENT = segment(
@@ -434,9 +441,11 @@ def test_incremental_equals_full_on_postgres(pg_database: dict, tmp_path: Path, 
 # -- through a DAG run -------------------------------------------------------------------------
 
 
-def test_a_dag_run_records_mode_and_rematched(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def dag_segment(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, segment_id: str, audience: int
+) -> tuple[Path, Path]:
+    """A file segment `segment_id` of `audience` source users k0... (ext e0...) over five
+    Netmera users U0..U4 holding e0..e4, with a change column: (the Netmera db, the CSV)."""
     netmera_db = workspace / "netmera.db"
     with sqlite3.connect(netmera_db) as conn:
         conn.execute(USERS_CHANGED_DDL)
@@ -447,14 +456,18 @@ def test_a_dag_run_records_mode_and_rematched(
     conn_value = json.loads(sqlite_conn(netmera_db))
     conn_value["extra"] = CHANGES
     monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DB", json.dumps(conn_value))
-    csv = write_csv(workspace / "aud.csv", ["uid", "ext"], [[f"k{i}", f"e{i}"] for i in range(4)])
-    (workspace / "segments" / "incr.yaml").write_text(
-        "id: incr\nname: Incremental\nsource: {type: file, path: " + str(csv) + "}\n"
+    rows = [[f"k{i}", f"e{i}"] for i in range(audience)]
+    csv = write_csv(workspace / f"{segment_id}.csv", ["uid", "ext"], rows)
+    (workspace / "segments" / f"{segment_id}.yaml").write_text(
+        f"id: {segment_id}\nname: Incremental\nsource: {{type: file, path: {csv}}}\n"
         "user_key: uid\nidentifiers: [{field: ext, kind: external_id}]\n"
         "full_refresh_days: 3\n"
     )
-    assert run_segment("incr") == "success"
-    with sqlite3.connect(netmera_db) as conn:  # e3 moves from U3 to U4: k3 is matched again
+    return netmera_db, csv
+
+
+def move_e3_to_u4(netmera_db: Path) -> None:
+    with sqlite3.connect(netmera_db) as conn:
         conn.execute(
             "UPDATE netmera_users SET external_id = NULL, changed_at = ? WHERE user_id = 'U3'",
             (stamp(),),
@@ -463,6 +476,14 @@ def test_a_dag_run_records_mode_and_rematched(
             "UPDATE netmera_users SET external_id = 'e3', changed_at = ? WHERE user_id = 'U4'",
             (stamp(),),
         )
+
+
+def test_a_dag_run_records_mode_and_rematched(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    netmera_db, _ = dag_segment(workspace, monkeypatch, "incr", 4)
+    assert run_segment("incr") == "success"
+    move_e3_to_u4(netmera_db)  # k3 is matched again
     assert run_segment("incr") == "success"
     assert run_segment("incr", full_refresh=True) == "success"
     runs = cli_json(capsys, "details", "incr")["runs"]
@@ -472,6 +493,34 @@ def test_a_dag_run_records_mode_and_rematched(
         ("full", 4),
     ]
     assert [r["netmera_users"] for r in runs] == [4, 4, 4]
+
+
+def test_publish_takes_the_members_change_only_against_the_current_version(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """An incremental match decides who entered and left against the previous match's
+    members: the publish writes that, but only when the current version is that match's. A
+    dry run between them matched (and kept resolutions) without publishing: the next publish
+    must then compare with the current version, or k0's leaving would be lost."""
+    netmera_db, csv = dag_segment(workspace, monkeypatch, "incr_change", 4)
+
+    def published() -> tuple[list[str], tuple[int, int]]:
+        code, out, err = cli(capsys, "members", "incr_change")
+        assert code == 0, err
+        run = cli_json(capsys, "details", "incr_change")["runs"][0]
+        return sorted(out.split()), (run["added"], run["removed"])
+
+    assert run_segment("incr_change") == "success"
+    move_e3_to_u4(netmera_db)
+    assert run_segment("incr_change") == "success"  # against the version run 1 published
+    assert published() == (["U0", "U1", "U2", "U4"], (1, 1))
+    write_csv(csv, ["uid", "ext"], [[f"k{i}", f"e{i}"] for i in range(1, 4)])  # k0 leaves
+    assert run_segment("incr_change", dry_run=True) == "success"
+    assert published()[0] == ["U0", "U1", "U2", "U4"]
+    assert run_segment("incr_change") == "success"  # the dry run's match is not published
+    assert published() == (["U1", "U2", "U4"], (0, 1))
+    runs = cli_json(capsys, "details", "incr_change")["runs"]
+    assert [r["mode"] for r in reversed(runs)] == ["full"] + ["incremental"] * 3
 
 
 def test_full_refresh_days_is_a_whole_number_of_days_at_least_one() -> None:

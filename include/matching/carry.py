@@ -78,11 +78,13 @@ def terms_schema() -> pa.Schema:
 @dataclass(frozen=True)
 class KeptState:
     """What the last match kept besides the resolutions: under which rules and settings
-    (`basis`), the newest change time read before it (`mark`), when the last full one ran."""
+    (`basis`), the newest change time read before it (`mark`), when the last full one ran,
+    and the run that made it (`run_id`)."""
 
     basis: str
     mark: dict[str, Any] | None
     full_at: datetime
+    run_id: str
 
 
 class Kept(Protocol):
@@ -162,12 +164,16 @@ def full_reason(
 class Planned:
     """What a match with kept resolutions does: match the source users in `staged` (all of
     them, or the re-matched ones' rows), decide with `carried` (None: a full match), and have
-    the store keep `update` (to which the match adds the resolutions and terms it wrote)."""
+    the store keep `update` (to which the match adds the resolutions and terms it wrote). An
+    incremental match also has every `kept` resolution, made by the run `kept_by`: the
+    members' change is then decided against that run's members."""
 
     staged: Path
     digests: Path  # (user_key, digest) of every source user
     carried: Path | None
     update: Update
+    kept: Path | None = None
+    kept_by: str | None = None
 
 
 def prepare(
@@ -220,7 +226,7 @@ def prepare(
         gone,
     )
     update = Update(False, now_basis, mark, state.full_at, dropped=str(found.dropped))
-    return Planned(rematch, digests, found.carried, update)
+    return Planned(rematch, digests, found.carried, update, kept_file, state.run_id)
 
 
 def _affected(

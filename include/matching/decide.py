@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 DUCKDB_MEMORY_ENV = "CONNECTOR_SEGMENTS_DUCKDB_MEMORY"
 MEMBERS_FILE = "members.parquet"
 UNMATCHED_FILE = "unmatched.parquet"  # beside the members: why each other source user is out
+# Beside the members of an incremental match: its members' change against the previous one's.
+ENTERED_FILE = "entered.parquet"  # user_id, matched_by
+LEFT_FILE = "left.parquet"  # user_id
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,14 @@ def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
 class Carry:
     """An incremental match's part in the decision (`carry.py`): the source users carried over
     (`carried`, Parquet of stored resolutions; None: a full match, nobody), and where the
-    resolutions and terms of those decided now go (`cs_digests` must hold their digests)."""
+    resolutions and terms of those decided now go (`cs_digests` must hold their digests).
+    With `previous` (the resolutions the last match kept), the members' change against that
+    match's members is written beside the members (`ENTERED_FILE`, `LEFT_FILE`)."""
 
     carried: Path | None
     resolutions: Path
     terms: Path
+    previous: Path | None = None
 
 
 def decide(
@@ -117,6 +123,9 @@ def decide(
                 run(statement)
     run(rules.MEMBERS)
     run(rules.copy_members(members))
+    if carry is not None and carry.previous is not None:
+        run(rules.copy_entered(carry.previous, members.with_name(ENTERED_FILE)))
+        run(rules.copy_left(carry.previous, members.with_name(LEFT_FILE)))
     run(rules.copy_unmatched(unmatched))
     ((total, matched),) = run(rules.SOURCE_USER_COUNTS)
     reasons = dict(run(rules.REASON_COUNTS))

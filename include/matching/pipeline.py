@@ -100,7 +100,10 @@ def _matched(
     carrying = None
     if planned is not None:
         carrying = decide.Carry(
-            planned.carried, workdir / carry.RESOLUTIONS_FILE, workdir / carry.TERMS_FILE
+            planned.carried,
+            workdir / carry.RESOLUTIONS_FILE,
+            workdir / carry.TERMS_FILE,
+            planned.kept,
         )
     if planned is not None and planned.carried is not None and not rows:
         # Nobody to look up: no backend, empty lookups.
@@ -128,6 +131,7 @@ def _matched(
         mode="full" if planned.carried is None else "incremental",
         rematched=pq.read_metadata(carrying.resolutions).num_rows,  # one a source user
         resolutions=update,
+        changed_since=planned.kept_by,
     )
 
 

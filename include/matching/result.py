@@ -24,6 +24,9 @@ class MatchResult:
     mode: str = "full"  # or "incremental": only some source users were matched again
     rematched: int = 0  # the source users matched again (in full: all of them)
     resolutions: Update | None = None  # what the store keeps for the next match (carry.py)
+    # The run whose members this match's change is against (decide.ENTERED_FILE and LEFT_FILE
+    # beside the members): an incremental match's previous one.
+    changed_since: str | None = None
 
     @classmethod
     def of(

@@ -464,6 +464,29 @@ def add_carried(path: Path, has_push: bool) -> list[str]:
     return statements
 
 
+# The members' change against the previous match's members (those of the resolutions it kept,
+# `previous`: Parquet, `carry.resolution_schema`): who entered, with the kind that reached them,
+# and who left. A publish over the version that match made writes these and reads nothing.
+def _previous_members(previous: Path) -> str:
+    return f"(SELECT DISTINCT user_id FROM {parquet(previous)} WHERE reason IS NULL)"
+
+
+def copy_entered(previous: Path, path: Path) -> str:
+    query = (
+        "SELECT user_id, matched_by FROM cs_members m WHERE NOT EXISTS (SELECT 1 FROM"
+        f" {_previous_members(previous)} p WHERE p.user_id = m.user_id)"
+    )
+    return _copy_out(query, path)
+
+
+def copy_left(previous: Path, path: Path) -> str:
+    query = (
+        f"SELECT user_id FROM {_previous_members(previous)} p WHERE NOT EXISTS"
+        " (SELECT 1 FROM cs_members m WHERE m.user_id = p.user_id)"
+    )
+    return _copy_out(query, path)
+
+
 # Stage 2's counts, after DECIDE.
 SOURCE_USER_COUNTS = "SELECT count(*), count(*) FILTER (WHERE matched) FROM cs_source_users"
 REASON_COUNTS = "SELECT reason, count(*) FROM cs_source_users GROUP BY reason"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from include.matching.result import MatchResult
     from include.staging import StepFolder
-    from include.store.repository import Publication
+    from include.store.repository import MemberChange, Publication
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,19 @@ def _members(run: StepFolder) -> Iterator[pa.RecordBatch]:
     yield from _parquet_batches(run.fetch(MEMBERS_FILE), ["user_id", "matched_by"])
 
 
+def _member_change(run: StepFolder, matched: MatchResult) -> MemberChange | None:
+    """The match's members' change against the previous match's members, if it made one;
+    fetched from staging when first read, as the members are."""
+    from include.matching.decide import ENTERED_FILE, LEFT_FILE
+    from include.store.repository import MemberChange
+
+    if not matched.changed_since:
+        return None
+    return MemberChange(
+        matched.changed_since, lambda: (str(run.fetch(ENTERED_FILE)), str(run.fetch(LEFT_FILE)))
+    )
+
+
 @_step
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     """Source → staged Parquet, batch by batch; kept for match once complete."""
@@ -190,6 +203,7 @@ def match(
     be (`include/matching/carry.py`): the resolutions it made are kept for the next match
     before anything else is recorded; `full_refresh` asks for a full match."""
 
+    from include.matching.decide import ENTERED_FILE, LEFT_FILE
     from include.matching.pipeline import match_audience
     from include.store.resolutions import SegmentResolutions
 
@@ -211,6 +225,9 @@ def match(
         if result.resolutions is not None:
             kept.save(result.resolutions, run_id)
         members = run.keep(Path(result.members_path))
+        if result.changed_since:  # the members' change, for publish (decide.ENTERED_FILE)
+            for name in (ENTERED_FILE, LEFT_FILE):
+                run.keep(Path(result.members_path).with_name(name))
         store.record_unmatched(
             config.id, run_id, _parquet_batches(result.unmatched_path, ["user_key", "reason"])
         )
@@ -332,7 +349,12 @@ def publish(
     """The new membership becomes current in one transaction (rolled back on a dry run)."""
     with staging().step(config.id, run_id, "publish") as run:
         outcome = _store().publish(
-            config.id, run_id, _members(run), counts=matched, dry_run=dry_run
+            config.id,
+            run_id,
+            _members(run),
+            counts=matched,
+            dry_run=dry_run,
+            change=_member_change(run, matched),
         )
         log.info(
             "segment %s: %s version %s: +%s added, -%s removed",

@@ -45,6 +45,17 @@ class Publication:
     removed: int
 
 
+@dataclass(frozen=True)
+class MemberChange:
+    """A match's members' change against the members of the match run `since` made: `files()`
+    gives the Parquet of who entered (user_id, matched_by) and who left (user_id), read only
+    when used. A publish uses it when the current version is the one `since` published; any
+    other current version (a held or dry run between, a restore) is diffed as before."""
+
+    since: str
+    files: Callable[[], tuple[str, str]]
+
+
 # Everything a run records after it starts; reset when a cleared run starts again.
 RUN_RESULTS = (
     "finished_at",
@@ -109,6 +120,14 @@ def fails_segment(run: dict[str, Any] | None) -> bool:
         and not run["dry_run"]
         and run["restored_from"] is None
     )
+
+
+IN_CHUNK = 5_000  # values per IN list (SQLite allows 32,766 variables)
+
+
+def chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
 
 
 def _insert_batches(
@@ -513,8 +532,10 @@ class SegmentStore:
         *,
         counts: MatchResult,
         dry_run: bool,
+        change: MemberChange | None = None,
     ) -> Publication:
-        """Make the new membership current in ONE transaction; report added/removed.
+        """Make the new membership current in ONE transaction; report added/removed. With
+        `change` (the match's members' change) the members are not read, if it applies.
 
         A dry run does the same work and rolls it back, so it shows exactly what would change.
         """
@@ -523,7 +544,7 @@ class SegmentStore:
             return done
         arriving = self._arriving(member_batches)
         if dry_run:
-            outcome = self._rolled_back(segment_id, arriving)
+            outcome = self._rolled_back(segment_id, arriving, change)
             self.record_run(
                 segment_id,
                 run_id,
@@ -536,7 +557,7 @@ class SegmentStore:
             return outcome
         listed = {k: getattr(counts, k) for k in LISTED_COUNTS}
         with self.engine.begin() as conn:
-            outcome = self._add_version(conn, segment_id, arriving)
+            outcome = self._add_version(conn, segment_id, arriving, change)
             self._make_current(conn, segment_id, run_id, outcome, listed)
         return outcome
 
@@ -710,27 +731,44 @@ class SegmentStore:
             return Publication(*(done[k] for k in ("version", "base_version", "added", "removed")))
         return None
 
-    def _rolled_back(self, segment_id: str, arriving: Arriving) -> Publication:
+    def _rolled_back(
+        self, segment_id: str, arriving: Arriving, change: MemberChange | None = None
+    ) -> Publication:
         """What adding that version would change; nothing of it is kept."""
         try:
             with self.engine.begin() as conn:
-                outcome = self._add_version(conn, segment_id, arriving)
+                outcome = self._add_version(conn, segment_id, arriving, change)
                 raise PublishAborted
         except PublishAborted:
             return outcome
 
-    def _add_version(self, conn: sa.Connection, segment_id: str, arriving: Arriving) -> Publication:
+    def _add_version(
+        self,
+        conn: sa.Connection,
+        segment_id: str,
+        arriving: Arriving,
+        change: MemberChange | None = None,
+    ) -> Publication:
         """Version current+1 with the `arriving` members: the stays of those who left close
-        at it, those who entered open a stay at it; nobody else's row is written."""
+        at it, those who entered open a stay at it; nobody else's row is written. Who entered
+        and left comes from `change` when the current version is the members it is against,
+        else from comparing the arriving members with a read of the current ones."""
+        import pyarrow as pa
         import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
         current = conn.execute(self._current(segment_id)).scalar_one()  # the segment must exist
         version = (current or 0) + 1
-        new = arriving(conn)
-        old = read_arrow(conn, sa.select(members.c.user_id).where(current_members(segment_id)))
-        old_ids, new_ids = old["user_id"].combine_chunks(), new["user_id"].combine_chunks()
-        entered = new.filter(pc.invert(pc.is_in(new_ids, value_set=old_ids)))
-        left = old_ids.filter(pc.invert(pc.is_in(old_ids, value_set=new_ids)))
+        if change is not None and self._published_by(conn, segment_id, current, change.since):
+            entered_file, left_file = change.files()
+            entered = pq.read_table(entered_file).cast(_member_schema())
+            left = pq.read_table(left_file)["user_id"].combine_chunks().cast(pa.string())
+        else:
+            new = arriving(conn)
+            old = read_arrow(conn, sa.select(members.c.user_id).where(current_members(segment_id)))
+            old_ids, new_ids = old["user_id"].combine_chunks(), new["user_id"].combine_chunks()
+            entered = new.filter(pc.invert(pc.is_in(new_ids, value_set=old_ids)))
+            left = old_ids.filter(pc.invert(pc.is_in(old_ids, value_set=new_ids)))
         _close_stays(conn, segment_id, version, left)
         _insert_batches(
             conn,
@@ -741,6 +779,26 @@ class SegmentStore:
             left_version=None,
         )
         return Publication(version, current, entered.num_rows, len(left))
+
+    @staticmethod
+    def _published_by(
+        conn: sa.Connection, segment_id: str, version: int | None, run_id: str
+    ) -> bool:
+        """Whether `version` is the one the refresh run `run_id` published (not a restore)."""
+        if version is None:
+            return False
+        return (
+            conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.segment_id == segment_id,
+                    runs.c.airflow_run_id == run_id,
+                    runs.c.version == version,
+                    runs.c.status == "published",
+                    runs.c.restored_from.is_(None),
+                )
+            ).first()
+            is not None
+        )
 
     @staticmethod
     def _arriving(member_batches: Iterable[pa.RecordBatch]) -> Arriving:
@@ -827,29 +885,12 @@ def _member_schema() -> pa.Schema:
 
 
 def _close_stays(conn: sa.Connection, segment_id: str, version: int, user_ids: pa.Array) -> None:
-    """The open stays of these users end at `version`: on PostgreSQL through a temporary table
-    COPYed in and one UPDATE joined to it, elsewhere one UPDATE a user (the primary key)."""
-    import pyarrow as pa
-
-    if not len(user_ids):
-        return
-    if conn.dialect.name != "postgresql":
+    """The open stays of these users end at `version`: an UPDATE per chunk of users, probes
+    of the primary key as many as users leave (a join to the segment's range read all of
+    its rows whenever the planner's statistics were older than the last publish)."""
+    for chunk in chunks(user_ids.to_pylist()):
         conn.execute(
             members.update()
-            .where(current_members(segment_id), members.c.user_id == sa.bindparam("leaving"))
-            .values(left_version=version),
-            [{"leaving": user_id} for user_id in user_ids.to_pylist()],
+            .where(current_members(segment_id), members.c.user_id.in_(chunk))
+            .values(left_version=version)
         )
-        return
-    from include.clients.database import copy_batch
-
-    conn.exec_driver_sql("CREATE TEMP TABLE cs_leaving (user_id text) ON COMMIT DROP")
-    copy_batch(conn, "cs_leaving", pa.record_batch([user_ids], names=["user_id"]))
-    conn.execute(
-        sa.text(
-            "UPDATE cs_members m SET left_version = :version FROM cs_leaving l "
-            "WHERE m.segment_id = :segment AND m.left_version IS NULL AND m.user_id = l.user_id"
-        ),
-        {"version": version, "segment": segment_id},
-    )
-    conn.exec_driver_sql("DROP TABLE cs_leaving")

@@ -9,7 +9,6 @@ before leaves the previous ones, still true of what they say).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,15 +17,13 @@ import sqlalchemy as sa
 
 from include.clients.database import read_arrow
 from include.matching.rules import USER_TERM
-from include.store.repository import _insert_batches
+from include.store.repository import _insert_batches, chunks
 from include.store.tables import resolution_state, resolution_terms, resolutions
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from include.matching.carry import KeptState, Update
-
-IN_CHUNK = 5_000  # values per IN list (SQLite allows 32,766 variables)
 
 
 class SegmentResolutions:
@@ -46,7 +43,7 @@ class SegmentResolutions:
         if row is None:
             return None
         full_at = row.full_at if row.full_at.tzinfo else row.full_at.replace(tzinfo=UTC)
-        return KeptState(row.basis, row.mark, full_at)
+        return KeptState(row.basis, row.mark, full_at, row.airflow_run_id)
 
     def export(self, destination: Path) -> Path:
         """Every kept resolution → Parquet (`carry.resolution_schema`)."""
@@ -87,7 +84,7 @@ class SegmentResolutions:
         keys: set[str] = set()
         with self.engine.connect() as conn:
             for kind, values in by_kind.items():
-                for chunk in _chunks(sorted(values)):
+                for chunk in chunks(sorted(values)):
                     keys.update(
                         conn.execute(
                             sa.select(resolution_terms.c.user_key).where(
@@ -136,28 +133,15 @@ class SegmentResolutions:
             )
 
 
-def _chunks(values: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(values), IN_CHUNK):
-        yield values[start : start + IN_CHUNK]
-
-
 def _delete_dropped(conn: sa.Connection, segment: str, path: str) -> None:
-    """Delete the resolutions and terms of the user keys in the Parquet file `path`: the keys
-    go into a temporary table, and each table's rows go by one join to it (for the terms, no
-    index leads with the user key: one pass over the segment's range)."""
+    """Delete the resolutions and terms of the user keys in the Parquet file `path`, a chunk
+    of keys at a time: probes of each table's index on (segment_id, user_key), as many as
+    keys go, whatever the planner thinks of a table the last match filled."""
     import pyarrow.parquet as pq
 
-    dropped = sa.Table(
-        "cs_dropped_keys", sa.MetaData(), sa.Column("user_key", sa.Text), prefixes=["TEMPORARY"]
-    )
-    dropped.create(conn)
-    batches = pq.ParquetFile(path).iter_batches(batch_size=50_000, columns=["user_key"])
-    _insert_batches(conn, dropped, batches)
-    for table in (resolutions, resolution_terms):
-        conn.execute(
-            table.delete().where(
-                table.c.segment_id == segment,
-                table.c.user_key.in_(sa.select(dropped.c.user_key)),
+    keys = pq.read_table(path, columns=["user_key"])["user_key"].to_pylist()
+    for chunk in chunks(keys):
+        for table in (resolutions, resolution_terms):
+            conn.execute(
+                table.delete().where(table.c.segment_id == segment, table.c.user_key.in_(chunk))
             )
-        )
-    dropped.drop(conn)
