@@ -322,27 +322,28 @@ class Plan:
 
 
 def plan(con: Any, digests: Path, kept: Path, affected: set[str], workdir: Path) -> Plan:
-    """Who is matched again (new, changed or `affected`), who carries over, what goes."""
+    """Who is matched again (new, changed or `affected`), who carries over, what goes: one
+    join writes the carried resolutions, whose keys then answer the other two."""
     import pyarrow as pa
 
-    con.execute(f"CREATE TEMP TABLE cs_new AS SELECT * FROM read_parquet({_quoted(digests)})")
-    con.execute(f"CREATE TEMP TABLE cs_kept AS SELECT * FROM read_parquet({_quoted(kept)})")
-    con.register("cs_affected_in", pa.table({"user_key": pa.array(sorted(affected), pa.string())}))
-    con.execute("CREATE TEMP TABLE cs_affected AS SELECT * FROM cs_affected_in")
-    con.unregister("cs_affected_in")
-    con.execute(
-        "CREATE TEMP TABLE cs_carried AS SELECT k.* FROM cs_kept k"
-        " JOIN cs_new n ON n.user_key = k.user_key AND n.digest = k.digest"
-        " WHERE k.user_key NOT IN (SELECT user_key FROM cs_affected)"
-    )
     carried, dropped = workdir / CARRIED_FILE, workdir / DROPPED_FILE
-    con.execute(f"COPY cs_carried TO {_quoted(carried)} (FORMAT parquet)")
+    con.register("cs_affected", pa.table({"user_key": pa.array(sorted(affected), pa.string())}))
     con.execute(
-        "COPY (SELECT user_key FROM cs_kept EXCEPT SELECT user_key FROM cs_carried)"
-        f" TO {_quoted(dropped)} (FORMAT parquet)"
+        f"COPY (SELECT k.* FROM read_parquet({_quoted(kept)}) k"
+        f" JOIN read_parquet({_quoted(digests)}) n ON n.user_key = k.user_key"
+        " AND n.digest = k.digest"
+        " WHERE NOT EXISTS (SELECT 1 FROM cs_affected a WHERE a.user_key = k.user_key))"
+        f" TO {_quoted(carried)} (FORMAT parquet)"
+    )
+    con.unregister("cs_affected")
+    carried_keys = f"(SELECT user_key FROM read_parquet({_quoted(carried)}))"
+    con.execute(
+        f"COPY (SELECT user_key FROM read_parquet({_quoted(kept)})"
+        f" EXCEPT SELECT user_key FROM {carried_keys}) TO {_quoted(dropped)} (FORMAT parquet)"
     )
     rematch = con.sql(
-        "SELECT user_key FROM cs_new EXCEPT SELECT user_key FROM cs_carried"
+        f"SELECT user_key FROM read_parquet({_quoted(digests)}) EXCEPT SELECT user_key FROM"
+        f" {carried_keys}"
     ).to_arrow_table()
     return Plan(rematch["user_key"].combine_chunks().cast(pa.string()), carried, dropped)
 
