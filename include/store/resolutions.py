@@ -134,14 +134,34 @@ class SegmentResolutions:
 
 
 def _delete_dropped(conn: sa.Connection, segment: str, path: str) -> None:
-    """Delete the resolutions and terms of the user keys in the Parquet file `path`, a chunk
-    of keys at a time: probes of each table's index on (segment_id, user_key), as many as
-    keys go, whatever the planner thinks of a table the last match filled."""
+    """Delete the resolutions and terms of the user keys in the Parquet file `path`. The
+    resolutions go a chunk of keys at a time, probes of their primary key (as many as keys go,
+    whatever the planner thinks of a table the last match filled); so do the terms on
+    PostgreSQL, through their (segment_id, user_key) index. SQLite has no such index (migration
+    0015): there the terms go by one pass over the segment's range, joined to the keys in a
+    temporary table."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    keys = pq.read_table(path, columns=["user_key"])["user_key"].to_pylist()
-    for chunk in chunks(keys):
-        for table in (resolutions, resolution_terms):
+    keys = pq.read_table(path, columns=["user_key"])["user_key"].combine_chunks()
+    postgres = conn.dialect.name == "postgresql"
+    by_key = (resolutions, resolution_terms) if postgres else (resolutions,)
+    for chunk in chunks(keys.to_pylist()):
+        for table in by_key:
             conn.execute(
                 table.delete().where(table.c.segment_id == segment, table.c.user_key.in_(chunk))
             )
+    if postgres:
+        return
+    dropped = sa.Table(
+        "cs_dropped_keys", sa.MetaData(), sa.Column("user_key", sa.Text), prefixes=["TEMPORARY"]
+    )
+    dropped.create(conn)
+    _insert_batches(conn, dropped, [pa.record_batch([keys], names=["user_key"])])
+    conn.execute(
+        resolution_terms.delete().where(
+            resolution_terms.c.segment_id == segment,
+            resolution_terms.c.user_key.in_(sa.select(dropped.c.user_key)),
+        )
+    )
+    dropped.drop(conn)
