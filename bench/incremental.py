@@ -250,15 +250,24 @@ def full_refresh(
 ) -> dict[str, Any]:
     """A full refresh of the current state, in a copy of database and store: keeping the
     resolutions (`full_refresh: true`, as every `full_refresh_days`), or without the change
-    column (`kept=False`: no resolutions kept, a full refresh as before incremental matching)."""
+    column (`kept=False`: a full refresh as before incremental matching, so the copy's kept
+    resolutions are emptied first, untimed: dropping them is a one-off when the column goes,
+    not what a refresh did before)."""
     name = "full" if kept else "plain"
     extra = conn["extra"] if kept else {}
     if backend == "postgres":
         copy = postgres_copy(args.pg, source.database, f"cs_bench_incremental_{name}")
         other = {**netmera_db(copy), "extra": extra}
+        engine = sa.create_engine(copy)
     else:
         shutil.copyfile(source, work / f"{name}.sqlite")
         other = {**sqlite_conn(work / f"{name}.sqlite"), "extra": extra}
+        engine = sa.create_engine(f"sqlite:///{work / name}.sqlite")
+    if not kept:
+        with engine.begin() as db:
+            for table in ("cs_resolution_terms", "cs_resolutions", "cs_resolution_state"):
+                db.exec_driver_sql(f"DELETE FROM {table}")
+    engine.dispose()
     (work / name).mkdir()
     env = environment(work / name, other, [segment])
     conf = {"full_refresh": True} if kept else None
