@@ -37,6 +37,7 @@ TASKS = {
     "refresh.run": ("bench.refresh", "run"),
     "fleet.floor": ("bench.fleet", "floor_refreshes"),
     "incremental.refresh": ("bench.incremental", "refresh"),
+    "incremental.floor": ("bench.incremental", "floor"),
 }
 
 

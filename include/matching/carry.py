@@ -205,14 +205,14 @@ def prepare(
         with ThreadPoolExecutor(max_workers=1) as pool:
             asked = None
             if why is None and state is not None:
-                asked = pool.submit(_affected, segment, engine, users, change, state, kept)
+                asked = pool.submit(affected, segment, engine, users, change, state, kept)
             write_digests(con, segment, staged, digests)
             if asked is None or state is None:
                 log.info("segment %s: matching in full: %s", segment.id, why)
                 return Planned(staged, digests, None, Update(True, now_basis, mark, now))
             kept_file = kept.export(workdir / KEPT_FILE)
-            affected, changed, gone = asked.result()
-        found = plan(con, digests, kept_file, affected, workdir)
+            keys, changed, gone = asked.result()
+        found = plan(con, digests, kept_file, keys, workdir)
     finally:
         con.close()
     rematch = workdir / REMATCH_FILE
@@ -229,7 +229,7 @@ def prepare(
     return Planned(rematch, digests, found.carried, update, kept_file, state.run_id)
 
 
-def _affected(
+def affected(
     segment: SegmentConfig,
     engine: sa.Engine,
     users: UserTable,
@@ -241,8 +241,8 @@ def _affected(
     how many Netmera users changed and were deleted."""
     changed = changed_rows(engine, users, change, state.mark, {i.kind for i in segment.identifiers})
     gone = missing_users(engine, users, kept.user_ids())
-    affected = kept.keys_with_terms(changed_terms(changed, gone))
-    return affected, len(set(changed["user_id"].to_pylist())), len(gone)
+    keys = kept.keys_with_terms(changed_terms(changed, gone))
+    return keys, len(set(changed["user_id"].to_pylist())), len(gone)
 
 
 def _keyed_batches(segment: SegmentConfig, staged: Path) -> Any:
