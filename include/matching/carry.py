@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 DIGESTS_FILE = "digests.parquet"
 KEPT_FILE = "kept.parquet"
-CARRIED_FILE = "carried.parquet"
 REMATCH_FILE = "rematch.parquet"  # the staged rows of the source users matched again
 RESOLUTIONS_FILE = "resolutions.parquet"
 TERMS_FILE = "terms.parquet"
@@ -163,14 +162,14 @@ def full_reason(
 @dataclass(frozen=True)
 class Planned:
     """What a match with kept resolutions does: match the source users in `staged` (all of
-    them, or the re-matched ones' rows), decide with `carried` (None: a full match), and have
-    the store keep `update` (to which the match adds the resolutions and terms it wrote). An
-    incremental match also has every `kept` resolution, made by the run `kept_by`: the
-    members' change is then decided against that run's members."""
+    them, or the re-matched ones' rows) and have the store keep `update` (to which the match
+    adds the resolutions and terms it wrote). An incremental match has every `kept`
+    resolution (None: a full match), made by the run `kept_by`: the decision carries over
+    those whose key is not in `update.dropped`, and decides the members' change against that
+    run's members."""
 
     staged: Path
     digests: Path  # (user_key, digest) of every source user
-    carried: Path | None
     update: Update
     kept: Path | None = None
     kept_by: str | None = None
@@ -209,7 +208,7 @@ def prepare(
             write_digests(con, segment, staged, digests)
             if asked is None or state is None:
                 log.info("segment %s: matching in full: %s", segment.id, why)
-                return Planned(staged, digests, None, Update(True, now_basis, mark, now))
+                return Planned(staged, digests, Update(True, now_basis, mark, now))
             kept_file = kept.export(workdir / KEPT_FILE)
             keys, changed, gone = asked.result()
         found = plan(con, digests, kept_file, keys, workdir)
@@ -226,7 +225,7 @@ def prepare(
         gone,
     )
     update = Update(False, now_basis, mark, state.full_at, dropped=str(found.dropped))
-    return Planned(rematch, digests, found.carried, update, kept_file, state.run_id)
+    return Planned(rematch, digests, update, kept_file, state.run_id)
 
 
 def affected(
@@ -317,35 +316,35 @@ def changed_terms(changed: pa.Table, gone: list[str]) -> pa.Table:
 @dataclass(frozen=True)
 class Plan:
     rematch: pa.Array  # the user keys matched again
-    carried: Path  # their stored resolutions, of everyone else still in the audience
-    dropped: Path  # the kept user keys whose stored rows go (re-matched or gone)
+    dropped: Path  # the kept user keys not carried over (re-matched or gone): their rows go
 
 
 def plan(con: Any, digests: Path, kept: Path, affected: set[str], workdir: Path) -> Plan:
-    """Who is matched again (new, changed or `affected`), who carries over, what goes: one
-    join writes the carried resolutions, whose keys then answer the other two."""
+    """Who is matched again (new, changed or `affected`) and whose kept rows go (changed,
+    `affected` or gone): one join of the kept digests to the source users' answers both, and
+    everyone else carries over as kept. Nothing audience-sized is written: the decision reads
+    the carried resolutions from `kept`, less `dropped`."""
     import pyarrow as pa
 
-    carried, dropped = workdir / CARRIED_FILE, workdir / DROPPED_FILE
+    dropped = workdir / DROPPED_FILE
     con.register("cs_affected", pa.table({"user_key": pa.array(sorted(affected), pa.string())}))
     con.execute(
-        f"COPY (SELECT k.* FROM read_parquet({_quoted(kept)}) k"
-        f" JOIN read_parquet({_quoted(digests)}) n ON n.user_key = k.user_key"
-        " AND n.digest = k.digest"
-        " WHERE NOT EXISTS (SELECT 1 FROM cs_affected a WHERE a.user_key = k.user_key))"
-        f" TO {_quoted(carried)} (FORMAT parquet)"
+        "CREATE TEMP TABLE cs_replaced AS SELECT k.user_key AS kept_key, n.user_key AS source_key"
+        f" FROM (SELECT user_key, digest FROM read_parquet({_quoted(kept)})) k"
+        f" FULL JOIN read_parquet({_quoted(digests)}) n ON n.user_key = k.user_key"
+        " WHERE k.digest IS DISTINCT FROM n.digest"
+        " OR k.user_key IN (SELECT user_key FROM cs_affected)"
     )
     con.unregister("cs_affected")
-    carried_keys = f"(SELECT user_key FROM read_parquet({_quoted(carried)}))"
     con.execute(
-        f"COPY (SELECT user_key FROM read_parquet({_quoted(kept)})"
-        f" EXCEPT SELECT user_key FROM {carried_keys}) TO {_quoted(dropped)} (FORMAT parquet)"
+        "COPY (SELECT kept_key AS user_key FROM cs_replaced WHERE kept_key IS NOT NULL)"
+        f" TO {_quoted(dropped)} (FORMAT parquet)"
     )
     rematch = con.sql(
-        f"SELECT user_key FROM read_parquet({_quoted(digests)}) EXCEPT SELECT user_key FROM"
-        f" {carried_keys}"
+        "SELECT source_key AS user_key FROM cs_replaced WHERE source_key IS NOT NULL"
     ).to_arrow_table()
-    return Plan(rematch["user_key"].combine_chunks().cast(pa.string()), carried, dropped)
+    con.execute("DROP TABLE cs_replaced")
+    return Plan(rematch["user_key"].combine_chunks().cast(pa.string()), dropped)
 
 
 def narrowed(update: Update, kept: Kept, workdir: Path) -> Update:

@@ -89,16 +89,17 @@ def session(workdir: Path, memory: str) -> Iterator[DuckSession]:
 
 @dataclass(frozen=True)
 class Carry:
-    """An incremental match's part in the decision (`carry.py`): the source users carried over
-    (`carried`, Parquet of stored resolutions; None: a full match, nobody), and where the
-    resolutions and terms of those decided now go (`cs_digests` must hold their digests).
-    With `previous` (the resolutions the last match kept), the members' change against that
-    match's members is written beside the members (`ENTERED_FILE`, `LEFT_FILE`)."""
+    """An incremental match's part in the decision (`carry.py`): where the resolutions and
+    terms of the source users decided now go (`cs_digests` must hold their digests) and, in
+    an incremental match, the resolutions the last match kept (`kept`, Parquet,
+    `carry.resolution_schema`) of which those whose key is not in `dropped` (Parquet) carry
+    over. The members' change against that match's members is then written beside the members
+    (`ENTERED_FILE`, `LEFT_FILE`)."""
 
-    carried: Path | None
     resolutions: Path
     terms: Path
-    previous: Path | None = None
+    kept: Path | None = None
+    dropped: Path | None = None
 
 
 def decide(
@@ -114,18 +115,19 @@ def decide(
     them: members and counts are always over every source user."""
     run = session.run
     run(rules.DECIDE)
+    incremental = carry is not None and carry.kept is not None and carry.dropped is not None
     if carry is not None:
-        kept_as_is = carry.carried is not None  # a full match's are narrowed first
-        run(rules.copy_resolutions(carry.resolutions, has_push, ordered=kept_as_is))
-        run(rules.copy_terms(carry.terms, ordered=kept_as_is))
-        if carry.carried is not None:
-            for statement in rules.add_carried(carry.carried, has_push):
-                run(statement)
+        # An incremental match's go to the store as they are; a full one's are narrowed first.
+        run(rules.copy_resolutions(carry.resolutions, has_push, ordered=incremental))
+        run(rules.copy_terms(carry.terms, ordered=incremental))
+    if incremental:
+        for statement in rules.add_carried(carry.kept, carry.dropped, has_push):
+            run(statement)
     run(rules.MEMBERS)
     run(rules.copy_members(members))
-    if carry is not None and carry.previous is not None:
-        run(rules.copy_entered(carry.previous, members.with_name(ENTERED_FILE)))
-        run(rules.copy_left(carry.previous, members.with_name(LEFT_FILE)))
+    if incremental:
+        run(rules.copy_entered(members.with_name(ENTERED_FILE)))
+        run(rules.copy_left(members.with_name(LEFT_FILE)))
     run(rules.copy_unmatched(unmatched))
     ((total, matched),) = run(rules.SOURCE_USER_COUNTS)
     reasons = dict(run(rules.REASON_COUNTS))

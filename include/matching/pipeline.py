@@ -100,12 +100,12 @@ def _matched(
     carrying = None
     if planned is not None:
         carrying = decide.Carry(
-            planned.carried,
             workdir / carry.RESOLUTIONS_FILE,
             workdir / carry.TERMS_FILE,
             planned.kept,
+            Path(planned.update.dropped) if planned.update.dropped else None,
         )
-    if planned is not None and planned.carried is not None and not rows:
+    if planned is not None and planned.kept is not None and not rows:
         # Nobody to look up: no backend, empty lookups.
         backend: AbstractContextManager[Backend] = nullcontext(_Unchanged(users))
     else:
@@ -128,7 +128,7 @@ def _matched(
     )
     return dataclasses.replace(
         result,
-        mode="full" if planned.carried is None else "incremental",
+        mode="full" if planned.kept is None else "incremental",
         rematched=pq.read_metadata(carrying.resolutions).num_rows,  # one a source user
         resolutions=update,
         changed_since=planned.kept_by,

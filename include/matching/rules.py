@@ -450,38 +450,39 @@ def copy_terms(path: Path, ordered: bool) -> str:
     return _copy_out(_ordered(query, TERMS_ORDER, ordered), path)
 
 
-# ... and the source users carried over, with the users they reach, joining the decision.
-def add_carried(path: Path, has_push: bool) -> list[str]:
-    carried = parquet(path)
+# ... and the source users carried over (the last match's resolutions, `kept`: Parquet,
+# `carry.resolution_schema`, less the user keys in `dropped`), with the users they reach, join
+# the decision; that match's members are kept aside for the members' change.
+def add_carried(kept: Path, dropped: Path, has_push: bool) -> list[str]:
     statements = [
+        f"CREATE TEMP TABLE cs_previous_members AS SELECT DISTINCT user_id FROM {parquet(kept)}"
+        " WHERE reason IS NULL",  # a matched user has no reason
+        f"CREATE TEMP VIEW cs_carried AS SELECT * FROM {parquet(kept)} k WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {parquet(dropped)} d WHERE d.user_key = k.user_key)",
         "INSERT INTO cs_source_users SELECT user_key, user_id, matched_by,"
-        f" priority, reason IS NULL, reason FROM {carried}"  # a matched user has no reason
+        " priority, reason IS NULL, reason FROM cs_carried",
     ]
     if has_push:
         statements.append(
-            f"INSERT INTO cs_reach SELECT DISTINCT user_id FROM {carried} WHERE reachable"
+            "INSERT INTO cs_reach SELECT DISTINCT user_id FROM cs_carried WHERE reachable"
         )
     return statements
 
 
-# The members' change against the previous match's members (those of the resolutions it kept,
-# `previous`: Parquet, `carry.resolution_schema`): who entered, with the kind that reached them,
-# and who left. A publish over the version that match made writes these and reads nothing.
-def _previous_members(previous: Path) -> str:
-    return f"(SELECT DISTINCT user_id FROM {parquet(previous)} WHERE reason IS NULL)"
-
-
-def copy_entered(previous: Path, path: Path) -> str:
+# The members' change against the previous match's members (`add_carried` set them aside): who
+# entered, with the kind that reached them, and who left. A publish over the version that match
+# made writes these and reads nothing.
+def copy_entered(path: Path) -> str:
     query = (
         "SELECT user_id, matched_by FROM cs_members m WHERE NOT EXISTS (SELECT 1 FROM"
-        f" {_previous_members(previous)} p WHERE p.user_id = m.user_id)"
+        " cs_previous_members p WHERE p.user_id = m.user_id)"
     )
     return _copy_out(query, path)
 
 
-def copy_left(previous: Path, path: Path) -> str:
+def copy_left(path: Path) -> str:
     query = (
-        f"SELECT user_id FROM {_previous_members(previous)} p WHERE NOT EXISTS"
+        "SELECT user_id FROM cs_previous_members p WHERE NOT EXISTS"
         " (SELECT 1 FROM cs_members m WHERE m.user_id = p.user_id)"
     )
     return _copy_out(query, path)
