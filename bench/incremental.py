@@ -92,9 +92,10 @@ def floor(source: str) -> dict[str, Any]:
     """What any incremental match by issue 23's design does whatever it re-matches, timed alone
     against the state an incremental refresh starts from: each source user's digest over its
     identifier fields (`carry.write_digests`, on the source file), the kept digests read and
-    compared with them (who is new, changed or gone), and, overlapping them as a refresh does,
-    Netmera's side (`carry.affected`: the rows changed since the mark, the deletion check
-    through the primary key, the kept terms they touch). No lookup, decision, save or count."""
+    compared with them (`carry.plan`, which reads no more of the kept file than them), and,
+    overlapping them as a refresh does, Netmera's side (`carry.affected`: the rows changed
+    since the mark, the deletion check through the primary key, the kept terms they touch).
+    No lookup, decision, save or count."""
     from concurrent.futures import ThreadPoolExecutor
 
     import duckdb
@@ -112,26 +113,25 @@ def floor(source: str) -> dict[str, Any]:
     change = ChangeColumn.from_extras(db.info.extra)
     digested = resolutions.c.segment_id == SEGMENT.id
     with tempfile.TemporaryDirectory(prefix="cs-bench-floor-") as tmp:
+        work = Path(tmp)
         started = time.perf_counter()
         state = kept.state()
         assert state is not None and change is not None, "the floor needs kept resolutions"
-        con = duckdb.connect(config=duckdb_config(Path(tmp), carry.PLAN_MEMORY))
+        con = duckdb.connect(config=duckdb_config(work, carry.PLAN_MEMORY))
         with ThreadPoolExecutor(max_workers=1) as pool:
             asked = pool.submit(carry.affected, SEGMENT, db.engine, db.users, change, state, kept)
-            digests = carry.write_digests(con, SEGMENT, Path(source), Path(tmp) / "d.parquet")
+            digests = carry.write_digests(con, SEGMENT, Path(source), work / carry.DIGESTS_FILE)
             with db.store.engine.connect() as conn:
                 stored = read_arrow(
                     conn, sa.select(resolutions.c.user_key, resolutions.c.digest).where(digested)
                 )
-            con.register("cs_kept_digests", stored)
-            ((differ,),) = con.execute(
-                f"SELECT count(*) FROM read_parquet('{digests}') n FULL JOIN cs_kept_digests k"
-                " ON k.user_key = n.user_key WHERE k.digest IS DISTINCT FROM n.digest"
-            ).fetchall()
+            kept_digests = work / carry.KEPT_FILE
+            pq.write_table(stored, kept_digests, compression="none", use_dictionary=False)
             affected, _, _ = asked.result()
+        found = carry.plan(con, digests, kept_digests, affected, work)
         seconds = time.perf_counter() - started
         con.close()
-    return {"seconds": seconds, "differ": differ, "affected": len(affected)}
+    return {"seconds": seconds, "rematch": len(found.rematch), "affected": len(affected)}
 
 
 # -- the data and its changes -------------------------------------------------------------------
