@@ -98,7 +98,7 @@ class StepFolder:
     folder it is the run folder itself, where everything is kept already; `ObjectStepFolder`
     is a scratch folder whose kept files live in the object store.
 
-    It is also where a connector's checkpoint is kept (`sources.checkpoint.KeptFiles`): here
+    It is also where a connector's checkpoint is kept (`connectors.checkpoint.KeptFiles`): here
     the checkpoint's files are in the run folder already, so `restore`, `keep` and `forget`
     have nothing to do."""
 

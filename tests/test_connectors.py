@@ -14,7 +14,7 @@ import pytest
 
 from include.clients.connection import ConnectionInfo
 from include.config.segments import SegmentConfig
-from include.sources import SourceError, read_source
+from include.connectors import SourceError, read_source
 from include.staging import stage_audience
 
 ROWS = [["u1", "Ann@Example.com", "00123"], ["u2", "", "+90 532 000 00 00"], ["", "x@y.z", ""]]
@@ -231,7 +231,7 @@ def test_sql_mixed_sqlite_values_become_exact_text_and_unused_columns_are_not_re
     ],
 )
 def test_reading_queries_pass_the_pre_check(query):
-    from include.sources.read_only import read_only_problem
+    from include.connectors.read_only import read_only_problem
 
     assert read_only_problem(query) is None
 

@@ -284,7 +284,7 @@ def test_a_reading_query_on_postgres_still_publishes(pg_warehouse, workspace, ca
 def _database_refuses(info, statements: list[str]) -> None:
     """Each statement straight through a read-only connection: refused as a write (not, say,
     as a syntax error)."""
-    from include.sources.read_only import (
+    from include.connectors.read_only import (
         NotReadOnly,
         read_only_connection,
         refused_as_a_write,

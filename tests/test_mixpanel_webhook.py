@@ -145,8 +145,8 @@ def staged() -> dict[str, Any]:
 
 def audience_batches(batch_rows: int = 50_000) -> list:
     from include.config.segments import find_segment
+    from include.connectors.mixpanel_webhook import read_mixpanel_webhook
     from include.orchestration.connections import netmera_database
-    from include.sources.mixpanel_webhook import read_mixpanel_webhook
 
     return list(read_mixpanel_webhook(find_segment(SEGMENT), netmera_database(), batch_rows))
 

@@ -382,8 +382,8 @@ def test_a_retried_extract_on_another_host_resumes_from_the_checkpoints_kept_in_
 ):
     """Resumed at the first page not kept; read again from page 0 when a kept page is gone
     (expired by the bucket's lifecycle rule, say): never a partial audience."""
+    from include.connectors import SourceError
     from include.orchestration import refresh
-    from include.sources import SourceError
 
     host_a, host_b = s3.scratch / "a", s3.scratch / "b"
     host_a.mkdir()
@@ -431,8 +431,8 @@ def test_a_retried_amplitude_extract_on_another_host_reuses_the_export_kept_in_s
 ):
     """The export's request id, then its download, are kept: a retry on another host asks
     Amplitude for no second export; a download no longer kept is downloaded again."""
+    from include.connectors import SourceError
     from include.orchestration import refresh
-    from include.sources import SourceError
     from tests.test_vendor_sources import ROWS, vendor_conn
     from tests.test_vendor_sources import write_segment as write_vendor_segment
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from include.config.segments import SegmentConfig
-from include.sources import SourceError, read_source
+from include.connectors import SourceError, read_source
 from tests.conftest import cli, cli_json, run_segment, write_users
 from tests.fakes import FakeAmplitude, FakeMixpanel, make_members, make_rows
 

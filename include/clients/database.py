@@ -1,7 +1,7 @@
 """SQLAlchemy engines from connection details (the Airflow glue supplies those details).
 
 `engine_for` is the read-write engine of the segment store and the Netmera user table; `sql`
-sources get read-only ones from `include/sources/read_only.py`.
+sources get read-only ones from `include/connectors/read_only.py`.
 """
 
 from __future__ import annotations

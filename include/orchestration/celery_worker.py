@@ -34,7 +34,7 @@ WARM_UP = (
     "duckdb",
     "include.orchestration.segment_dags",
     "include.orchestration.refresh",
-    "include.sources",
+    "include.connectors",
     "include.matching.pipeline",
     "include.validation.checks",
     "include.campaign.message",

@@ -170,7 +170,7 @@ def _member_change(run: StepFolder, matched: MatchResult) -> MemberChange | None
 @_step
 def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     """Source → staged Parquet, batch by batch; kept for match once complete."""
-    from include.sources import read_source
+    from include.connectors import read_source
     from include.staging import stage_audience
 
     with staging().step(config.id, run_id, "extract") as run:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include.clients.http import VendorError
-from include.sources.checkpoint import Checkpoint, KeptFiles
-from include.sources.errors import SourceError
-from include.sources.fields import SegmentFields
+from include.connectors.checkpoint import Checkpoint, KeptFiles
+from include.connectors.errors import SourceError
+from include.connectors.fields import SegmentFields
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -41,7 +41,7 @@ def read_source(
     raises SourceError; it never ends early as if the audience were complete. Values that are
     not text become text exactly, or the read fails naming the field (see `exact_text`).
     """
-    from include.sources.exact_text import exact_text_batches
+    from include.connectors.exact_text import exact_text_batches
 
     fields = SegmentFields(segment.id, segment.source_fields)
     return exact_text_batches(
@@ -62,12 +62,12 @@ def _connector_batches(
     source = segment.source
     try:
         if source.type == "file":
-            from include.sources.file import read_file
+            from include.connectors.file import read_file
 
             yield from read_file(source, segment.config_path, fields, batch_rows)
         elif source.type == "sql":
-            from include.sources.read_only import source_engine_for
-            from include.sources.sql import read_sql
+            from include.connectors.read_only import source_engine_for
+            from include.connectors.sql import read_sql
 
             engine = source_engine_for(get_connection(source.conn_id))
             try:
@@ -76,18 +76,18 @@ def _connector_batches(
                 engine.dispose()
         elif source.type == "mixpanel":
             from include.clients.mixpanel import MixpanelClient
-            from include.sources.mixpanel import read_mixpanel
+            from include.connectors.mixpanel import read_mixpanel
 
             client = MixpanelClient(get_connection(source.conn_id), _budgets(get_connection))
             checkpoint = Checkpoint(workdir / "mixpanel", kept)
             yield from read_mixpanel(source, fields, client, checkpoint)
         elif source.type == "mixpanel_webhook":
-            from include.sources.mixpanel_webhook import read_mixpanel_webhook
+            from include.connectors.mixpanel_webhook import read_mixpanel_webhook
 
             yield from read_mixpanel_webhook(fields, _netmera_db(get_connection), batch_rows)
         elif source.type == "amplitude":
             from include.clients.amplitude import AmplitudeClient
-            from include.sources.amplitude import read_amplitude
+            from include.connectors.amplitude import read_amplitude
 
             client = AmplitudeClient(get_connection(source.conn_id), _budgets(get_connection))
             checkpoint = Checkpoint(workdir / "amplitude", kept)
@@ -115,7 +115,7 @@ def describe_source(segment: SegmentConfig) -> str:
     """Where the values come from, as error messages name it ("file data/a.parquet")."""
     source = segment.source
     if source.type == "file":
-        from include.sources.file import resolve_location
+        from include.connectors.file import resolve_location
 
         return f"file {resolve_location(source, segment.config_path)}"
     if source.type == "sql":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from include.sources.errors import SourceError
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -5,7 +5,7 @@ or of the whole segment config: they get their source settings, the segment's fi
 client (from `include.clients`, built from a plain `ConnectionInfo`) and checkpoint.
 """
 
-from include.sources.base import read_source
-from include.sources.errors import SourceError
+from include.connectors.base import read_source
+from include.connectors.errors import SourceError
 
 __all__ = ["SourceError", "read_source"]

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 
-from include.sources.errors import SourceError
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from include.sources.fields import SegmentFields
+    from include.connectors.fields import SegmentFields
 
 Opener = Callable[[], IO[bytes]]  # a fresh binary stream of the (decompressed) CSV each call
 MAX_HEADER_BYTES = 1 << 20

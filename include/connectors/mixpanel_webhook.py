@@ -11,13 +11,13 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from include.sources.errors import SourceError
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import sqlalchemy as sa
 
-    from include.sources.fields import SegmentFields
+    from include.connectors.fields import SegmentFields
     from include.store.database import NetmeraDatabase
 
 USER_KEY = "mixpanel_distinct_id"

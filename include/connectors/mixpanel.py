@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from include.clients.http import HTTPStatusError, UnexpectedAnswer
 from include.clients.mixpanel import EngageCursor, SessionExpired
-from include.sources.errors import SourceError
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from include.clients.mixpanel import MixpanelClient
     from include.config.segments import MixpanelSource
-    from include.sources.checkpoint import Checkpoint
-    from include.sources.fields import SegmentFields
+    from include.connectors.checkpoint import Checkpoint
+    from include.connectors.fields import SegmentFields
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _read_from(
 def _batch(results: list[dict], cohort: int, segment: SegmentFields) -> pa.RecordBatch:
     import pyarrow as pa
 
-    from include.sources.exact_text import exact_text_values
+    from include.connectors.exact_text import exact_text_values
 
     def value(raw: Any) -> Any:
         # A list or object property is kept as its JSON (an identifier it never is); numbers

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from include.sources.errors import SourceError
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from include.sources.fields import SegmentFields
+    from include.connectors.fields import SegmentFields
 
 
 def exact_text_batches(

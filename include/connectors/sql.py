@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from include.sources.errors import SourceError
-from include.sources.exact_text import exact_text_values
-from include.sources.fields import SegmentFields, require_fields, select_fields
-from include.sources.read_only import (
+from include.connectors.errors import SourceError
+from include.connectors.exact_text import exact_text_values
+from include.connectors.fields import SegmentFields, require_fields, select_fields
+from include.connectors.read_only import (
     READS,
     NotReadOnly,
     read_only_connection,

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 from include.clients.amplitude import ExportError
 from include.clients.http import HTTPStatusError
-from include.sources.csv_reader import read_csv_batches
-from include.sources.errors import SourceError
+from include.connectors.csv_reader import read_csv_batches
+from include.connectors.errors import SourceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from include.clients.amplitude import AmplitudeClient
     from include.config.segments import AmplitudeSource
-    from include.sources.checkpoint import Checkpoint
-    from include.sources.fields import SegmentFields
+    from include.connectors.checkpoint import Checkpoint
+    from include.connectors.fields import SegmentFields
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.sources.csv_reader import read_csv_batches
-from include.sources.errors import SourceError
-from include.sources.fields import SegmentFields, require_fields, select_fields
+from include.connectors.csv_reader import read_csv_batches
+from include.connectors.errors import SourceError
+from include.connectors.fields import SegmentFields, require_fields, select_fields
 
 if TYPE_CHECKING:
     import pyarrow as pa
