@@ -22,7 +22,7 @@ demo ui cli: export PATH := $(BIN):$(PATH)
 demo ui cli: export AIRFLOW_CONN_NETMERA_DB := {"conn_type": "sqlite", "host": "$(LOCAL)/netmera.db"}
 demo ui cli: export AIRFLOW_CONN_DEMO_WAREHOUSE := {"conn_type": "sqlite", "host": "$(LOCAL)/warehouse.db"}
 demo ui cli: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
-# Send Message goes to the local Netmera sandbox (include/demo/netmera_sandbox.py), never to the
+# Send Message goes to the local Netmera sandbox (include/demo/sandbox.py), never to the
 # real Netmera: `demo` and `ui` run it around their command (include/demo/with_sandbox.py), its
 # state (what it was sent) in .local/ so that sends keep their stats across restarts. The key
 # is the sandbox's fixed demo key (DEMO_API_KEY there); a local server needs no long retries.

@@ -1,6 +1,7 @@
-"""The embedded default's Netmera sandbox, as `make demo` and `make ui` run it: a process on a
+"""The embedded default's vendor sandboxes, as `make demo` and `make ui` run them: Netmera on a
 port of 127.0.0.1 that a real send reaches, whose stats Message Report shows, and whose state
-survives a restart; the launcher that runs a command with it (safe to run again, stopped with
+survives a restart; Mixpanel and Amplitude, whose cohorts the example segments read through
+their connectors; the launcher that runs a command with them (safe to run again, stopped with
 the command, on SIGTERM, and even when the launcher is killed); and the UI's fixed demo logins.
 """
 
@@ -24,8 +25,17 @@ import pytest
 import requests
 import yaml
 
+from include.demo.fake_amplitude import FakeAmplitude
+from include.demo.fake_mixpanel import FakeMixpanel
 from include.demo.fake_netmera import push_outcome
-from include.demo.netmera_sandbox import DEMO_API_KEY, api_url
+from include.demo.samples import AMPLITUDE_FILE, DATA_DIR, MIXPANEL_FILE
+from include.demo.sandbox import DEMO_API_KEY, api_url
+from include.demo.vendor_sandboxes import (
+    CONNECTIONS,
+    amplitude_sandbox,
+    connections,
+    mixpanel_sandbox,
+)
 from tests.conftest import (
     ROOT,
     airflow_api_server,
@@ -38,7 +48,7 @@ from tests.conftest import (
 
 SEGMENT = "shoppers"
 EXT_IDS = [f"ext-{i:03d}" for i in range(1, 41)]
-SANDBOX = [sys.executable, "-m", "include.demo.netmera_sandbox"]
+SANDBOX = [sys.executable, "-m", "include.demo.sandbox"]
 LAUNCHER = [sys.executable, "-m", "include.demo.with_sandbox"]
 
 
@@ -66,7 +76,7 @@ def wait_for(condition, what: str, timeout: float = 20.0) -> None:
 
 @contextlib.contextmanager
 def sandbox(port: int, state: Path) -> Iterator[subprocess.Popen]:
-    """`python -m include.demo.netmera_sandbox` on `port`; stopped (SIGTERM) on exit, which
+    """`python -m include.demo.sandbox` on `port`; stopped (SIGTERM) on exit, which
     must be clean."""
     with state.with_suffix(".log").open("ab") as log:
         process = subprocess.Popen(
@@ -165,7 +175,8 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_sandbox_starts_empty(tm
 
 
 def launcher_env(port: int, state: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_NETMERA_DEFAULT"}
+    ours = {"AIRFLOW_CONN_NETMERA_DEFAULT", *(variable for variable, _ in CONNECTIONS.values())}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(
         CONNECTOR_SEGMENTS_SANDBOX_PORT=str(port), CONNECTOR_SEGMENTS_SANDBOX_STATE=str(state)
     )
@@ -183,24 +194,47 @@ def launch(port: int, state: Path, code: str, **extra: str) -> subprocess.Comple
     )
 
 
-# The command the launcher runs: it finds the sandbox through netmera_default, as Airflow would.
+# The command the launcher runs: it finds the sandboxes through the Connections, as Airflow
+# would, and lists the Mixpanel and Amplitude cohorts.
 PROBE_THROUGH_CONNECTION = """
 import json, os, sys, requests
 conn = json.loads(os.environ["AIRFLOW_CONN_NETMERA_DEFAULT"])
 host = conn["host"].removesuffix("/rest/3.0")
 answer = requests.get(host + "/sandbox/status", headers={"X-netmera-api-key": conn["password"]})
 print("STATUS", json.dumps(answer.json()))
+mixpanel = json.loads(os.environ["AIRFLOW_CONN_MIXPANEL_DEFAULT"])
+cohorts = requests.get(
+    mixpanel["host"] + "/api/query/cohorts/list",
+    params={"project_id": mixpanel["extra"]["project_id"]},
+    auth=(mixpanel["login"], mixpanel["password"]),
+)
+print("MIXPANEL", json.dumps(cohorts.json()))
+amplitude = json.loads(os.environ["AIRFLOW_CONN_AMPLITUDE_DEFAULT"])
+cohorts = requests.get(
+    amplitude["host"] + "/api/3/cohorts", auth=(amplitude["login"], amplitude["password"])
+)
+print("AMPLITUDE", json.dumps(cohorts.json()))
 sys.exit(3)
 """
+
+
+def printed(done: subprocess.CompletedProcess, what: str):
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith(what + " ")]
+    return json.loads(line.removeprefix(what + " "))
 
 
 def test_the_launcher_runs_the_command_with_the_sandbox_and_stops_it_after(tmp_path: Path):
     port, state = free_port(), tmp_path / "sandbox.json"
     done = launch(port, state, PROBE_THROUGH_CONNECTION)
     assert done.returncode == 3, done.stderr  # the command's exit code
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("STATUS")]
-    assert json.loads(line.removeprefix("STATUS "))["state_file"] == str(state)
+    sandboxes = printed(done, "STATUS")
+    assert sandboxes["state_file"] == str(state)
     assert f"Netmera sandbox: {api_url(port)}" in done.stdout
+    assert [c["name"] for c in printed(done, "MIXPANEL")] == ["PN_cart_abandoners"]
+    assert [c["name"] for c in printed(done, "AMPLITUDE")["cohorts"]] == ["Churn risk - high"]
+    for vendor in ("mixpanel", "amplitude"):  # on 127.0.0.1, stopped with the command too
+        assert sandboxes[vendor].startswith("http://127.0.0.1:")
+        assert not listening(int(sandboxes[vendor].rpartition(":")[2]))
     assert not listening(port)  # stopped with the command
     assert "listening on" in state.with_suffix(".log").read_text()
 
@@ -242,6 +276,67 @@ def test_the_launcher_refuses_a_netmera_connection_that_is_not_the_sandbox(tmp_p
     assert done.returncode == 2
     assert "restapi.netmera.com" in done.stderr and "not at the Netmera sandbox" in done.stderr
     assert not marker.exists() and not listening(port)
+
+
+@pytest.mark.parametrize("vendor", ["MIXPANEL", "AMPLITUDE"])
+def test_the_launcher_refuses_a_vendor_connection_of_its_own(tmp_path: Path, vendor: str):
+    """The demo reads its cohorts from the sandboxes, never from a Connection the shell has."""
+    port, marker = free_port(), tmp_path / "ran"
+    real = {"conn_type": "http", "host": "https://eu.mixpanel.com", "login": "a", "password": "b"}
+    done = launch(
+        port,
+        tmp_path / "sandbox.json",
+        f"open({str(marker)!r}, 'w')",
+        **{f"AIRFLOW_CONN_{vendor}_DEFAULT": json.dumps(real)},
+    )
+    assert done.returncode == 2
+    assert f"AIRFLOW_CONN_{vendor}_DEFAULT set" in done.stderr and "unset it" in done.stderr
+    assert not marker.exists() and not listening(port)
+
+
+# -- the example segments against the Mixpanel and Amplitude sandboxes ----------------------------
+
+
+def file_twin(config: dict, data_file: str) -> dict:
+    """The same segment reading the bundled file its sandbox serves."""
+    twin = {**config, "id": config["id"] + "_file", "name": config["name"] + " (file)"}
+    return twin | {"source": {"type": "file", "path": str(DATA_DIR / data_file)}}
+
+
+@pytest.mark.dagrun
+def test_the_example_vendor_segments_read_the_sandboxes_through_their_connectors(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """`make demo`'s Mixpanel and Amplitude segments, run through their DAGs against the
+    sandboxes: they count what the same segments count reading the bundled files directly
+    (the file's repeated and id-less rows are no Mixpanel profiles, and were never counted)."""
+    subprocess.run(
+        [sys.executable, "-m", "include.demo.seed", "--db", str(workspace / "netmera.db"),
+         "--warehouse", str(workspace / "warehouse.db")],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    folder, examples = workspace / "segments", ROOT / "include" / "segments"
+    pairs = {"cart_abandoners": MIXPANEL_FILE, "churn_risk": AMPLITUDE_FILE}
+    for segment_id, data_file in pairs.items():
+        config = yaml.safe_load((examples / f"{segment_id}.yaml").read_text())
+        for each in (config, file_twin(config, data_file)):
+            (folder / f"{each['id']}.yaml").write_text(yaml.safe_dump(each))
+    mixpanel: FakeMixpanel
+    amplitude: FakeAmplitude
+    with mixpanel_sandbox() as mixpanel, amplitude_sandbox() as amplitude:
+        for variable, value in connections(mixpanel.base_url, amplitude.base_url).items():
+            monkeypatch.setenv(variable, value)
+        for segment_id in (*pairs, *(f"{s}_file" for s in pairs)):
+            assert run_segment(segment_id) == "success", segment_id
+    assert len(mixpanel.requests_to(FakeMixpanel.ENGAGE)) >= 5  # 1,000 profiles a page
+    assert [r.status for r in amplitude.storage.requests] == [200]  # the pre-signed download
+    for segment_id, vendor in (("cart_abandoners", "mixpanel"), ("churn_risk", "amplitude")):
+        details = cli_json(capsys, "details", segment_id)
+        twin = cli_json(capsys, "details", f"{segment_id}_file")
+        assert (details["source_type"], details["status"]) == (vendor, "Ready")
+        counts = ("connector_users", "netmera_users", "reachable")
+        assert {k: details[k] for k in counts} == {k: twin[k] for k in counts}
+        assert details["netmera_users"] > 0.8 * details["connector_users"]
 
 
 # Stops on SIGINT by Python's default KeyboardInterrupt, as `airflow standalone` does (its clean

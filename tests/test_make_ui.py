@@ -1,7 +1,8 @@
 """`make ui` on ports other than the defaults: AIRFLOW__API__PORT alone is enough (the tasks
-find the execution API on it), every port the UI's Airflow opens is on 127.0.0.1 (the task-log
-servers too), Ctrl-C leaves nothing behind, and settings that cannot work stop `make ui` at
-once, naming the variable to set.
+find the execution API on it, and read a Mixpanel cohort from the Mixpanel sandbox), every port
+the UI's Airflow and the sandboxes open is on 127.0.0.1 (the task-log servers too), Ctrl-C
+leaves nothing behind, and settings that cannot work stop `make ui` at once, naming the
+variable to set.
 
 The real `make ui` runs, on a scratch `.local` (`LOCAL=`), with this interpreter's venv (`VENV=`)
 and a fresh install stamp (`STAMP=`), so that it installs nothing. A Netmera user table is put
@@ -24,12 +25,15 @@ import pytest
 import requests
 import yaml
 
-from include.demo.netmera_sandbox import DEMO_API_KEY
-from tests.conftest import ROOT, free_port, write_csv, write_users
+from include.demo.samples import DATA_DIR, MIXPANEL_FILE
+from include.demo.sandbox import DEMO_API_KEY
+from include.demo.vendor_sandboxes import CART_ABANDONERS, mixpanel_members
+from tests.conftest import ROOT, free_port, write_users
 
 pytestmark = pytest.mark.dagrun
 
 SEGMENT = "moved_ports"
+COHORT = mixpanel_members(DATA_DIR / MIXPANEL_FILE)  # what the Mixpanel sandbox serves
 DAG_ID = f"connector_segment_{SEGMENT}"
 # Settings a developer's shell may hold: the test gives make only its own.
 UNSET = (
@@ -38,6 +42,8 @@ UNSET = (
     "AIRFLOW__WORKERS__EXECUTION_API_SERVER_URL",
     "AIRFLOW__LOGGING__",
     "AIRFLOW_CONN_NETMERA_DEFAULT",
+    "AIRFLOW_CONN_MIXPANEL_DEFAULT",
+    "AIRFLOW_CONN_AMPLITUDE_DEFAULT",
     "CONNECTOR_SEGMENTS_SANDBOX_",
 )
 
@@ -189,22 +195,20 @@ def session_pids(session: int) -> set[int]:
 
 @pytest.fixture
 def scratch_local(tmp_path: Path) -> Path:
-    """A `.local` with a small Netmera user table and a folder holding one file segment."""
+    """A `.local` with a small Netmera user table (20 users of the Mixpanel sandbox's cohort)
+    and a folder holding one segment: that cohort."""
     local = tmp_path / "local"
     local.mkdir()
-    users = [(f"nm-{i}", f"ext-{i}", None, None, None, True) for i in range(1, 21)]
-    write_users(local / "netmera.db", users)
+    known = [m["$distinct_id"] for m in COHORT if m["$distinct_id"].startswith("ext-")][:20]
+    write_users(local / "netmera.db", [(f"nm-{ext}", ext, None, None, None, True) for ext in known])
     segments = tmp_path / "segments"
     segments.mkdir()
-    audience = write_csv(
-        tmp_path / "audience.csv", ["uid", "ext"], [[f"s{i}", f"ext-{i}"] for i in range(1, 16)]
-    )
     config = {
         "id": SEGMENT,
         "name": "Moved ports",
-        "source": {"type": "file", "path": str(audience)},
-        "user_key": "uid",
-        "identifiers": [{"field": "ext", "kind": "external_id"}],
+        "source": {"type": "mixpanel", "cohort_id": CART_ABANDONERS},
+        "user_key": "$distinct_id",
+        "identifiers": [{"field": "$distinct_id", "kind": "external_id"}],
         "schedule": None,
     }
     (segments / f"{SEGMENT}.yaml").write_text(yaml.safe_dump(config))
@@ -279,14 +283,18 @@ def test_make_ui_on_moved_ports_runs_tasks_and_listens_on_127_0_0_1_only(
         state = wait_for(finished, 240, "the run", log)
         tasks = get(f"{run_url}/taskInstances", admin).json()["task_instances"]
         assert state == "success", ({t["task_id"]: t["state"] for t in tasks}, tail(log))
+        listed = get(f"/connector-segments/api/segments/{SEGMENT}", admin).json()
+        assert (listed["connector_users"], listed["netmera_users"]) == (len(COHORT), 20)
 
         sockets = listening_sockets(session_pids(make.pid))
         assert {p for _, p in sockets} >= {port, worker_logs, trigger_logs}, sockets
         assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
         # where the API server looks for a running task's log: its log server's address
         assert {t["hostname"] for t in tasks if t["state"] == "success"} == {"127.0.0.1"}
-        # the sandbox, in a session of its own: on 127.0.0.1 only as well
-        assert listening_sockets(sandbox_pids(sandbox)) == {("127.0.0.1", sandbox)}
+        # the sandboxes, in a session of their own: on 127.0.0.1 only as well
+        sandboxes = listening_sockets(sandbox_pids(sandbox))
+        assert ("127.0.0.1", sandbox) in sandboxes and len(sandboxes) >= 3, sandboxes
+        assert {address for address, _ in sandboxes} == {"127.0.0.1"}, sandboxes
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
         pytest.fail(f"port {port} still answers after Ctrl-C")
 

@@ -32,6 +32,7 @@ import pytest
 import requests
 import yaml
 
+from include.demo.vendor_sandboxes import amplitude_sandbox, connections, mixpanel_sandbox
 from include.ui.chart import SERIES, runs_chart
 from tests.browser import (
     VIEW_NAME,
@@ -218,8 +219,14 @@ def demo(
         "AIRFLOW_CONN_DEMO_WAREHOUSE": sqlite_conn(work / "warehouse.db"),
     }.items():
         module_env.setenv(name, value)
-    with FakeNetmera(api_key=KEY) as netmera:
+    with (
+        FakeNetmera(api_key=KEY) as netmera,
+        mixpanel_sandbox() as mixpanel,  # the demo's own, as `make ui` runs them
+        amplitude_sandbox() as amplitude,
+    ):
         module_env.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", netmera_conn(netmera, KEY, timeout=5))
+        for variable, value in connections(mixpanel.base_url, amplitude.base_url).items():
+            module_env.setenv(variable, value)
         home = work / "airflow-home"
         with airflow(home, work / "standalone.log", standalone=True, **STANDALONE_ENV) as af:
             admin = af.session("admin")

@@ -4,7 +4,7 @@ Plays /work/shared/reference/external-apis.md ("Netmera REST API"). Auth is the
 ``X-netmera-api-key`` header (redacted in `Recorded.headers`); errors are
 ``{"error": str, "code": int}``. Every delivery is kept, duplicates included, so tests can
 assert that a client sends each user exactly once. The tests use it through `tests.fakes`; the
-demo's sandbox (`include.demo.netmera_sandbox`) is this fake with its state kept in a file
+demo's sandbox (`include.demo.sandbox`) is this fake with its state kept in a file
 (`state` / `load_state`).
 
 Faults: the base kinds of `include.demo.fake_server` plus Netmera's own, all through `fail_next`:

@@ -1,7 +1,7 @@
 """Shared machinery for fake vendor APIs: a real HTTP server on 127.0.0.1 with a request
 log, Basic auth and a queue of switchable faults.
 
-The tests' fakes (`tests/fakes/`) and the demo's Netmera sandbox (`include.demo.netmera_sandbox`)
+The tests' fakes (`tests/fakes/`) and the demo's Netmera sandbox (`include.demo.sandbox`)
 are built on it. Clients are tested over real sockets (no patching of `requests`), so timeouts,
 resets and short bodies behave as they do in production.
 

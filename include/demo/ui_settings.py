@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from include.demo.netmera_sandbox import DEFAULT_PORT, PORT_ENV
+from include.demo.sandbox import DEFAULT_PORT, PORT_ENV
 
 LOOPBACK = "127.0.0.1"
 # Names a URL may give this machine; a URL naming another host may be a proxy and is left alone.

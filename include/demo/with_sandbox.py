@@ -1,17 +1,20 @@
-"""Run a command with the demo's Netmera sandbox up (`make demo`, `make ui`).
+"""Run a command with the demo's vendor sandboxes up (`make demo`, `make ui`).
 
     python -m include.demo.with_sandbox COMMAND [ARGS...]
 
-Starts `python -m include.demo.netmera_sandbox` in the background on CONNECTOR_SEGMENTS_SANDBOX_PORT
-(default 8975) with its state in CONNECTOR_SEGMENTS_SANDBOX_STATE (default
-`.local/netmera_sandbox.json`; its log beside it), runs the command, and stops the sandbox when
-the command ends, on Ctrl-C or SIGTERM too. Safe to run again:
+Starts `python -m include.demo.sandbox` in the background, Netmera on
+CONNECTOR_SEGMENTS_SANDBOX_PORT (default 8975) with its state in CONNECTOR_SEGMENTS_SANDBOX_STATE
+(default `.local/netmera_sandbox.json`; the log beside it), Mixpanel and Amplitude on free
+ports, runs the command, and stops the sandboxes when the command ends, on Ctrl-C or SIGTERM
+too. Safe to run again:
 
 - A sandbox already answering on the port (an earlier `make ui` still running) is used and left
   running; something else on the port is an error naming the variable to change.
 - The sandbox exits by itself if this launcher dies without stopping it (SIGKILL).
 - `netmera_default` must point at the sandbox: `AIRFLOW_CONN_NETMERA_DEFAULT` is set to it when
   unset, and the command is refused when it names another host (never the real Netmera here).
+  `mixpanel_default` and `amplitude_default` are set to the sandboxes, and the command is
+  refused when either is already set (never the real vendors here).
 
 Signals: the command runs in a process group of its own, so a Ctrl-C in the terminal reaches
 the launcher (and make), not the command's processes; the launcher passes SIGINT, SIGTERM and
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from include.demo.netmera_sandbox import (
+from include.demo.sandbox import (
     DEMO_API_KEY,
     PORT_ENV,
     ROOT,
@@ -45,11 +48,12 @@ from include.demo.netmera_sandbox import (
     configured_port,
     configured_state,
 )
+from include.demo.vendor_sandboxes import CONNECTIONS, connections
 
 CONNECTION_ENV = "AIRFLOW_CONN_NETMERA_DEFAULT"
 START_TIMEOUT = 20.0  # seconds for the sandbox to answer
 STOP_TIMEOUT = 10.0
-SANDBOX_COMMAND = (sys.executable, "-m", "include.demo.netmera_sandbox")
+SANDBOX_COMMAND = (sys.executable, "-m", "include.demo.sandbox")
 
 
 class SandboxError(RuntimeError):
@@ -112,12 +116,30 @@ def _connection_target(value: str) -> tuple[str | None, int | None, str | None]:
     return url.hostname, url.port, unquote(url.password or "")
 
 
-def start_sandbox(port: int, state: Path) -> subprocess.Popen | None:
-    """The sandbox process this launcher started, or None when one was already running."""
+def vendor_env(env: dict[str, str], status: dict[str, Any], port: int) -> dict[str, str]:
+    """`env` with `mixpanel_default` and `amplitude_default` pointing at the sandboxes that
+    `status` names."""
+    given = sorted(variable for variable, _ in CONNECTIONS.values() if env.get(variable))
+    if given:
+        raise SandboxError(
+            f"{' and '.join(given)} set: the demo reads its Mixpanel and Amplitude cohorts from "
+            "the sandboxes, never from the real vendors; unset it"
+        )
+    if not all(status.get(vendor) for _, vendor in CONNECTIONS.values()):
+        raise SandboxError(
+            f"the sandbox on 127.0.0.1:{port} (pid {status['pid']}) runs no Mixpanel and "
+            "Amplitude (an older version): stop it and run this again"
+        )
+    return {**env, **connections(status["mixpanel"], status["amplitude"])}
+
+
+def start_sandbox(port: int, state: Path) -> tuple[subprocess.Popen | None, dict[str, Any]]:
+    """The sandbox process this launcher started (None when one was already running) and its
+    status."""
     status = probe(port)
     if status is not None:
         print(f"Netmera sandbox: {api_url(port)} (already running, pid {status['pid']})")
-        return None
+        return None, status
     state.parent.mkdir(parents=True, exist_ok=True)
     log_path = state.with_suffix(".log")
     with log_path.open("ab") as log_file:
@@ -134,11 +156,11 @@ def start_sandbox(port: int, state: Path) -> subprocess.Popen | None:
         status = probe(port)
         if status is not None and status["pid"] == process.pid:
             print(f"Netmera sandbox: {api_url(port)} (state {state}, log {log_path})")
-            return process
+            return process, status
         if process.poll() is not None:
             if status is not None:  # another launcher's sandbox won the port meanwhile
                 print(f"Netmera sandbox: {api_url(port)} (already running, pid {status['pid']})")
-                return None
+                return None, status
             raise SandboxError(f"the Netmera sandbox did not start: {_tail(log_path)}")
         time.sleep(0.2)
     stop_sandbox(process)
@@ -202,12 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if command else 2
     port, state = configured_port(), configured_state().resolve()
+    sandbox = None
     try:
         env = connection_env(port)
-        sandbox = start_sandbox(port, state)
+        sandbox, status = start_sandbox(port, state)
+        env = vendor_env(env, status, port)
     except SandboxError as exc:
+        if sandbox is not None:
+            stop_sandbox(sandbox)
         print(f"Netmera sandbox: {exc}", file=sys.stderr)
         return 2
+    print(f"Mixpanel sandbox: {status['mixpanel']}; Amplitude sandbox: {status['amplitude']}")
     try:
         return run_command(command, env)
     finally:

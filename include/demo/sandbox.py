@@ -1,15 +1,17 @@
-"""The demo's Netmera sandbox: the fake Netmera REST API (`include.demo.fake_netmera`) on a fixed
-port of 127.0.0.1, keeping what it was sent in a JSON file, so that Send Message and Message
-Report work on the embedded default and a send keeps its stats across restarts.
+"""The demo's vendor sandboxes: Netmera's REST API on a fixed port of 127.0.0.1, keeping what it
+was sent in a JSON file (Send Message and Message Report work on the embedded default, and a
+send keeps its stats across restarts), and Mixpanel and Amplitude (`vendor_sandboxes`), on free
+ports of 127.0.0.1, each holding the example segment's cohort. All are the fakes the tests use.
 
-    python -m include.demo.netmera_sandbox [--port 8975] [--state .local/netmera_sandbox.json]
+    python -m include.demo.sandbox [--port 8975] [--state .local/netmera_sandbox.json]
 
-It speaks the operations the product calls (createNotificationDefinition, sendNotification,
-getPushStats, with the `X-netmera-api-key` header), records every delivery and answers
+Netmera: the operations the product calls (createNotificationDefinition, sendNotification,
+getPushStats, with the `X-netmera-api-key` header); it records every delivery and answers
 getPushStats from them (a stable ~5 % failed, ~25 % clicked per extId). It messages nobody.
 The embedded default's `netmera_default` Connection points at it (Makefile):
-host `http://127.0.0.1:8975/rest/3.0`, password `DEMO_API_KEY`. `GET /sandbox/status` (with
-the key) tells the launcher (`include.demo.with_sandbox`) that the port is the sandbox's.
+host `http://127.0.0.1:8975/rest/3.0`, password `DEMO_API_KEY`. `GET /sandbox/status` there
+(with the key) tells the launcher (`include.demo.with_sandbox`) that the port is the sandbox's
+and where Mixpanel and Amplitude listen, for their Connections.
 
 The state file is rewritten (atomically) before each accepted POST is answered. One that
 cannot be read is moved aside (`<file>.unreadable-<time>`) and the sandbox starts empty.
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from include.demo.fake_netmera import PREFIX, FakeNetmera
-from include.demo.fake_server import Recorded, Response, json_response
+from include.demo.fake_server import FakeServer, Recorded, Response, json_response
+from include.demo.vendor_sandboxes import amplitude_sandbox, mixpanel_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 8975
@@ -62,6 +65,7 @@ class NetmeraSandbox(FakeNetmera):
     def __init__(self, state_file: Path, api_key: str = DEMO_API_KEY) -> None:
         super().__init__(api_key=api_key)
         self.state_file = Path(state_file)
+        self.vendors: dict[str, str] = {}  # the other sandboxes' base URLs, by vendor
         self._saving = threading.Lock()
         self._load()
 
@@ -73,6 +77,7 @@ class NetmeraSandbox(FakeNetmera):
             "state_file": str(self.state_file),
             "notifications": len(definitions),
             "deliveries": len(deliveries),
+            **self.vendors,
         }
 
     def route(self, req: Recorded) -> Response:
@@ -124,7 +129,7 @@ def _summary(req: Recorded, response: Response) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m include.demo.netmera_sandbox")
+    parser = argparse.ArgumentParser(prog="python -m include.demo.sandbox")
     parser.add_argument("--port", type=int, default=configured_port(), help=f"env {PORT_ENV}")
     parser.add_argument("--state", type=Path, default=configured_state(), help=f"env {STATE_ENV}")
     parser.add_argument(
@@ -137,12 +142,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s netmera-sandbox %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sandbox %(message)s")
     parent = os.getppid()
     sandbox = NetmeraSandbox(args.state)
+    # Mixpanel and Amplitude first, so that the status the launcher reads names them.
+    vendors: dict[str, FakeServer] = {
+        "mixpanel": mixpanel_sandbox().start(),
+        "amplitude": amplitude_sandbox().start(),
+    }
+    sandbox.vendors = {name: server.base_url for name, server in vendors.items()}
     try:
         sandbox.start(args.port)
     except OSError as exc:
+        for server in vendors.values():
+            server.stop()
         print(
             f"Netmera sandbox: cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
             f"set {PORT_ENV} to a free port",
@@ -153,17 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     log.info(
-        "listening on %s (API key %s; state %s: %d notifications)",
+        "Netmera listening on %s (API key %s; state %s: %d notifications)",
         api_url(sandbox.port),
         DEMO_API_KEY,
         args.state,
         len(sandbox.definitions),
     )
+    for name, url in sandbox.vendors.items():
+        log.info("%s listening on %s", name.capitalize(), url)
     while not stop.wait(1):
         if args.exit_with_parent and os.getppid() != parent:
             log.info("the launcher is gone: stopping")
             break
-    sandbox.stop()
+    for server in (sandbox, *vendors.values()):
+        server.stop()
     log.info("stopped")
     return 0
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tests.fakes.server import FakeServer, Recorded, Response, fake_people, json_response
+from include.demo.fake_server import FakeServer, Recorded, Response, json_response
 
 SESSION_INVALID = "session_id is invalid or has expired"
 LIST_PATHS = ("/api/query/cohorts/list", "/api/2.0/cohorts/list")
@@ -202,15 +202,3 @@ class FakeMixpanel(FakeServer):
                 "results": results,
             }
         )
-
-
-def make_members(
-    n: int, with_email: bool = True, with_phone: bool = True, seed: int = 0
-) -> list[dict[str, Any]]:
-    """`n` deterministic Mixpanel members; distinct ids are strings with a leading zero."""
-    members = []
-    for i, contact in fake_people(n, seed, with_email, with_phone):
-        props: dict[str, Any] = {"$name": f"User {seed}.{i}", "plan": "pro" if i % 3 else "free"}
-        props.update({f"${key}": value for key, value in contact.items()})
-        members.append({"$distinct_id": f"0{seed}-{i:07d}", "$properties": props})
-    return members

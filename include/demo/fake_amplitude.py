@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlencode
 
-from tests.fakes.server import FakeServer, Recorded, Response, fake_people, json_response
+from include.demo.fake_server import FakeServer, Recorded, Response, json_response
 
 FIXED_COLUMNS = ("amplitude_id", "user_id")
 S3_CODES = {400: "InvalidArgument", 403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError"}
@@ -261,17 +261,3 @@ class FakeAmplitude(FakeServer):
             -1.0 if expired else self.link_ttl,
         )
         return Response(302, b"", {"Location": url})
-
-
-def make_rows(
-    n: int, with_email: bool = True, with_phone: bool = True, seed: int = 0
-) -> list[dict[str, Any]]:
-    """`n` deterministic cohort rows; every fifth has no user_id, as anonymous users do."""
-    return [
-        {
-            "amplitude_id": 100_000_000 + seed * 1_000_000 + i,
-            "user_id": None if i % 5 == 4 else f"0{seed}-{i:07d}",
-            **contact,
-        }
-        for i, contact in fake_people(n, seed, with_email, with_phone)
-    ]
