@@ -241,8 +241,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from include.campaign.report import message_report
+    from include.orchestration.connections import netmera_client, netmera_database
 
-    report, warning = message_report(args.id, args.limit)
+    report, warning = message_report(args.id, args.limit, netmera_database().sends, netmera_client)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:

@@ -20,13 +20,13 @@ from include.staging import stage_audience
 ROWS = [["u1", "Ann@Example.com", "00123"], ["u2", "", "+90 532 000 00 00"], ["", "x@y.z", ""]]
 
 
-def segment(source: dict, config_path: Path | None = None) -> SegmentConfig:
+def segment(source: dict, config_path: Path | None = None, user_key: str = "uid") -> SegmentConfig:
     config = SegmentConfig.model_validate(
         {
             "id": "src",
             "name": "Source test",
             "source": source,
-            "user_key": "uid",
+            "user_key": user_key,
             "identifiers": [
                 {"field": "email", "kind": "email"},
                 {"field": "code", "kind": "external_id"},
@@ -111,6 +111,36 @@ def test_sql_source_with_an_empty_result_still_checks_the_fields(tmp_path):
     config = segment({"type": "sql", "conn_id": "dwh", "query": "SELECT * FROM t"})
     with pytest.raises(SourceError, match="'code'"):
         rows_of(config, lambda c: ConnectionInfo(conn_id=c, conn_type="sqlite", host=str(db)))
+
+
+class StagedPushes:
+    """A `PushedAudience` (the webhook's staged state) in memory: what the refresh hands in."""
+
+    def __init__(self, rows: list[tuple[str, dict]] | None) -> None:
+        self.rows = rows  # None: no complete export yet
+
+    def has_complete_export(self, segment_id: str) -> bool:
+        return self.rows is not None
+
+    def audience(self, segment_id: str, batch_rows: int):
+        for start in range(0, len(self.rows), batch_rows):
+            yield self.rows[start : start + batch_rows]
+
+
+def test_the_webhook_source_reads_the_state_it_is_handed(tmp_path):
+    source = {"type": "mixpanel_webhook", "conn_id": "mp_push"}
+    config = segment(source, user_key="mixpanel_distinct_id")
+    rows = [("mp-1", {"email": "a@b.co", "code": "7"}), ("mp-2", {}), ("mp-3", {"email": 7})]
+    batches = read_source(config, no_connections, tmp_path, 2, pushed=StagedPushes(rows))
+    assert [list(r.values()) for b in batches for r in b.to_pylist()] == [
+        ["mp-1", "a@b.co", "7"],
+        ["mp-2", None, None],
+        ["mp-3", "7", None],
+    ]
+    with pytest.raises(SourceError, match="no complete Mixpanel `members` export"):
+        list(read_source(config, no_connections, tmp_path, pushed=StagedPushes(None)))
+    with pytest.raises(ValueError, match="needs the webhook state"):
+        list(read_source(config, no_connections, tmp_path))
 
 
 def test_staging_drops_and_counts_rows_without_a_user_key(tmp_path):

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 import uvicorn
 import yaml
 
-from include.webhooks.app import DEFAULT_MAX_BODY, MAX_BODY_ENV, create_app, dispose_states
+from include.ui.app import webhook_app
+from include.webhooks.app import DEFAULT_MAX_BODY, MAX_BODY_ENV, dispose_states
 from tests.conftest import (
     LogRecorder,
     airflow_api_server,
@@ -52,7 +53,7 @@ USERS = [(f"nm-{i}", f"mp-{i}", None, None, f"inst-{i}", True) for i in range(1,
 def webhook_url() -> Iterator[str]:
     """The webhook app under uvicorn on an ephemeral port, in a background thread."""
     config = uvicorn.Config(
-        create_app(max_body_bytes=MAX_BODY), host="127.0.0.1", port=0, log_config=None
+        webhook_app(max_body_bytes=MAX_BODY), host="127.0.0.1", port=0, log_config=None
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -134,9 +135,10 @@ def staged() -> dict[str, Any]:
     """Everything staged for the segment: sessions, pages and member rows."""
     from include.orchestration.connections import netmera_database
     from include.store.webhook_tables import webhook_members, webhook_pages
+    from include.webhooks.state import WebhookState
 
     db = netmera_database()
-    state = db.webhooks
+    state = WebhookState(db.engine)
     with db.engine.connect() as conn:
         pages = conn.execute(sa.select(webhook_pages).order_by(*webhook_pages.primary_key)).all()
         rows = conn.execute(sa.select(sa.func.count()).select_from(webhook_members)).scalar()
@@ -146,9 +148,9 @@ def staged() -> dict[str, Any]:
 def audience_batches(batch_rows: int = 50_000) -> list:
     from include.config.segments import find_segment
     from include.connectors.mixpanel_webhook import read_mixpanel_webhook
-    from include.orchestration.connections import netmera_database
+    from include.orchestration.connections import webhook_state
 
-    return list(read_mixpanel_webhook(find_segment(SEGMENT), netmera_database(), batch_rows))
+    return list(read_mixpanel_webhook(find_segment(SEGMENT), webhook_state(), batch_rows))
 
 
 def audience() -> list[dict[str, Any]]:
@@ -426,9 +428,9 @@ def webhook_runs(segment_id: str) -> list[dict[str, Any]]:
 
 def test_body_limit_defaults_to_8_mib_and_is_configurable(monkeypatch):
     monkeypatch.delenv(MAX_BODY_ENV, raising=False)
-    assert create_app().state.max_body_bytes == DEFAULT_MAX_BODY == 8 * 1024 * 1024
+    assert webhook_app().state.max_body_bytes == DEFAULT_MAX_BODY == 8 * 1024 * 1024
     monkeypatch.setenv(MAX_BODY_ENV, "1024")
-    assert create_app().state.max_body_bytes == 1024
+    assert webhook_app().state.max_body_bytes == 1024
 
 
 # -- the real API server ------------------------------------------------------------------------
@@ -475,7 +477,7 @@ def test_two_hundred_rounds_of_diffs_stay_compacted_and_the_audience_exact(backe
     """Mixpanel's every-30-minutes diffs, 200 rounds of them: each publish folds them into
     the export, so the staged state stays the audience plus a bounded number of tombstones,
     and the audience stays exactly what the diffs say."""
-    from include.orchestration.connections import netmera_database
+    from include.orchestration.connections import webhook_state
     from include.webhooks.state import TOMBSTONES_KEPT
 
     rng = random.Random(13)
@@ -499,7 +501,7 @@ def test_two_hundred_rounds_of_diffs_stay_compacted_and_the_audience_exact(backe
             assert run_segment(SEGMENT) == "success"  # publish, then compaction
             assert published(capsys)["members"] == netmera_ids(i for i in expected if i <= 3000)
         else:
-            netmera_database().webhooks.compact(SEGMENT)
+            webhook_state().compact(SEGMENT)
         state = staged()
         live = [s for s in state["sessions"] if s["superseded_at"] is None]
         if 100 <= round_ < 103:  # folded up to the incomplete diff, which waits

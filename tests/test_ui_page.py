@@ -229,6 +229,13 @@ def demo(
             module_env.setenv(variable, value)
         home = work / "airflow-home"
         with airflow(home, work / "standalone.log", standalone=True, **STANDALONE_ENV) as af:
+            # The vendors' pools, as `make ui` creates them: without, the scheduler leaves the
+            # Mixpanel and Amplitude extracts unscheduled.
+            subprocess.run(
+                [sys.executable, "-m", "include.orchestration.pools"],
+                check=True, capture_output=True, cwd=ROOT,
+                env={**os.environ, "AIRFLOW_HOME": str(home)},
+            )  # fmt: skip
             admin = af.session("admin")
             segments = (*DEMO_SEGMENTS, WINBACK)
 

@@ -179,26 +179,26 @@ def test_mixpanel_numeric_phones_match_exactly(workspace, monkeypatch, capsys, m
     assert members_out.split() == [f"nm-{i}" for i in range(4)]
 
 
+def _read(config, monkeypatch, fake, workdir):
+    """`read_source` as the refresh calls it: the clients spend the budgets every worker
+    shares (kept in the Netmera database)."""
+    from include.orchestration.connections import get_connection, netmera_database
+
+    return list(read_source(config, get_connection, workdir, budgets=netmera_database().budgets))
+
+
 def test_mixpanel_requests_are_spaced_to_the_budget(workspace, monkeypatch, mixpanel):
     mixpanel_segment(workspace, mixpanel)
     connect_mixpanel(monkeypatch, mixpanel, queries_per_hour=7_200)  # one query every 0.5 s
     config = SegmentConfig.model_validate(
         yaml.safe_load((workspace / "segments" / "mp.yaml").read_text())
     )
-    from include.orchestration.connections import get_connection
-
-    batches = list(read_source(config, get_connection, workspace / "run"))
+    batches = _read(config, monkeypatch, mixpanel, workspace / "run")
     assert sum(b.num_rows for b in batches) == 11
     starts = [r.at for r in mixpanel.requests_to(FakeMixpanel.ENGAGE)]
     assert len(starts) == 4
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.45, gaps  # the server saw them at least the budget's interval apart
-
-
-def _read(config, monkeypatch, fake, workdir):
-    from include.orchestration.connections import get_connection
-
-    return list(read_source(config, get_connection, workdir))
 
 
 def test_a_retry_resumes_from_staged_pages_and_restarts_when_the_session_expired(

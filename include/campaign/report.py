@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from include.store.views import iso
+
+if TYPE_CHECKING:
+    from include.clients.netmera import NetmeraClient
+    from include.store.sends import SendLedger
 
 
 def send_report(send: dict[str, Any], client) -> dict[str, Any]:
@@ -48,15 +53,19 @@ def send_report(send: dict[str, Any], client) -> dict[str, Any]:
     return entry
 
 
-def message_report(segment_id: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+def message_report(
+    segment_id: str, limit: int, sends: SendLedger, client: Callable[[], NetmeraClient]
+) -> tuple[list[dict[str, Any]], str | None]:
     """The segment's last `limit` sends, newest first, and why delivery stats are missing
-    altogether (no usable Netmera Connection), or None."""
-    from include.clients.netmera import NetmeraClient
-    from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
+    altogether (no usable Netmera Connection), or None.
 
-    sends = netmera_database().sends.for_segment(segment_id, limit)
+    `sends` (the Netmera database's ledger) and `client` (a Netmera client from its
+    Connection; LookupError or ValueError when it has none usable) are handed in by the CLI and
+    the UI's API: the Connections are Airflow's, read in the orchestration layer above this
+    one. `client` is asked only when there are sends."""
+    found = sends.for_segment(segment_id, limit)
     try:
-        client = NetmeraClient(get_connection(NETMERA_CONN_ID)) if sends else None
+        netmera = client() if found else None
     except (LookupError, ValueError) as exc:
-        return [send_report(send, None) for send in sends], f"no delivery stats: {exc}"
-    return [send_report(send, client) for send in sends], None
+        return [send_report(send, None) for send in found], f"no delivery stats: {exc}"
+    return [send_report(send, netmera) for send in found], None

@@ -2,8 +2,11 @@
 
 Here, and only here, the whole `SegmentConfig` is known. Each connector is handed its source
 settings, the segment's fields (`SegmentFields`), and the client and checkpoint it needs, built
-here from the Connection and the run folder. The clients' own errors (VendorError) become
-SourceError here, with their message unchanged.
+here from the Connection and the run folder. The state shared beyond this process (the
+vendors' budgets, the audience the webhook staged) lives in the layers above (the store, the
+webhooks), so the caller hands it in, typed by protocols of this layer or below (`Budgets`,
+`PushedAudience`). The clients' own errors (VendorError) become SourceError here, with their
+message unchanged.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from include.connectors.fields import SegmentFields
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from include.clients.budget import Budgets
     from include.clients.connection import ConnectionGetter
     from include.config.segments import SegmentConfig
+    from include.connectors.mixpanel_webhook import PushedAudience
 
 BATCH_ROWS = 50_000
 
@@ -32,6 +37,9 @@ def read_source(
     workdir: Path,
     batch_rows: int = BATCH_ROWS,
     kept: KeptFiles | None = None,
+    *,
+    budgets: Budgets | None = None,
+    pushed: PushedAudience | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield batches whose columns are `segment.source_fields`, every value a string or null.
 
@@ -40,12 +48,18 @@ def read_source(
     only the step's scratch folder). A connector that cannot read its source completely
     raises SourceError; it never ends early as if the audience were complete. Values that are
     not text become text exactly, or the read fails naming the field (see `exact_text`).
+
+    `budgets`: the vendors' request budgets the Mixpanel and Amplitude clients spend (the
+    refresh hands in those every worker shares; without, this process's own). `pushed`: what
+    the webhook staged, which a `mixpanel_webhook` source reads (required for one).
     """
     from include.connectors.exact_text import exact_text_batches
 
     fields = SegmentFields(segment.id, segment.source_fields)
     return exact_text_batches(
-        _connector_batches(segment, fields, get_connection, workdir, kept, batch_rows),
+        _connector_batches(
+            segment, fields, get_connection, workdir, kept, batch_rows, budgets, pushed
+        ),
         fields,
         describe_source(segment),
     )
@@ -58,6 +72,8 @@ def _connector_batches(
     workdir: Path,
     kept: KeptFiles | None,
     batch_rows: int,
+    budgets: Budgets | None,
+    pushed: PushedAudience | None,
 ) -> Iterator[pa.RecordBatch]:
     source = segment.source
     try:
@@ -78,18 +94,20 @@ def _connector_batches(
             from include.clients.mixpanel import MixpanelClient
             from include.connectors.mixpanel import read_mixpanel
 
-            client = MixpanelClient(get_connection(source.conn_id), _budgets(get_connection))
+            client = MixpanelClient(get_connection(source.conn_id), budgets)
             checkpoint = Checkpoint(workdir / "mixpanel", kept)
             yield from read_mixpanel(source, fields, client, checkpoint)
         elif source.type == "mixpanel_webhook":
             from include.connectors.mixpanel_webhook import read_mixpanel_webhook
 
-            yield from read_mixpanel_webhook(fields, _netmera_db(get_connection), batch_rows)
+            if pushed is None:
+                raise ValueError("a mixpanel_webhook source needs the webhook state (`pushed`)")
+            yield from read_mixpanel_webhook(fields, pushed, batch_rows)
         elif source.type == "amplitude":
             from include.clients.amplitude import AmplitudeClient
             from include.connectors.amplitude import read_amplitude
 
-            client = AmplitudeClient(get_connection(source.conn_id), _budgets(get_connection))
+            client = AmplitudeClient(get_connection(source.conn_id), budgets)
             checkpoint = Checkpoint(workdir / "amplitude", kept)
             yield from read_amplitude(source, fields, client, checkpoint)
         else:
@@ -98,17 +116,6 @@ def _connector_batches(
             )
     except VendorError as exc:
         raise SourceError(str(exc)) from exc
-
-
-def _netmera_db(get_connection: ConnectionGetter):
-    from include.store.database import DATABASES, NETMERA_DB_CONN_ID
-
-    return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))
-
-
-def _budgets(get_connection: ConnectionGetter):
-    """The vendors' budgets every worker shares, kept in the store's database."""
-    return _netmera_db(get_connection).budgets
 
 
 def describe_source(segment: SegmentConfig) -> str:

@@ -3,13 +3,14 @@
 The webhook (include/webhooks) stages every page in the `netmera_db` database; this reads the
 current audience from that state (latest complete `members` export plus the later diffs) with
 a server-side cursor. Without a complete export there is no audience to publish: SourceError.
+The state is handed in (`PushedAudience`): the webhooks layer sits above the connectors.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from include.connectors.errors import SourceError
 
@@ -18,20 +19,27 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from include.connectors.fields import SegmentFields
-    from include.store.database import NetmeraDatabase
 
 USER_KEY = "mixpanel_distinct_id"
 
 
+class PushedAudience(Protocol):
+    """What the webhook staged for a segment (`include.webhooks.state.WebhookState`)."""
+
+    def has_complete_export(self, segment_id: str) -> bool:
+        """Whether every page of one `members` export has arrived."""
+
+    def audience(self, segment_id: str, batch_rows: int) -> Iterator[Sequence[Any]]:
+        """The current audience as (distinct_id, properties) rows, in partitions."""
+
+
 def read_mixpanel_webhook(
-    segment: SegmentFields, database: NetmeraDatabase, batch_rows: int
+    segment: SegmentFields, state: PushedAudience, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """`database`: where the webhook keeps its state (the Netmera database: the source's
-    "client")."""
+    """`state`: where the webhook keeps what Mixpanel pushed (the source's "client")."""
     import sqlalchemy as sa
 
     try:
-        state = database.webhooks
         if not state.has_complete_export(segment.id):
             raise SourceError(
                 f"segment {segment.id!r}: no complete Mixpanel `members` export has been "

@@ -13,7 +13,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.clients.connection import ConnectionInfo
 
 if TYPE_CHECKING:
+    from include.clients.netmera import NetmeraClient
     from include.store.database import NetmeraDatabase
+    from include.webhooks.state import WebhookState
 
 NETMERA_CONN_ID = "netmera_default"  # Netmera's REST API
 
@@ -48,3 +50,18 @@ def netmera_database() -> NetmeraDatabase:
     from include.store.database import DATABASES, NETMERA_DB_CONN_ID
 
     return DATABASES.get(get_connection(NETMERA_DB_CONN_ID))
+
+
+def netmera_client() -> NetmeraClient:
+    """A client of Netmera's REST API, from its Connection (`netmera_default`)."""
+    from include.clients.netmera import NetmeraClient
+
+    return NetmeraClient(get_connection(NETMERA_CONN_ID))
+
+
+def webhook_state() -> WebhookState:
+    """What the Mixpanel webhook staged, in the Netmera database. Built here, not by the
+    store's `NetmeraDatabase`: the webhooks layer sits above the store."""
+    from include.webhooks.state import WebhookState
+
+    return WebhookState(netmera_database().engine)

@@ -4,16 +4,10 @@ trigger: this runs inside the API server (the UI's JSON API), on Airflow's own s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-
-@dataclass(frozen=True)
-class DagState:
-    paused: bool
-    active_run: dict[str, str] | None  # {"dag_run_id", "state", "kind"}: queued or running
-
+from include.store.views import DagState, iso
 
 # Runs whose failure makes a segment Failed (a failed send, dry run or restore does not), and
 # how many of a DAG's newest ended runs are searched for the newest of them.
@@ -120,7 +114,7 @@ def refresh_failures(dag_ids: list[str]) -> dict[str, dict[str, str | None]]:
                 failures[run.dag_id] = {
                     "dag_run_id": run.run_id,
                     "kind": kind,
-                    "ended_at": _iso(run.end_date),
+                    "ended_at": iso(run.end_date),
                 }
     return failures
 
@@ -194,17 +188,13 @@ def recent_runs(dag_id: str, limit: int) -> list[dict[str, Any]]:
             "state": str(run.state),
             "kind": run_kind(run.conf),
             "triggered_by": run.triggering_user_name or str(run.run_type),
-            "queued_at": _iso(run.queued_at),
-            "started_at": _iso(run.start_date),
-            "ended_at": _iso(run.end_date),
+            "queued_at": iso(run.queued_at),
+            "started_at": iso(run.start_date),
+            "ended_at": iso(run.end_date),
             "tasks": sorted(tasks[run.run_id], key=lambda t: order.get(t["task_id"], 99)),
         }
         for run in found
     ]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def trigger_run(

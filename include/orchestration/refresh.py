@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from include.config.segments import SegmentConfig
 from include.orchestration import alerts, metrics
-from include.orchestration.connections import NETMERA_CONN_ID, get_connection, netmera_database
+from include.orchestration.connections import (
+    get_connection,
+    netmera_client,
+    netmera_database,
+    webhook_state,
+)
 from include.orchestration.staging_store import staging
 from include.staging import AUDIENCE_FILE, StagedAudience
 
@@ -173,9 +178,14 @@ def extract(config: SegmentConfig, run_id: str) -> StagedAudience:
     from include.connectors import read_source
     from include.staging import stage_audience
 
+    # The connectors are handed the state every worker shares, kept in the Netmera database:
+    # the vendors' budgets and what the Mixpanel webhook staged.
+    budgets, pushed = netmera_database().budgets, webhook_state()
     with staging().step(config.id, run_id, "extract") as run:
         written = stage_audience(
-            read_source(config, get_connection, run.folder, kept=run),
+            read_source(
+                config, get_connection, run.folder, kept=run, budgets=budgets, pushed=pushed
+            ),
             fields=config.source_fields,
             user_key=config.user_key,
             destination=run.folder / AUDIENCE_FILE,
@@ -411,7 +421,7 @@ def _compact_webhook_state(segment_id: str) -> None:
     """Published: fold the webhook diffs into the base export, so the staged state stays one
     audience plus what arrived since. It changes no audience, so a failure only warns."""
     try:
-        folded = netmera_database().webhooks.compact(segment_id)
+        folded = webhook_state().compact(segment_id)
     except Exception as exc:  # the publish has committed; the next one compacts again
         log.warning("segment %s: compacting the webhook state failed: %s", segment_id, exc)
         return
@@ -499,14 +509,10 @@ def send_message(
     """Send Message to the published membership (after this run's publish, or without a
     refresh): `include/campaign/message.py`. `sent_by`: who triggered the run."""
     from include.campaign.message import send_message as send_campaign
-    from include.clients.netmera import NetmeraClient
 
     if params.get("restore_version") is not None:
         # A restore is no refresh: `send_on_refresh` does not apply, and an asked send goes to
         # the current version, the restored one (the DAG runs the send after the restore).
         params = {**params, "refresh": False}
 
-    def client() -> NetmeraClient:
-        return NetmeraClient(get_connection(NETMERA_CONN_ID))
-
-    return send_campaign(config, run_id, params, netmera_database(), client, sent_by)
+    return send_campaign(config, run_id, params, netmera_database(), netmera_client, sent_by)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from include.store import SegmentStore
     from include.store.sends import SendLedger
     from include.store.vendor_budgets import SharedBudgets
-    from include.webhooks.state import WebhookState
 
 
 class NetmeraDatabase:
@@ -55,12 +54,6 @@ class NetmeraDatabase:
         from include.store.vendor_budgets import SharedBudgets
 
         return SharedBudgets(self.engine)
-
-    @cached_property
-    def webhooks(self) -> WebhookState:
-        from include.webhooks.state import WebhookState
-
-        return WebhookState(self.engine)
 
 
 class Databases:

@@ -16,7 +16,6 @@ from include.store.staleness import Staleness, in_words
 from include.store.staleness import grace as stale_grace
 
 if TYPE_CHECKING:
-    from include.orchestration.dag_state import DagState
     from include.store.repository import SegmentStore
 
 # A run as `details` shows it: who/when, then everything the run records (see the store).
@@ -31,6 +30,16 @@ def iso(value: datetime | None) -> str | None:
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class DagState:
+    """What Airflow says of a segment's DAG, as the page reads it. Plain data: built from
+    Airflow's metadata DB by `include.orchestration.dag_state` (the layer above), defined here
+    where it is read, so that the store never imports orchestration."""
+
+    paused: bool
+    active_run: dict[str, str] | None  # {"dag_run_id", "state", "kind"}: queued or running
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class Listed:
             "last_update_date": iso(row["last_update_date"]) if row else None,
             "status": self.status,
             "stale": self.stale,
+            "source_type": self.source_type,
         }
 
 
@@ -99,11 +109,10 @@ def page_rows(
     states: Mapping[str, DagState],
     failures: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """`list_rows`' objects, each also with what the page shows and may do: the source type
-    and schedule of its YAML (the store's source type if the YAML is gone; in words too),
-    reachable users, its DAG, whether that is paused and its active run (from `states`; paused
-    None: no DAG, or not parsed yet), the actions its state allows now, when it refreshes next
-    and, unless it is Ready, why not (`status_reason`).
+    """`list_rows`' objects, each also with what the page shows and may do: the schedule of
+    its YAML (in words too), reachable users, its DAG, whether that is paused and its active
+    run (from `states`; paused None: no DAG, or not parsed yet), the actions its state allows
+    now, when it refreshes next and, unless it is Ready, why not (`status_reason`).
 
     `failures` (`dag_state.refresh_failures`, by DAG id): a refresh that failed where no step
     could record it (a run failed by hand, a callback lost) is newer than the store knows:
@@ -117,7 +126,6 @@ def page_rows(
         last_update = row["last_update_date"] if row else None
         entry = {
             **segment.entry(),
-            "source_type": segment.source_type,
             "schedule": schedule,
             "schedule_text": in_words(schedule),
             # A paused DAG refreshes at no time.

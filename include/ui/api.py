@@ -132,8 +132,9 @@ def segment_report(segment_id: Readable) -> list[dict[str, Any]]:
     """As `report ID --json`: without a usable Netmera Connection the sends come without
     stats, as in the CLI (which also warns on stderr)."""
     from include.campaign.report import message_report
+    from include.orchestration.connections import netmera_client
 
-    return message_report(segment_id, REPORT_SENDS)[0]
+    return message_report(segment_id, REPORT_SENDS, _db().sends, netmera_client)[0]
 
 
 @router.get("/segments/{segment_id}/campaign")

@@ -3,7 +3,8 @@
 Three parts, each with its own error replies:
 
 - `/webhooks/...`: the Mixpanel webhook app, handed the request unchanged (its own routes,
-  Basic auth and Mixpanel-shaped replies; outside Airflow's login);
+  Basic auth and Mixpanel-shaped replies; outside Airflow's login), and handed here what it
+  needs from the layers above it (`webhook_app`);
 - `/api/...`: the JSON API, a sub-app behind the login (`{"detail"}` errors);
 - the rest: the page (`/`, its assets, the chart), behind the login, with FastAPI's own
   error replies; an unknown path is a plain 404.
@@ -18,8 +19,11 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from include.orchestration.connections import get_connection, webhook_state
+from include.orchestration.webhook_trigger import trigger_refresh
 from include.ui import page
 from include.ui.api import create_api_app
+from include.webhooks.app import Services
 from include.webhooks.app import create_app as create_webhook_app
 
 WEBHOOKS = "/webhooks"
@@ -69,10 +73,17 @@ class NoSniff:
         await self.app(scope, receive, sending)
 
 
+def webhook_app(max_body_bytes: int | None = None) -> FastAPI:
+    """The webhook app, handed Airflow's Connections, the state it stages in the Netmera
+    database and Airflow's refresh trigger (the webhooks layer sits below orchestration)."""
+    services = Services(get_connection, webhook_state, trigger_refresh)
+    return create_webhook_app(services, max_body_bytes)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Connector Segments", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(NoSniff)
-    app.router.routes.append(PrefixRoute(WEBHOOKS, create_webhook_app()))
+    app.router.routes.append(PrefixRoute(WEBHOOKS, webhook_app()))
     app.mount("/api", create_api_app())
     app.include_router(page.router)
     return app

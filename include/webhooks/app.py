@@ -12,6 +12,10 @@ only the server log says which. Every reply has Mixpanel's shape
 5xx are retried by it, so a 5xx means a server fault only, with a generic message (the details
 are in the log). Replies and logs never carry credentials or members' data, and caller-supplied
 text is escaped before it is logged.
+
+What it needs from the layers above (Airflow's Connections, the staged state in the Netmera
+database, the refresh trigger) it is handed as `Services` by `include.ui.app`: this layer
+imports none of them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -37,6 +43,7 @@ from include.webhooks.logsafe import first_line, loggable
 from include.webhooks.payload import CohortSyncCall, InvalidCall, parse_call
 
 if TYPE_CHECKING:
+    from include.clients.connection import ConnectionGetter
     from include.config.segments import SegmentConfig
     from include.webhooks.state import Receipt, WebhookState
 
@@ -47,6 +54,18 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 _SEGMENT_ID = re.compile(r"[a-z0-9_]{1,200}")  # fullmatch: `$` would let "id\n" through
 INTERNAL_ERROR = "internal error; retry later"
 STORE_UNAVAILABLE = "the segment store is unavailable; retry later"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a call needs from the layers above: Connections by id (the Basic-auth
+    credentials), the staged state (opened per call; LookupError or ValueError when the
+    `netmera_db` Connection is missing or unusable) and the trigger of a segment's refresh once
+    an export or a diff is complete (given the segment and why; it never raises)."""
+
+    get_connection: ConnectionGetter
+    open_state: Callable[[], WebhookState]
+    trigger_refresh: Callable[[SegmentConfig, str], object]
 
 
 class Failure(Exception):
@@ -113,21 +132,25 @@ def mixpanel_segment(segment_id: str) -> SegmentConfig:
     return segment
 
 
-def webhook_credentials(segment_id: str) -> tuple[SegmentConfig, str, str]:
+def webhook_credentials(
+    segment_id: str, get_connection: ConnectionGetter
+) -> tuple[SegmentConfig, str, str]:
     """The segment and the login and password its calls must present."""
     segment = mixpanel_segment(segment_id)
     try:
-        login, password = expected_credentials(segment.source.conn_id, segment.id)
+        login, password = expected_credentials(get_connection, segment.source.conn_id, segment.id)
     except MissingCredentials as exc:  # the message names the Connection, never a secret
         raise NotAuthenticated(segment.id, str(exc), logging.ERROR) from None
     return segment, login, password
 
 
-def authenticate(request: Request, segment_id: str) -> SegmentConfig:
+def authenticate(
+    request: Request, segment_id: str, get_connection: ConnectionGetter
+) -> SegmentConfig:
     """The segment, if the call presents its credentials; the one 401 otherwise."""
     header = request.headers.get("authorization")
     try:
-        segment, login, password = webhook_credentials(segment_id)
+        segment, login, password = webhook_credentials(segment_id, get_connection)
     except NotAuthenticated as exc:
         basic_auth_matches(header, *DUMMY_CREDENTIALS)  # the work of a real check, for timing
         log.log(exc.level, "segment %s: webhook call refused: %s", exc.segment, exc.cause)
@@ -188,13 +211,15 @@ def parse(segment: SegmentConfig, body: bytes) -> CohortSyncCall:
         raise Failure(400, str(exc), exc.action) from None
 
 
-def store_page(segment: SegmentConfig, call: CohortSyncCall) -> Receipt:
+def store_page(
+    segment: SegmentConfig, call: CohortSyncCall, open_state: Callable[[], WebhookState]
+) -> Receipt:
     import sqlalchemy as sa
 
     from include.webhooks.state import SessionConflict
 
     try:
-        receipt = open_store(segment, call).receive(segment.id, call)
+        receipt = open_store(segment, call, open_state).receive(segment.id, call)
     except SessionConflict as exc:  # its message holds page numbers only
         log.warning("segment %s: webhook call refused: %s", segment.id, exc)
         raise Failure(400, str(exc), call.action) from None
@@ -224,21 +249,16 @@ def store_page(segment: SegmentConfig, call: CohortSyncCall) -> Receipt:
     return receipt
 
 
-def open_store(segment: SegmentConfig, call: CohortSyncCall) -> WebhookState:
+def open_store(
+    segment: SegmentConfig, call: CohortSyncCall, open_state: Callable[[], WebhookState]
+) -> WebhookState:
     """The segment store; only a missing or unusable `netmera_db` Connection is caught here,
     so that a fault while storing is never blamed on the configuration."""
     try:
-        return state()
+        return open_state()
     except (LookupError, ValueError) as exc:  # netmera_db missing or of an unsupported type
         log.error("segment %s: cannot open the segment store: %s", segment.id, first_line(exc))
         raise Failure(500, INTERNAL_ERROR, call.action) from None
-
-
-def state() -> WebhookState:
-    """The staged state in the `netmera_db` database (one engine per database per process)."""
-    from include.orchestration.connections import netmera_database
-
-    return netmera_database().webhooks
 
 
 def dispose_states() -> None:
@@ -273,16 +293,15 @@ router = APIRouter()
 @router.post("/webhooks/mixpanel/{segment_id:cs_raw_segment_id}")
 async def mixpanel_cohort_sync(segment_id: str, request: Request) -> JSONResponse:
     """One page of a Mixpanel cohort sync; stored once however often it is delivered."""
-    from include.orchestration.webhook_trigger import trigger_refresh
-
-    segment = await run_in_threadpool(authenticate, request, segment_id)
+    services: Services = request.app.state.services
+    segment = await run_in_threadpool(authenticate, request, segment_id, services.get_connection)
     require_json(request, segment)
     body = await read_body(request, segment, request.app.state.max_body_bytes)
     call = await run_in_threadpool(parse, segment, body)  # up to the limit's worth of JSON
-    receipt = await run_in_threadpool(store_page, segment, call)
+    receipt = await run_in_threadpool(store_page, segment, call, services.open_state)
     if receipt.completed:
         why = f"{call.action} session {call.session_label} complete ({call.total_pages} pages)"
-        await run_in_threadpool(trigger_refresh, segment, why)
+        await run_in_threadpool(services.trigger_refresh, segment, why)
     return reply(call.action)
 
 
@@ -304,14 +323,16 @@ async def _on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return reply(None, Failure(500, INTERNAL_ERROR))
 
 
-def create_app(max_body_bytes: int | None = None) -> FastAPI:
-    """The app; `max_body_bytes` defaults to CONNECTOR_SEGMENTS_WEBHOOK_MAX_BYTES or 8 MiB."""
+def create_app(services: Services, max_body_bytes: int | None = None) -> FastAPI:
+    """The app, its calls served with `services`; `max_body_bytes` defaults to
+    CONNECTOR_SEGMENTS_WEBHOOK_MAX_BYTES or 8 MiB."""
     app = FastAPI(
         title="Connector Segments",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
+    app.state.services = services
     app.state.max_body_bytes = max_body_bytes or int(
         os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY
     )

@@ -11,7 +11,7 @@ import binascii
 import hmac
 import secrets
 
-from include.clients.connection import ConnectionInfo
+from include.clients.connection import ConnectionGetter
 
 # Compared against when a call names no usable segment, so that it costs what a real check does.
 DUMMY_CREDENTIALS = (secrets.token_urlsafe(16), secrets.token_urlsafe(24))
@@ -22,12 +22,14 @@ class MissingCredentials(RuntimeError):
     logged; the caller is told only that it is not authenticated)."""
 
 
-def expected_credentials(conn_id: str, segment_id: str) -> tuple[str, str]:
-    """The login and password Mixpanel must present; the message never carries a secret."""
-    from include.orchestration.connections import get_connection
-
+def expected_credentials(
+    get_connection: ConnectionGetter, conn_id: str, segment_id: str
+) -> tuple[str, str]:
+    """The login and password Mixpanel must present, from Connection `conn_id` as
+    `get_connection` (Airflow's, handed in by the app) reads it; the message never carries a
+    secret."""
     try:
-        conn: ConnectionInfo = get_connection(conn_id)
+        conn = get_connection(conn_id)
     except LookupError:
         raise MissingCredentials(
             f"segment {segment_id!r}: Airflow Connection {conn_id!r} (source.conn_id) is not "

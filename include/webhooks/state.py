@@ -38,6 +38,10 @@ MEMBERS, ADD, REMOVE = "members", "add_members", "remove_members"
 TOMBSTONES_KEPT = 64  # superseded sessions remembered per segment (about a day of syncs)
 _LOCK_SPACE = 0x6373_7768  # "cswh": advisory locks on a segment's sessions (PostgreSQL)
 _ATTEMPTS = 3  # a concurrent first page of the same session or page wins the unique key once
+# SQLite cannot upgrade a read transaction to a write one while another writer commits (it
+# fails at once instead of waiting), so this process writes pages to a SQLite database one at a
+# time: one lock per database, shared by every WebhookState built on it (one is built per use).
+_SQLITE_WRITES: dict[str, threading.Lock] = {}
 
 
 class SessionConflict(ValueError):
@@ -62,9 +66,11 @@ class WebhookState:
     def __init__(self, engine: sa.Engine) -> None:
         migrate.upgrade(engine)
         self.engine = engine
-        # SQLite cannot upgrade a read transaction to a write one while another writer commits
-        # (it fails at once instead of waiting), so this process writes pages one at a time.
-        self._sqlite_writes = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._sqlite_writes = (
+            _SQLITE_WRITES.setdefault(engine.url.render_as_string(), threading.Lock())
+            if engine.dialect.name == "sqlite"
+            else None
+        )
 
     # -- writes -------------------------------------------------------------------------------
 
