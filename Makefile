@@ -26,6 +26,8 @@ demo ui cli: export CONNECTOR_SEGMENTS_STAGING_DIR := $(LOCAL)/staging
 # real Netmera: `demo` and `ui` run it around their command (include/demo/with_sandbox.py), its
 # state (what it was sent) in .local/ so that sends keep their stats across restarts. The key
 # is the sandbox's fixed demo key (DEMO_API_KEY there); a local server needs no long retries.
+# The same process serves the example segments' Mixpanel and Amplitude cohorts on free ports;
+# the launcher sets mixpanel_default and amplitude_default to them (vendor_sandboxes.py).
 SANDBOX_PORT := $(or $(CONNECTOR_SEGMENTS_SANDBOX_PORT),8975)
 SANDBOX := $(BIN)/python -m include.demo.with_sandbox
 demo ui cli: export CONNECTOR_SEGMENTS_SANDBOX_PORT := $(SANDBOX_PORT)
