@@ -31,7 +31,7 @@ from include.demo.fake_netmera import push_outcome
 from include.demo.samples import AMPLITUDE_FILE, DATA_DIR, MIXPANEL_FILE
 from include.demo.sandbox import DEMO_API_KEY, api_url
 from include.demo.vendor_sandboxes import (
-    CONNECTIONS,
+    CONNECTION_VARIABLES,
     amplitude_sandbox,
     connections,
     mixpanel_sandbox,
@@ -175,7 +175,7 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_sandbox_starts_empty(tm
 
 
 def launcher_env(port: int, state: Path, **extra: str) -> dict[str, str]:
-    ours = {"AIRFLOW_CONN_NETMERA_DEFAULT", *(variable for variable, _ in CONNECTIONS.values())}
+    ours = {"AIRFLOW_CONN_NETMERA_DEFAULT", *CONNECTION_VARIABLES.values()}
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(
         CONNECTOR_SEGMENTS_SANDBOX_PORT=str(port), CONNECTOR_SEGMENTS_SANDBOX_STATE=str(state)

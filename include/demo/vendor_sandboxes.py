@@ -30,10 +30,11 @@ MIXPANEL_PROJECT = 3_150_001
 CART_ABANDONERS = 3151  # include/segments/cart_abandoners.yaml, source.cohort_id
 AMPLITUDE_LOGIN = ("amplitude-sandbox-demo-key", "amplitude-sandbox-demo-secret")
 CHURN_RISK = "ch7rn2k"  # include/segments/churn_risk.yaml, source.cohort_id
-# conn id -> (the AIRFLOW_CONN_* variable, the vendor): the segments' default `conn_id`s.
-CONNECTIONS = {
-    "mixpanel_default": ("AIRFLOW_CONN_MIXPANEL_DEFAULT", "mixpanel"),
-    "amplitude_default": ("AIRFLOW_CONN_AMPLITUDE_DEFAULT", "amplitude"),
+# The variables of the segments' default Connections, `mixpanel_default` and
+# `amplitude_default`, by vendor (the sandbox's status names each vendor's base URL).
+CONNECTION_VARIABLES = {
+    "mixpanel": "AIRFLOW_CONN_MIXPANEL_DEFAULT",
+    "amplitude": "AIRFLOW_CONN_AMPLITUDE_DEFAULT",
 }
 
 
@@ -80,14 +81,14 @@ def connections(mixpanel_url: str, amplitude_url: str) -> dict[str, str]:
     # no rate limits: the budgets (which pace calls evenly over the hour) allow 100 a second.
     quick = {"timeout": 10, "max_attempts": 3, "backoff_base": 0.5}
     values = {
-        "mixpanel_default": {
+        "mixpanel": {
             "conn_type": "http",
             "host": mixpanel_url,
             "login": login,
             "password": secret,
             "extra": {"project_id": MIXPANEL_PROJECT, "queries_per_hour": 360_000, **quick},
         },
-        "amplitude_default": {
+        "amplitude": {
             "conn_type": "http",
             "host": amplitude_url,
             "login": api_key,
@@ -95,4 +96,4 @@ def connections(mixpanel_url: str, amplitude_url: str) -> dict[str, str]:
             "extra": {"poll_interval": 0.5, "max_wait": 120, "requests_per_hour": 360_000, **quick},
         },
     }
-    return {CONNECTIONS[conn_id][0]: json.dumps(value) for conn_id, value in values.items()}
+    return {CONNECTION_VARIABLES[vendor]: json.dumps(value) for vendor, value in values.items()}

@@ -48,7 +48,7 @@ from include.demo.sandbox import (
     configured_port,
     configured_state,
 )
-from include.demo.vendor_sandboxes import CONNECTIONS, connections
+from include.demo.vendor_sandboxes import CONNECTION_VARIABLES, connections
 
 CONNECTION_ENV = "AIRFLOW_CONN_NETMERA_DEFAULT"
 START_TIMEOUT = 20.0  # seconds for the sandbox to answer
@@ -90,8 +90,15 @@ def probe(port: int) -> dict[str, Any] | None:
 
 
 def connection_env(port: int) -> dict[str, str]:
-    """The environment for the command: `netmera_default` is the sandbox on `port`."""
+    """The environment for the command: `netmera_default` is the sandbox on `port`; neither
+    vendor Connection may be set (`vendor_env` adds them once the sandboxes are up)."""
     env = dict(os.environ)
+    vendors = sorted(variable for variable in CONNECTION_VARIABLES.values() if env.get(variable))
+    if vendors:
+        raise SandboxError(
+            f"{' and '.join(vendors)} set: the demo reads its Mixpanel and Amplitude cohorts "
+            "from the sandboxes, never from the real vendors; unset it"
+        )
     wanted = {"conn_type": "http", "host": api_url(port), "password": DEMO_API_KEY}
     given = env.get(CONNECTION_ENV)
     if not given:
@@ -119,13 +126,7 @@ def _connection_target(value: str) -> tuple[str | None, int | None, str | None]:
 def vendor_env(env: dict[str, str], status: dict[str, Any], port: int) -> dict[str, str]:
     """`env` with `mixpanel_default` and `amplitude_default` pointing at the sandboxes that
     `status` names."""
-    given = sorted(variable for variable, _ in CONNECTIONS.values() if env.get(variable))
-    if given:
-        raise SandboxError(
-            f"{' and '.join(given)} set: the demo reads its Mixpanel and Amplitude cohorts from "
-            "the sandboxes, never from the real vendors; unset it"
-        )
-    if not all(status.get(vendor) for _, vendor in CONNECTIONS.values()):
+    if not all(status.get(vendor) for vendor in CONNECTION_VARIABLES):
         raise SandboxError(
             f"the sandbox on 127.0.0.1:{port} (pid {status['pid']}) runs no Mixpanel and "
             "Amplitude (an older version): stop it and run this again"
